@@ -1,0 +1,151 @@
+//! Words for conflicts: an engineer's explanation naming every device, constraint and value.
+
+use crate::effective::Effective;
+use crate::layout;
+use crate::platform::Platform;
+use crate::solver::{BufferDesc, ConflictItem, ConflictKind};
+use crate::window::Window;
+
+/// The explanation of a conflict among `effs` (the minimal set).
+pub(crate) fn message(platform: &Platform, desc: &BufferDesc, effs: &[Effective], kind: &ConflictKind, items: &[ConflictItem]) -> String {
+    let label = |d: &str| effs.iter().find(|e| e.device == d).map_or_else(|| format!("`{d}`"), Effective::label);
+    let p = &platform.name;
+    match kind {
+        ConflictKind::NoCommonMemory => no_common_memory(platform, effs),
+        ConflictKind::NoRoom { needed, contiguous, available } => {
+            let what = if *contiguous { "physically contiguous memory" } else { "memory" };
+            let run = if *contiguous { "the longest run there is" } else { "only" };
+            format!(
+                "{} ({p}) need {needed} of {what} within {}, but {run} {available}{}",
+                names(effs),
+                placement(platform, effs),
+                if *contiguous { "" } else { " lies there" }
+            ) + &because(effs, platform)
+        }
+        ConflictKind::NoContiguousPool { needed, max_block } => format!(
+            "{} ({p}) need a physically contiguous run of {needed} within {}; that is more than the page allocator's largest block ({max_block}), and no CMA area or carveout lies there (CMA: {}){}",
+            names(effs),
+            placement(platform, effs),
+            platform.memory.cma_window(),
+            because(effs, platform)
+        ),
+        ConflictKind::SegmentLimit { size, max_segments, segment_cap } => format!(
+            "{} ({p}) allow at most {max_segments} segment(s) of at most {segment_cap} each, which cannot hold {size}: {}",
+            names(effs),
+            list_items(items, &label)
+        ),
+        ConflictKind::CacheModes => format!("no cache mode suits every device ({p}): {}", list_items(items, &label)),
+        ConflictKind::Protected => format!("protected memory is needed but not every device can access it ({p}): {}", list_items(items, &label)),
+        ConflictKind::Format { format } => format!("format {format} is not supported ({p}): {}", list_items(items, &label)),
+        ConflictKind::Modifiers { format } => {
+            let asked = match desc {
+                BufferDesc::Image(img) if !img.modifiers.is_empty() => {
+                    let table = platform.modifier_table();
+                    let names: Vec<String> = img.modifiers.iter().map(|m| layout::modifier_name(*m, &table)).collect();
+                    format!(" (the request accepts only {})", names.join(" "))
+                }
+                _ => String::new(),
+            };
+            format!("no modifier for {format} is accepted by every device{asked} ({p}): {}", list_items(items, &label))
+        }
+        ConflictKind::Dimension { what, value, max } => {
+            format!("the image's {what} is {value}, over the limit of {max} ({p}): {}", list_items(items, &label))
+        }
+        ConflictKind::IovaSpace { size, space } => {
+            format!("the buffer ({size}) does not fit the IOVA space ({space}) ({p}): {}", list_items(items, &label))
+        }
+    }
+}
+
+fn names(effs: &[Effective]) -> String {
+    join_and(&effs.iter().map(Effective::label).collect::<Vec<_>>())
+}
+
+fn join_and(parts: &[String]) -> String {
+    match parts {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
+
+fn list_items(items: &[ConflictItem], label: &dyn Fn(&str) -> String) -> String {
+    let parts: Vec<String> = items.iter().map(|i| format!("{} has {} = {} ({})", label(&i.device), i.constraint, i.value, i.why)).collect();
+    parts.join("; ")
+}
+
+fn placement(platform: &Platform, effs: &[Effective]) -> Window {
+    let mut w = platform.memory.ram();
+    let mut pool: Option<Window> = None;
+    for e in effs {
+        w = w.intersect(&e.reach.value);
+        if let Some(p) = &e.pool.value {
+            pool = Some(pool.map_or_else(|| p.clone(), |cur| cur.intersect(p)));
+        }
+    }
+    w.intersect(pool.as_ref().unwrap_or(&platform.memory.general()))
+}
+
+fn because(effs: &[Effective], platform: &Platform) -> String {
+    let parts: Vec<String> = effs.iter().map(|e| format!("{} {}", e.label(), needs(e, platform))).collect();
+    format!(" ({})", parts.join("; "))
+}
+
+/// What one device needs, as a verb phrase: "needs physically contiguous memory below
+/// 0x4000_0000 (bus_dma_limit = 0x3fff_ffff)".
+fn needs(e: &Effective, platform: &Platform) -> String {
+    let what = if e.max_segments.value.is_some_and(|n| n.get() == 1) {
+        format!("physically contiguous memory ({})", e.max_segments.why)
+    } else {
+        "memory".to_owned()
+    };
+    let ram = platform.memory.ram();
+    let reach = if ram.is_subset_of(&e.reach.value) {
+        String::new()
+    } else {
+        format!(" {} ({})", describe_reach(&e.reach.value), e.reach.why)
+    };
+    match &e.pool.value {
+        Some(pool) => format!("can only use {}{reach}", describe_pool(platform, pool, &e.pool.why)),
+        None => format!("needs {what}{reach}"),
+    }
+}
+
+fn describe_reach(w: &Window) -> String {
+    match w.ranges() {
+        [r] if r.start().get() == 0 => format!("below {}", r.end()),
+        _ => format!("within {w}"),
+    }
+}
+
+fn describe_pool(platform: &Platform, pool: &Window, why: &str) -> String {
+    let m = &platform.memory;
+    let named: Vec<String> = m
+        .carveouts
+        .iter()
+        .map(|c| (c.name.as_str(), if c.protected { "protected carveout" } else { "carveout" }, c.range()))
+        .chain(m.cma.iter().map(|r| (r.name.as_str(), "CMA area", r.range())))
+        .chain(m.banks.iter().map(|r| (r.name.as_str(), "bank", r.range())))
+        .filter(|(_, _, r)| pool.contains_range(*r))
+        .map(|(n, k, r)| format!("the {k} `{n}` at {r}"))
+        .collect();
+    if named.is_empty() {
+        format!("{pool} ({why})")
+    } else {
+        format!("{} ({why})", join_and(&named))
+    }
+}
+
+fn no_common_memory(platform: &Platform, effs: &[Effective]) -> String {
+    let p = &platform.name;
+    let ram = platform.memory.ram();
+    match effs {
+        [one] => format!("{} ({p}) {}, but no memory of the platform lies there (RAM: {ram})", one.label(), needs(one, platform)),
+        [first, rest @ ..] => {
+            let others: Vec<String> = rest.iter().map(|e| format!("{} {}", e.label(), needs(e, platform))).collect();
+            let tail = if effs.len() == 2 { "both" } else { "all of them" };
+            format!("{} ({p}) {}, but {}; no memory satisfies {tail}.", first.label(), needs(first, platform), join_and(&others))
+        }
+        [] => String::from("no devices"),
+    }
+}

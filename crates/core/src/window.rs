@@ -1,0 +1,186 @@
+//! [`Window`]: a set of physical address ranges, the "where may the pages go" answer.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::units::{PageSize, PhysAddr, PhysRange, Size};
+
+/// A set of physical addresses: sorted, disjoint, non-adjacent ranges.
+///
+/// The empty window means "nowhere". Intersection is the merge operation of the
+/// address part of the solver.
+#[derive(Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Window(Vec<PhysRange>);
+
+impl Window {
+    /// Every representable address.
+    pub fn everything() -> Window {
+        Window(vec![PhysRange::below(u64::MAX).expect("u64::MAX > 0")])
+    }
+
+    /// Nowhere.
+    pub const fn empty() -> Window {
+        Window(Vec::new())
+    }
+
+    /// Addresses below `end`; empty for 0.
+    pub fn below(end: u64) -> Window {
+        Window(PhysRange::below(end).into_iter().collect())
+    }
+
+    /// The union of `ranges`, normalised.
+    pub fn from_ranges(ranges: impl IntoIterator<Item = PhysRange>) -> Window {
+        let mut v: Vec<PhysRange> = ranges.into_iter().collect();
+        v.sort();
+        let mut out: Vec<PhysRange> = Vec::with_capacity(v.len());
+        for r in v {
+            match out.last_mut() {
+                Some(last) if r.start() <= last.end() => {
+                    if r.end() > last.end() {
+                        *last = PhysRange::new(last.start(), r.end()).expect("extends a non-empty range");
+                    }
+                }
+                _ => out.push(r),
+            }
+        }
+        Window(out)
+    }
+
+    /// The ranges, sorted and disjoint.
+    pub fn ranges(&self) -> &[PhysRange] {
+        &self.0
+    }
+
+    /// Whether no address is in the window.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The addresses in both windows.
+    pub fn intersect(&self, other: &Window) -> Window {
+        let (mut i, mut j) = (0, 0);
+        let mut out = Vec::new();
+        while i < self.0.len() && j < other.0.len() {
+            let (a, b) = (self.0[i], other.0[j]);
+            if let Some(r) = a.intersect(b) {
+                out.push(r);
+            }
+            if a.end() <= b.end() {
+                i += 1;
+            } else {
+                j += 1;
+            }
+        }
+        Window(out)
+    }
+
+    /// The addresses in `self` but not in `other`.
+    pub fn subtract(&self, other: &Window) -> Window {
+        let mut out = Vec::new();
+        for &r in &self.0 {
+            let mut cur = r.start();
+            for &o in &other.0 {
+                if o.end() <= cur || o.start() >= r.end() {
+                    continue;
+                }
+                if o.start() > cur {
+                    out.extend(PhysRange::new(cur, o.start()).ok());
+                }
+                cur = cur.max(o.end());
+            }
+            out.extend(PhysRange::new(cur, r.end()).ok());
+        }
+        Window(out)
+    }
+
+    /// Whether the window is a subset of `other`.
+    pub fn is_subset_of(&self, other: &Window) -> bool {
+        &self.intersect(other) == self
+    }
+
+    /// Whether `range` lies inside the window.
+    pub fn contains_range(&self, range: PhysRange) -> bool {
+        self.0.iter().any(|r| r.contains_range(range))
+    }
+
+    /// The total number of bytes in the window (saturating).
+    pub fn total(&self) -> Size {
+        Size::new(self.0.iter().fold(0u64, |acc, r| acc.saturating_add(r.len().bytes())))
+    }
+
+    /// The longest range.
+    pub fn largest(&self) -> Option<PhysRange> {
+        self.0.iter().copied().max_by_key(|r| (r.len(), std::cmp::Reverse(r.start())))
+    }
+
+    /// The lowest `align`-aligned range of `size` bytes inside the window, if any.
+    pub fn first_fit(&self, size: Size, align: PageSize) -> Option<PhysRange> {
+        self.0.iter().find_map(|r| {
+            let start = r.start().align_up(align).ok()?;
+            let candidate = PhysRange::from_start_size(start, size).ok()?;
+            r.contains_range(candidate).then_some(candidate)
+        })
+    }
+
+    /// The first address past the window, if non-empty.
+    pub fn end(&self) -> Option<PhysAddr> {
+        self.0.last().map(|r| r.end())
+    }
+}
+
+impl fmt::Display for Window {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("(nowhere)");
+        }
+        for (i, r) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ∪ ")?;
+            }
+            write!(f, "{r}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Window {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Window({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(s: u64, e: u64) -> PhysRange {
+        PhysRange::new(PhysAddr::new(s), PhysAddr::new(e)).unwrap()
+    }
+
+    #[test]
+    fn normalises_overlaps_and_adjacency() {
+        let w = Window::from_ranges([r(10, 20), r(0, 5), r(5, 8), r(15, 30)]);
+        assert_eq!(w.ranges(), [r(0, 8), r(10, 30)]);
+        assert_eq!(w.total(), Size::new(28));
+    }
+
+    #[test]
+    fn intersect_and_subtract() {
+        let a = Window::from_ranges([r(0, 10), r(20, 30)]);
+        let b = Window::from_ranges([r(5, 25)]);
+        assert_eq!(a.intersect(&b).ranges(), [r(5, 10), r(20, 25)]);
+        assert_eq!(a.subtract(&b).ranges(), [r(0, 5), r(25, 30)]);
+        assert!(a.intersect(&Window::empty()).is_empty());
+        assert!(a.intersect(&b).is_subset_of(&a));
+    }
+
+    #[test]
+    fn first_fit_respects_alignment() {
+        let w = Window::from_ranges([r(0x1000, 0x3000), r(0x10000, 0x30000)]);
+        let got = w.first_fit(Size::new(0x10000), PageSize::SZ_64K).unwrap();
+        assert_eq!(got, r(0x10000, 0x20000));
+        assert_eq!(w.first_fit(Size::new(0x30000), PageSize::SZ_4K), None);
+    }
+}
