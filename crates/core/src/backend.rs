@@ -1,0 +1,100 @@
+//! The narrow trait between the exporter state machine and whatever places memory:
+//! the simulated machine, the Linux dma-heap/udmabuf/memfd backends, the daemon.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::effective::Effective;
+use crate::solver::Plan;
+use crate::units::{DmaAddr, Size};
+use crate::verify::Backing;
+
+/// One entry of a device's scatter-gather table: an address as the device sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SgEntry {
+    /// `sg_dma_address()`: an IOVA behind an IOMMU, else the bus/physical address.
+    pub dma_addr: DmaAddr,
+    /// `sg_dma_len()`.
+    pub len: Size,
+}
+
+/// A device's view of a mapped buffer (`struct sg_table` after `dma_map_sgtable`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SgTable {
+    /// The entries, in buffer order.
+    pub entries: Vec<SgEntry>,
+}
+
+impl SgTable {
+    /// Total mapped bytes.
+    pub fn len(&self) -> Size {
+        Size::new(self.entries.iter().map(|e| e.len.bytes()).sum())
+    }
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+impl fmt::Display for SgTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.entries.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{}+{}", e.dma_addr, e.len)?;
+        }
+        Ok(())
+    }
+}
+
+/// Direction of CPU access, as `DMA_BUF_SYNC_READ`/`WRITE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CpuAccess {
+    /// The CPU reads.
+    Read,
+    /// The CPU writes.
+    Write,
+    /// Both.
+    ReadWrite,
+}
+
+/// What places memory for the exporter.
+///
+/// The exporter decides *when* (first map, migration) and *what* (the [`Plan`]); the
+/// backend decides *where*, and owns the memory it hands out. A backing must be returned
+/// with [`Backend::free`]; the exporter never drops one silently.
+pub trait Backend {
+    /// A placed backing, owned by the backend's caller until freed.
+    type Backing: fmt::Debug;
+    /// A device mapping (IOMMU page tables, sg table), owned likewise.
+    type Mapping: fmt::Debug;
+    /// What can go wrong.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Allocates `plan.size` bytes meeting every hard requirement of `plan`, following its
+    /// preferences where it can. `name` labels the buffer in reports.
+    fn allocate(&mut self, plan: &Plan, name: &str) -> Result<Self::Backing, Self::Error>;
+
+    /// Where the backing is: its physical segments, cache mode and protection (what
+    /// [`crate::verify`] checks).
+    fn describe(&self, backing: &Self::Backing) -> Result<Backing, Self::Error>;
+
+    /// Copies the contents of `from` into `to` (migration). Returns the bytes copied.
+    fn copy(&mut self, from: &Self::Backing, to: &Self::Backing) -> Result<Size, Self::Error>;
+
+    /// Returns the memory.
+    fn free(&mut self, backing: Self::Backing);
+
+    /// Maps the backing for `device` and returns its sg table (`dma_map_sgtable`).
+    fn map(&mut self, device: &Effective, backing: &Self::Backing) -> Result<(Self::Mapping, SgTable), Self::Error>;
+
+    /// Undoes [`Backend::map`].
+    fn unmap(&mut self, device: &Effective, mapping: Self::Mapping);
+
+    /// CPU access begins (`DMA_BUF_IOCTL_SYNC` start) or ends; `devices` are the mapped
+    /// attachments. Returns the number of cache-maintenance operations performed.
+    fn cpu_sync(&mut self, backing: &Self::Backing, devices: &[&Effective], access: CpuAccess, begin: bool) -> Result<u64, Self::Error>;
+}
