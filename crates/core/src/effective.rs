@@ -1,9 +1,12 @@
 //! A device's constraints for one buffer: its own placement, tightened by what the
-//! platform says its usage hints mean. Every value carries the reason it has.
+//! platform says its usage hints mean. Every value carries the reason it has, as a small
+//! typed [`Why`] that is rendered to words only when someone reads it.
 
+use std::fmt;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::{Serialize, Serializer};
 
 use crate::model::{CacheModes, Device, DeviceClass, Iommu, LayoutCaps};
 use crate::platform::{HintRule, Platform};
@@ -11,18 +14,126 @@ use crate::units::{BoundaryMask, DmaMask, PageSize, Size};
 use crate::window::Window;
 use crate::Usage;
 
+/// Why a device has a constraint.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Why {
+    /// Its `dma_mask`.
+    DmaMask(DmaMask),
+    /// Its `bus_dma_limit` (inclusive).
+    BusDmaLimit(u64),
+    /// What its IOMMU reaches (`None`: any address).
+    IommuReach(Option<DmaMask>),
+    /// Its `regions` list.
+    Regions(Arc<[String]>),
+    /// No region restriction.
+    AnyMemory,
+    /// Its `max_segments`.
+    MaxSegments(Option<NonZeroU32>),
+    /// Its `max_segment_size`.
+    MaxSegmentSize(Option<Size>),
+    /// Its `segment_boundary_mask`.
+    Boundary(BoundaryMask),
+    /// Its `alignment`.
+    Alignment(PageSize),
+    /// Behind an IOMMU segment limits bind IOVAs, not pages.
+    IommuMerges,
+    /// The IOMMU's smallest page.
+    IommuGranule(PageSize),
+    /// 4 KiB base pages.
+    BasePages,
+    /// Its `cache_modes`.
+    CacheModes(CacheModes),
+    /// Nothing asks for protection.
+    Unprotected,
+    /// The device only works on protected memory.
+    ProtectedDevice,
+    /// The PROTECTED hint.
+    ProtectedHint,
+    /// A platform rule for these hints.
+    Rule(Usage, Arc<str>),
+    /// A layout capability (`pitch_align = 64`).
+    Layout(&'static str, u32),
+}
+
+impl fmt::Display for Why {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Why::DmaMask(m) => write!(f, "dma_mask = {m}"),
+            Why::BusDmaLimit(l) => write!(f, "bus_dma_limit = {l:#x}"),
+            Why::IommuReach(Some(bits)) => write!(f, "its IOMMU reaches {bits} physical addresses"),
+            Why::IommuReach(None) => f.write_str("behind an IOMMU, which reaches any address"),
+            Why::Regions(r) => write!(f, "regions = [{}]", r.join(", ")),
+            Why::AnyMemory => f.write_str("any memory"),
+            Why::MaxSegments(Some(n)) => write!(f, "max_segments = {n}"),
+            Why::MaxSegments(None) => f.write_str("no max_segments limit"),
+            Why::MaxSegmentSize(Some(s)) => write!(f, "max_segment_size = {s}"),
+            Why::MaxSegmentSize(None) => f.write_str("no max_segment_size limit"),
+            Why::Boundary(b) => write!(f, "segment_boundary_mask = {b}"),
+            Why::Alignment(a) => write!(f, "alignment = {a}"),
+            Why::IommuMerges => f.write_str("its IOMMU maps any number of pages as one range"),
+            Why::IommuGranule(g) => write!(f, "its IOMMU maps {g} pages at the smallest"),
+            Why::BasePages => f.write_str("4 KiB pages"),
+            Why::CacheModes(c) => write!(f, "cache_modes = {c}"),
+            Why::Unprotected => f.write_str("no protection needed"),
+            Why::ProtectedDevice => f.write_str("the device only works on protected memory"),
+            Why::ProtectedHint => f.write_str("PROTECTED hint: protected carveouts only"),
+            Why::Rule(hints, reason) => write!(f, "{hints} hint: {reason}"),
+            Why::Layout(name, v) => write!(f, "{name} = {v}"),
+        }
+    }
+}
+
+impl Serialize for Why {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// A value and the reason it holds for this device.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Sourced<T> {
     /// The value.
     pub value: T,
-    /// Why, in words: the device parameter or the platform rule it comes from.
-    pub why: String,
+    /// Why.
+    pub why: Why,
 }
 
 impl<T> Sourced<T> {
-    fn new(value: T, why: impl Into<String>) -> Self {
-        Sourced { value, why: why.into() }
+    const fn new(value: T, why: Why) -> Self {
+        Sourced { value, why }
+    }
+}
+
+/// The layout numbers of a device (its formats stay on the [`Device`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct LayoutLimits {
+    /// `pitch_align`.
+    pub pitch_align: u32,
+    /// `offset_align`.
+    pub offset_align: u32,
+    /// `height_align`.
+    pub height_align: u32,
+    /// `size_align`.
+    pub size_align: u32,
+    /// `max_width`.
+    pub max_width: Option<u32>,
+    /// `max_height`.
+    pub max_height: Option<u32>,
+    /// `max_pitch`.
+    pub max_pitch: Option<u32>,
+}
+
+impl From<&LayoutCaps> for LayoutLimits {
+    fn from(l: &LayoutCaps) -> Self {
+        LayoutLimits {
+            pitch_align: l.pitch_align,
+            offset_align: l.offset_align,
+            height_align: l.height_align,
+            size_align: l.size_align,
+            max_width: l.max_width,
+            max_height: l.max_height,
+            max_pitch: l.max_pitch,
+        }
     }
 }
 
@@ -30,7 +141,7 @@ impl<T> Sourced<T> {
 ///
 /// Behind an IOMMU the device's own `dma_mask` and segment limits apply to IOVAs, so they
 /// do not appear here; what remains is what the IOMMU can reach and its granule.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Effective {
     /// Device name.
     pub device: String,
@@ -64,8 +175,8 @@ pub struct Effective {
     pub protected: Sourced<bool>,
     /// Whether it can access protected memory.
     pub protected_access: bool,
-    /// Layout capabilities.
-    pub layout: LayoutCaps,
+    /// Layout alignments and limits.
+    pub layout: LayoutLimits,
     /// Whether the layout must be LINEAR (the LINEAR hint).
     pub linear_only: bool,
 }
@@ -78,7 +189,7 @@ impl Effective {
             e.apply(platform, device, rule);
         }
         if hints.contains(Usage::PROTECTED) {
-            e.require_protected(platform, "PROTECTED hint");
+            e.require_protected(platform, Why::ProtectedHint);
         }
         e.linear_only = hints.contains(Usage::LINEAR);
         e
@@ -93,94 +204,78 @@ impl Effective {
         let p = &d.placement;
         let (reach, iova_space) = match &p.iommu {
             Some(mmu) => {
-                let reach = match mmu.phys_bits {
-                    Some(bits) => Sourced::new(Window::below(bits.end()), format!("its IOMMU {} reaches {bits} physical addresses", mmu.name)),
-                    None => Sourced::new(Window::everything(), format!("behind IOMMU {}", mmu.name)),
-                };
-                (reach, Some(mmu.iova_bits.min(p.dma_mask)))
+                let window = mmu.phys_bits.map_or_else(Window::everything, |bits| Window::below(bits.end()));
+                (Sourced::new(window, Why::IommuReach(mmu.phys_bits)), Some(mmu.iova_bits.min(p.dma_mask)))
             }
             None => (physical_reach(p.dma_mask, p.bus_dma_limit), None),
         };
-        let behind_iommu = p.iommu.is_some();
-        let regions = region_pool(platform, &p.regions);
-        let granule = p.iommu.as_ref().map_or(PageSize::SZ_4K, Iommu::granule);
-        Effective {
+        let pool = match region_pool(platform, &p.regions) {
+            Some(w) => Sourced::new(Some(w), Why::Regions(p.regions.clone().into())),
+            None => Sourced::new(None, Why::AnyMemory),
+        };
+        let mut e = Effective {
             device: d.name.clone(),
             class: d.class,
             hints,
             reach,
-            pool: match regions {
-                Some(w) => Sourced::new(Some(w), format!("regions = [{}]", p.regions.join(", "))),
-                None => Sourced::new(None, "any memory"),
-            },
+            pool,
             iommu: p.iommu.clone(),
             iova_space,
-            max_segments: if behind_iommu {
-                Sourced::new(None, "the IOMMU maps any number of pages as one range")
-            } else {
-                Sourced::new(p.max_segments, param_why("max_segments", p.max_segments.map(|n| n.to_string())))
-            },
-            max_segment_size: if behind_iommu {
-                Sourced::new(None, "the IOMMU maps any number of pages as one range")
-            } else {
-                Sourced::new(p.max_segment_size, param_why("max_segment_size", p.max_segment_size.map(|s| s.to_string())))
-            },
-            segment_boundary: if behind_iommu {
-                Sourced::new(BoundaryMask::NONE, "behind an IOMMU")
-            } else {
-                Sourced::new(p.segment_boundary_mask, format!("segment_boundary_mask = {}", p.segment_boundary_mask))
-            },
-            alignment: if behind_iommu {
-                Sourced::new(granule, format!("IOMMU {} granule", p.iommu.as_ref().map_or("", |m| m.name.as_str())))
-            } else {
-                Sourced::new(p.alignment, format!("alignment = {}", p.alignment))
-            },
-            granule: match &p.iommu {
-                Some(mmu) => Sourced::new(granule, format!("IOMMU {} maps {} pages at the smallest", mmu.name, granule)),
-                None => Sourced::new(granule, "4 KiB pages"),
-            },
-            cache_modes: Sourced::new(p.cache_modes, format!("cache_modes = {}", p.cache_modes)),
+            max_segments: Sourced::new(p.max_segments, Why::MaxSegments(p.max_segments)),
+            max_segment_size: Sourced::new(p.max_segment_size, Why::MaxSegmentSize(p.max_segment_size)),
+            segment_boundary: Sourced::new(p.segment_boundary_mask, Why::Boundary(p.segment_boundary_mask)),
+            alignment: Sourced::new(p.alignment, Why::Alignment(p.alignment)),
+            granule: Sourced::new(PageSize::SZ_4K, Why::BasePages),
+            cache_modes: Sourced::new(p.cache_modes, Why::CacheModes(p.cache_modes)),
             coherent: p.coherent,
-            protected: Sourced::new(false, "no protection needed"),
+            protected: Sourced::new(false, Why::Unprotected),
             protected_access: p.protected_access,
-            layout: d.layout.clone(),
+            layout: LayoutLimits::from(&d.layout),
             linear_only: false,
+        };
+        if let Some(mmu) = &p.iommu {
+            // Behind an IOMMU the device's segment limits and alignment bind IOVAs, which
+            // the IOMMU lays out contiguously; the pages need only the IOMMU's granule.
+            e.max_segments = Sourced::new(None, Why::IommuMerges);
+            e.max_segment_size = Sourced::new(None, Why::IommuMerges);
+            e.segment_boundary = Sourced::new(BoundaryMask::NONE, Why::IommuMerges);
+            e.alignment = Sourced::new(mmu.granule(), Why::IommuGranule(mmu.granule()));
+            e.granule = Sourced::new(mmu.granule(), Why::IommuGranule(mmu.granule()));
         }
-        .with_device_protection(platform, p.protected)
+        if p.protected {
+            e.require_protected(platform, Why::ProtectedDevice);
+        }
+        e
     }
 
-    fn with_device_protection(mut self, platform: &Platform, needs: bool) -> Effective {
-        if needs {
-            self.require_protected(platform, "the device only works on protected memory");
-        }
-        self
-    }
-
-    fn require_protected(&mut self, platform: &Platform, why: &str) {
-        self.protected = Sourced::new(true, why);
+    fn require_protected(&mut self, platform: &Platform, why: Why) {
+        self.protected = Sourced::new(true, why.clone());
         let protected = platform.memory.protected();
         let pool = match self.pool.value.take() {
             Some(w) => w.intersect(&protected),
             None => protected,
         };
-        self.pool = Sourced::new(Some(pool), format!("{why}: protected carveouts only"));
+        self.pool = Sourced::new(Some(pool), why);
     }
 
     fn apply(&mut self, platform: &Platform, device: &Device, rule: &HintRule) {
-        let why = format!("{} on {}: {}", rule.hints & self.hints, platform.name, rule.reason);
+        let why = Why::Rule(rule.hints & self.hints, rule.reason.clone());
         if rule.bypass_iommu {
+            let p = &device.placement;
             self.iommu = None;
             self.iova_space = None;
-            self.reach = physical_reach(device.placement.dma_mask, device.placement.bus_dma_limit);
-            self.granule = Sourced::new(PageSize::SZ_4K, why.clone());
-            self.alignment = Sourced::new(device.placement.alignment, format!("alignment = {}", device.placement.alignment));
+            self.reach = physical_reach(p.dma_mask, p.bus_dma_limit);
+            self.max_segments = Sourced::new(p.max_segments, Why::MaxSegments(p.max_segments));
+            self.max_segment_size = Sourced::new(p.max_segment_size, Why::MaxSegmentSize(p.max_segment_size));
+            self.segment_boundary = Sourced::new(p.segment_boundary_mask, Why::Boundary(p.segment_boundary_mask));
+            self.granule = Sourced::new(PageSize::SZ_4K, Why::BasePages);
+            self.alignment = Sourced::new(p.alignment, Why::Alignment(p.alignment));
         }
         let segments = if rule.contiguous { NonZeroU32::new(1) } else { rule.max_segments };
-        if let Some(n) = segments {
-            if self.max_segments.value.is_none_or(|cur| n < cur) {
+        if let Some(n) = segments
+            && self.max_segments.value.is_none_or(|cur| n < cur) {
                 self.max_segments = Sourced::new(Some(n), why.clone());
             }
-        }
         if let Some(bits) = rule.dma_bits {
             let narrowed = self.reach.value.intersect(&Window::below(bits.end()));
             if narrowed != self.reach.value {
@@ -197,32 +292,20 @@ impl Effective {
         if let Some(modes) = rule.cache_modes {
             self.cache_modes = Sourced::new(self.cache_modes.value & modes, why.clone());
         }
-        if let Some(a) = rule.alignment {
-            if a > self.alignment.value {
+        if let Some(a) = rule.alignment
+            && a > self.alignment.value {
                 self.alignment = Sourced::new(a, why.clone());
             }
-        }
         if rule.protected {
-            self.require_protected(platform, &why);
+            self.require_protected(platform, why);
         }
-    }
-}
-
-fn param_why(name: &str, value: Option<String>) -> String {
-    match value {
-        Some(v) => format!("{name} = {v}"),
-        None => format!("no {name} limit"),
     }
 }
 
 fn physical_reach(mask: DmaMask, bus_dma_limit: Option<u64>) -> Sourced<Window> {
-    let mask_end = mask.end();
     match bus_dma_limit {
-        Some(limit) if limit.saturating_add(1) < mask_end => {
-            let end = limit.saturating_add(1);
-            Sourced::new(Window::below(end), format!("bus_dma_limit = {:#x}", limit))
-        }
-        _ => Sourced::new(Window::below(mask_end), format!("dma_mask = {mask}")),
+        Some(limit) if limit.saturating_add(1) < mask.end() => Sourced::new(Window::below(limit.saturating_add(1)), Why::BusDmaLimit(limit)),
+        _ => Sourced::new(Window::below(mask.end()), Why::DmaMask(mask)),
     }
 }
 

@@ -1,7 +1,6 @@
 //! Words for conflicts: an engineer's explanation naming every device, constraint and value.
 
 use crate::effective::Effective;
-use crate::layout;
 use crate::platform::Platform;
 use crate::solver::{BufferDesc, ConflictItem, ConflictKind};
 use crate::window::Window;
@@ -40,8 +39,7 @@ pub(crate) fn message(platform: &Platform, desc: &BufferDesc, effs: &[Effective]
         ConflictKind::Modifiers { format } => {
             let asked = match desc {
                 BufferDesc::Image(img) if !img.modifiers.is_empty() => {
-                    let table = platform.modifier_table();
-                    let names: Vec<String> = img.modifiers.iter().map(|m| layout::modifier_name(*m, &table)).collect();
+                    let names: Vec<String> = img.modifiers.iter().map(|m| platform.modifier_name(*m)).collect();
                     format!(" (the request accepts only {})", names.join(" "))
                 }
                 _ => String::new(),
@@ -106,7 +104,7 @@ fn needs(e: &Effective, platform: &Platform) -> String {
         format!(" {} ({})", describe_reach(&e.reach.value), e.reach.why)
     };
     match &e.pool.value {
-        Some(pool) => format!("can only use {}{reach}", describe_pool(platform, pool, &e.pool.why)),
+        Some(pool) => format!("can only use {}{reach}", describe_pool(platform, pool, &e.pool.why.to_string())),
         None => format!("needs {what}{reach}"),
     }
 }

@@ -24,7 +24,7 @@ impl PteCounts {
             Some((_, c)) => *c += n,
             None => {
                 self.by_size.push((p, n));
-                self.by_size.sort_by(|a, b| b.0.cmp(&a.0));
+                self.by_size.sort_by_key(|&(p, _)| std::cmp::Reverse(p));
             }
         }
     }

@@ -4,6 +4,7 @@
 //! (`drm_mode_fb_cmd2`: up to four planes, each with a `u32` pitch and offset, one
 //! `u64` modifier). All arithmetic is checked and an overflow names its operands.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use drm_fourcc::DrmFourcc;
@@ -134,7 +135,7 @@ pub enum TileWidth {
 #[serde(deny_unknown_fields)]
 pub struct ModifierInfo {
     /// The `DRM_FORMAT_MOD_*` name without the prefix.
-    pub name: String,
+    pub name: Cow<'static, str>,
     /// The 64-bit value.
     pub value: u64,
     /// Tile width.
@@ -158,20 +159,26 @@ pub const MOD_BROADCOM_VC4_T_TILED: u64 = vendor_mod(0x07, 1);
 /// `DRM_FORMAT_MOD_ARM_16X16_BLOCK_U_INTERLEAVED`.
 pub const MOD_ARM_16X16_BLOCK_U_INTERLEAVED: u64 = vendor_mod(0x08, (2 << 52) | 1);
 
+const fn builtin(name: &'static str, value: u64, tile_width: TileWidth, tile_height: u32) -> ModifierInfo {
+    ModifierInfo { name: Cow::Borrowed(name), value, tile_width, tile_height }
+}
+
 /// Modifiers whose tile geometry is built in. Platforms may describe more.
-pub fn builtin_modifiers() -> Vec<ModifierInfo> {
-    let m = |name: &str, value, tile_width, tile_height| ModifierInfo { name: name.into(), value, tile_width, tile_height };
-    vec![
-        m("LINEAR", MOD_LINEAR, TileWidth::Bytes(1), 1),
-        // Intel PRM: an X tile is 512 B x 8 rows; Y and Tile-4 tiles are 128 B x 32 rows.
-        m("I915_X_TILED", MOD_I915_X_TILED, TileWidth::Bytes(512), 8),
-        m("I915_Y_TILED", MOD_I915_Y_TILED, TileWidth::Bytes(128), 32),
-        m("I915_4_TILED", MOD_I915_4_TILED, TileWidth::Bytes(128), 32),
-        // vc4: T-format tiles are 4 KiB, 128 B x 32 rows at 32 bpp.
-        m("BROADCOM_VC4_T_TILED", MOD_BROADCOM_VC4_T_TILED, TileWidth::Bytes(128), 32),
-        // panfrost: 16x16 pixel blocks.
-        m("ARM_16X16_BLOCK_U_INTERLEAVED", MOD_ARM_16X16_BLOCK_U_INTERLEAVED, TileWidth::Pixels(16), 16),
-    ]
+pub const BUILTIN_MODIFIERS: &[ModifierInfo] = &[
+    builtin("LINEAR", MOD_LINEAR, TileWidth::Bytes(1), 1),
+    // Intel PRM: an X tile is 512 B x 8 rows; Y and Tile-4 tiles are 128 B x 32 rows.
+    builtin("I915_X_TILED", MOD_I915_X_TILED, TileWidth::Bytes(512), 8),
+    builtin("I915_Y_TILED", MOD_I915_Y_TILED, TileWidth::Bytes(128), 32),
+    builtin("I915_4_TILED", MOD_I915_4_TILED, TileWidth::Bytes(128), 32),
+    // vc4: T-format tiles are 4 KiB, 128 B x 32 rows at 32 bpp.
+    builtin("BROADCOM_VC4_T_TILED", MOD_BROADCOM_VC4_T_TILED, TileWidth::Bytes(128), 32),
+    // panfrost: 16x16 pixel blocks.
+    builtin("ARM_16X16_BLOCK_U_INTERLEAVED", MOD_ARM_16X16_BLOCK_U_INTERLEAVED, TileWidth::Pixels(16), 16),
+];
+
+/// The tile geometry of `value`: `extra` (a platform's own) first, then the built-ins.
+pub fn modifier_info(value: u64, extra: &[ModifierInfo]) -> Option<&ModifierInfo> {
+    extra.iter().chain(BUILTIN_MODIFIERS).find(|m| m.value == value)
 }
 
 /// Parses a modifier: a built-in name (`LINEAR`, `I915_Y_TILED`, with or without the
@@ -183,8 +190,7 @@ pub fn parse_modifier(text: &str, extra: &[ModifierInfo]) -> Result<u64, String>
         Some(rest) => format!("I915_{rest}"),
         None => upper.trim_start_matches("DRM_FORMAT_MOD_").to_owned(),
     };
-    let builtins = builtin_modifiers();
-    if let Some(m) = extra.iter().chain(builtins.iter()).find(|m| m.name.eq_ignore_ascii_case(&name)) {
+    if let Some(m) = extra.iter().chain(BUILTIN_MODIFIERS).find(|m| m.name.eq_ignore_ascii_case(&name)) {
         return Ok(m.value);
     }
     let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
@@ -196,13 +202,7 @@ pub fn parse_modifier(text: &str, extra: &[ModifierInfo]) -> Result<u64, String>
 
 /// The name of a modifier if known, else its hex value.
 pub fn modifier_name(value: u64, extra: &[ModifierInfo]) -> String {
-    let builtins = builtin_modifiers();
-    extra
-        .iter()
-        .chain(builtins.iter())
-        .find(|m| m.value == value)
-        .map(|m| m.name.clone())
-        .unwrap_or_else(|| format!("{value:#018x}"))
+    modifier_info(value, extra).map_or_else(|| format!("{value:#018x}"), |m| m.name.to_string())
 }
 
 /// Serde for a list of modifiers given as names or numbers.
@@ -392,7 +392,7 @@ mod tests {
     use super::*;
 
     fn linear() -> ModifierInfo {
-        builtin_modifiers().into_iter().find(|m| m.value == MOD_LINEAR).unwrap()
+        modifier_info(MOD_LINEAR, &[]).unwrap().clone()
     }
 
     fn lay(fmt: &str, w: u32, h: u32, align: LayoutAlign) -> (Vec<(u32, u32)>, u64) {
@@ -448,12 +448,12 @@ mod tests {
 
     #[test]
     fn tiled_layouts_pad_to_whole_tiles() {
-        let y = builtin_modifiers().into_iter().find(|m| m.value == MOD_I915_Y_TILED).unwrap();
-        let l = compute(DrmFourcc::Xrgb8888, &y, 100, 100, LayoutAlign::PACKED).unwrap();
+        let y = modifier_info(MOD_I915_Y_TILED, &[]).unwrap();
+        let l = compute(DrmFourcc::Xrgb8888, y, 100, 100, LayoutAlign::PACKED).unwrap();
         // 400 B -> 512 B (4 tiles of 128 B); 100 rows -> 128 (4 tiles of 32).
         assert_eq!((l.planes[0].pitch, l.planes[0].rows, l.size), (512, 128, 65536));
-        let u = builtin_modifiers().into_iter().find(|m| m.value == MOD_ARM_16X16_BLOCK_U_INTERLEAVED).unwrap();
-        let l = compute(DrmFourcc::Rgb565, &u, 20, 20, LayoutAlign::PACKED).unwrap();
+        let u = modifier_info(MOD_ARM_16X16_BLOCK_U_INTERLEAVED, &[]).unwrap();
+        let l = compute(DrmFourcc::Rgb565, u, 20, 20, LayoutAlign::PACKED).unwrap();
         // 16 px * 2 B = 32 B tiles: 40 B -> 64 B; 20 rows -> 32.
         assert_eq!((l.planes[0].pitch, l.planes[0].rows), (64, 32));
     }

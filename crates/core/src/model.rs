@@ -168,7 +168,7 @@ impl<'de> Deserialize<'de> for CacheModes {
 #[serde(deny_unknown_fields)]
 pub struct Iommu {
     /// Name of the IOMMU, e.g. `"VT-d"` or `"rk-iommu"`.
-    pub name: String,
+    pub name: std::sync::Arc<str>,
     /// The page sizes it can map (`iommu_domain.pgsize_bitmap`).
     #[serde(with = "pgsizes_serde")]
     pub pgsize_bitmap: PageSizes,
@@ -371,11 +371,11 @@ impl Default for LayoutCaps {
 impl LayoutCaps {
     /// The modifiers the device accepts for `fourcc`: `None` when it does not support the
     /// format, LINEAR only when it lists no formats at all.
-    pub fn modifiers_for(&self, fourcc: drm_fourcc::DrmFourcc) -> Option<Vec<u64>> {
+    pub fn modifiers_for(&self, fourcc: drm_fourcc::DrmFourcc) -> Option<&[u64]> {
         if self.formats.is_empty() {
-            return Some(linear_only());
+            return Some(&[crate::layout::MOD_LINEAR]);
         }
-        self.formats.iter().find(|f| f.fourcc == fourcc).map(|f| f.modifiers.clone())
+        self.formats.iter().find(|f| f.fourcc == fourcc).map(|f| f.modifiers.as_slice())
     }
 }
 

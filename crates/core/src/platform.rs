@@ -165,7 +165,7 @@ pub struct HintRule {
     #[serde(with = "usage_list_serde")]
     pub hints: Usage,
     /// Why: the fact and its source. Shown as the cause of the requirement.
-    pub reason: String,
+    pub reason: std::sync::Arc<str>,
     /// Physically contiguous (max one segment).
     #[serde(default)]
     pub contiguous: bool,
@@ -253,11 +253,14 @@ impl Platform {
         })
     }
 
-    /// Every modifier whose geometry is known: built-ins plus this platform's.
-    pub fn modifier_table(&self) -> Vec<ModifierInfo> {
-        let mut all = self.modifiers.clone();
-        all.extend(layout::builtin_modifiers());
-        all
+    /// The tile geometry of a modifier: this platform's own descriptions, then the built-ins.
+    pub fn modifier_info(&self, value: u64) -> Option<&ModifierInfo> {
+        layout::modifier_info(value, &self.modifiers)
+    }
+
+    /// A modifier's name, or its value in hex.
+    pub fn modifier_name(&self, value: u64) -> String {
+        layout::modifier_name(value, &self.modifiers)
     }
 
     /// Parses a platform description. `file` names the source in errors.
@@ -438,15 +441,13 @@ impl RawPlatform {
         self.check_memory(&c, spans)?;
         self.check_devices(&c, spans)?;
         self.check_rules(&c, spans)?;
-        let mut table = self.modifiers.clone();
-        table.extend(layout::builtin_modifiers());
         let modifier_preference = self
             .platform
             .modifier_preference
             .iter()
             .map(|m| match m {
                 ModifierRef::Value(v) => Ok(*v),
-                ModifierRef::Name(n) => layout::parse_modifier(n, &table).map_err(|e| {
+                ModifierRef::Name(n) => layout::parse_modifier(n, &self.modifiers).map_err(|e| {
                     let span = spans.platform.modifier_preference.as_ref().map_or(0..0, |s| s.span());
                     c.err(span, "platform.modifier_preference".into(), e)
                 }),

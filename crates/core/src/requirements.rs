@@ -1,80 +1,134 @@
 //! The hard placement requirements, merged over devices.
 //!
-//! Each field is a value with the devices that caused it. Merging is a meet in a
+//! Each field is a value with the set of devices that caused it. Merging is a meet in a
 //! semilattice: it is commutative, associative and idempotent, and adding a device never
-//! loosens a requirement (the property tests check all four).
+//! loosens a requirement (the property tests check all four). Causes are kept as a bit
+//! set of device indices, so merging allocates nothing; words come from
+//! [`crate::Plan::causes`] when someone reads them.
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::num::NonZeroU32;
 
-use serde::{Deserialize, Serialize};
+use serde::{Serialize, Serializer};
 
 use crate::effective::{Effective, Sourced};
 use crate::model::CacheModes;
 use crate::units::{BoundaryMask, PageSize, Size};
 use crate::window::Window;
 
-/// A device that caused a requirement, and why.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Cause {
-    /// Device name.
-    pub device: String,
-    /// The parameter or rule behind it.
-    pub why: String,
+/// The most devices one request may name.
+pub const MAX_DEVICES: usize = 128;
+
+/// A set of device indices (into the request list / `Plan::devices`).
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct DeviceSet(u128);
+
+impl DeviceSet {
+    /// No device.
+    pub const EMPTY: DeviceSet = DeviceSet(0);
+
+    /// The set holding device `i` (< [`MAX_DEVICES`]).
+    pub const fn one(i: usize) -> DeviceSet {
+        assert!(i < MAX_DEVICES);
+        DeviceSet(1 << i)
+    }
+    /// The union.
+    pub const fn union(self, o: DeviceSet) -> DeviceSet {
+        DeviceSet(self.0 | o.0)
+    }
+    /// Whether `i` is in the set.
+    pub const fn contains(self, i: usize) -> bool {
+        i < MAX_DEVICES && self.0 & (1 << i) != 0
+    }
+    /// Whether the set is empty.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+    /// The indices, ascending.
+    pub fn iter(self) -> impl Iterator<Item = usize> {
+        (0..MAX_DEVICES).filter(move |i| self.contains(*i))
+    }
 }
 
-impl fmt::Display for Cause {
+impl fmt::Debug for DeviceSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.device, self.why)
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for DeviceSet {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
     }
 }
 
 /// A requirement: its value and the devices that caused it (empty: nobody restricts it).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Req<T> {
     /// The merged value.
     pub value: T,
-    /// Who caused it.
-    pub causes: BTreeSet<Cause>,
+    /// Who caused it: indices into `Plan::devices`.
+    pub causes: DeviceSet,
 }
 
 impl<T: Clone + PartialEq> Req<T> {
-    fn from_device(device: &str, s: &Sourced<T>, restricts: bool) -> Req<T> {
-        let causes = if restricts {
-            BTreeSet::from([Cause { device: device.to_owned(), why: s.why.clone() }])
-        } else {
-            BTreeSet::new()
-        };
-        Req { value: s.value.clone(), causes }
+    fn from_device(index: usize, s: &Sourced<T>, restricts: bool) -> Req<T> {
+        Req { value: s.value.clone(), causes: if restricts { DeviceSet::one(index) } else { DeviceSet::EMPTY } }
     }
 
-    /// The tighter of two totally ordered values (`tighter(a, b)` is true when `a` is
-    /// strictly tighter); on a tie both sets of causes are kept.
-    fn tightest(&self, other: &Req<T>, tighter: impl Fn(&T, &T) -> bool) -> Req<T> {
-        if tighter(&self.value, &other.value) {
-            self.clone()
-        } else if tighter(&other.value, &self.value) {
-            other.clone()
-        } else {
-            Req { value: self.value.clone(), causes: self.causes.union(&other.causes).cloned().collect() }
+    /// Keeps the tighter of two totally ordered values (`tighter(a, b)`: `a` is strictly
+    /// tighter); on a tie both sets of causes are kept.
+    fn tighten(&mut self, other: &Req<T>, tighter: impl Fn(&T, &T) -> bool) {
+        if tighter(&other.value, &self.value) {
+            self.value = other.value.clone();
+            self.causes = other.causes;
+        } else if !tighter(&self.value, &other.value) {
+            self.causes = self.causes.union(other.causes);
         }
     }
 
     /// A set-like meet (intersection); every restricting device stays a cause.
-    fn meet(&self, other: &Req<T>, meet: impl Fn(&T, &T) -> T) -> Req<T> {
-        Req { value: meet(&self.value, &other.value), causes: self.causes.union(&other.causes).cloned().collect() }
-    }
-
-    /// The device names among the causes.
-    pub fn devices(&self) -> Vec<&str> {
-        let names: BTreeSet<&str> = self.causes.iter().map(|c| c.device.as_str()).collect();
-        names.into_iter().collect()
+    fn meet_with(&mut self, other: &Req<T>, meet: impl Fn(&mut T, &T)) {
+        meet(&mut self.value, &other.value);
+        self.causes = self.causes.union(other.causes);
     }
 }
 
+/// The fields of [`Requirements`] (and of the layout), to ask a plan why one holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    /// [`Requirements::window`].
+    Window,
+    /// [`Requirements::pool`].
+    Pool,
+    /// [`Requirements::max_segments`].
+    MaxSegments,
+    /// [`Requirements::max_segment_size`].
+    MaxSegmentSize,
+    /// [`Requirements::segment_boundary`].
+    SegmentBoundary,
+    /// [`Requirements::alignment`].
+    Alignment,
+    /// [`Requirements::granule`].
+    Granule,
+    /// [`Requirements::cache_modes`].
+    CacheModes,
+    /// [`Requirements::protected`].
+    Protected,
+    /// [`Requirements::protected_access`].
+    ProtectedAccess,
+    /// Layout pitch alignment.
+    PitchAlign,
+    /// Layout offset alignment.
+    OffsetAlign,
+    /// Layout height alignment.
+    HeightAlign,
+    /// Layout size alignment.
+    SizeAlign,
+}
+
 /// Hard placement requirements: what a backing must satisfy for every device.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Requirements {
     /// Physical addresses every device can reach.
     pub window: Req<Window>,
@@ -108,44 +162,46 @@ fn opt_lt<T: Ord>(a: &Option<T>, b: &Option<T>) -> bool {
 }
 
 impl Requirements {
-    /// One device's requirements. `ram` tells which address limits restrict anything.
-    pub fn of(e: &Effective, ram: &Window) -> Requirements {
-        let d = e.device.as_str();
+    /// The requirements of device number `index`. `ram` tells which address limits
+    /// restrict anything.
+    pub fn of(e: &Effective, index: usize, ram: &Window) -> Requirements {
         Requirements {
-            window: Req::from_device(d, &e.reach, !ram.is_subset_of(&e.reach.value)),
-            pool: Req::from_device(d, &e.pool, e.pool.value.is_some()),
-            max_segments: Req::from_device(d, &e.max_segments, e.max_segments.value.is_some()),
-            max_segment_size: Req::from_device(d, &e.max_segment_size, e.max_segment_size.value.is_some()),
-            segment_boundary: Req::from_device(d, &e.segment_boundary, e.segment_boundary.value != BoundaryMask::NONE),
-            alignment: Req::from_device(d, &e.alignment, e.alignment.value > PageSize::SZ_4K),
-            granule: Req::from_device(d, &e.granule, e.granule.value > PageSize::SZ_4K),
-            cache_modes: Req::from_device(d, &e.cache_modes, e.cache_modes.value != CacheModes::all()),
-            protected: Req::from_device(d, &e.protected, e.protected.value),
-            protected_access: Req::from_device(
-                d,
-                &Sourced { value: e.protected_access, why: "cannot access protected memory".into() },
-                !e.protected_access,
-            ),
+            window: Req::from_device(index, &e.reach, !ram.is_subset_of(&e.reach.value)),
+            pool: Req::from_device(index, &e.pool, e.pool.value.is_some()),
+            max_segments: Req::from_device(index, &e.max_segments, e.max_segments.value.is_some()),
+            max_segment_size: Req::from_device(index, &e.max_segment_size, e.max_segment_size.value.is_some()),
+            segment_boundary: Req::from_device(index, &e.segment_boundary, e.segment_boundary.value != BoundaryMask::NONE),
+            alignment: Req::from_device(index, &e.alignment, e.alignment.value > PageSize::SZ_4K),
+            granule: Req::from_device(index, &e.granule, e.granule.value > PageSize::SZ_4K),
+            cache_modes: Req::from_device(index, &e.cache_modes, e.cache_modes.value != CacheModes::all()),
+            protected: Req::from_device(index, &e.protected, e.protected.value),
+            protected_access: Req { value: e.protected_access, causes: if e.protected_access { DeviceSet::EMPTY } else { DeviceSet::one(index) } },
         }
     }
 
     /// The requirements of both: the meet.
     pub fn merge(&self, o: &Requirements) -> Requirements {
-        Requirements {
-            window: self.window.meet(&o.window, Window::intersect),
-            pool: self.pool.meet(&o.pool, |a, b| match (a, b) {
-                (Some(x), Some(y)) => Some(x.intersect(y)),
-                (x, None) | (None, x) => x.clone(),
-            }),
-            max_segments: self.max_segments.tightest(&o.max_segments, opt_lt),
-            max_segment_size: self.max_segment_size.tightest(&o.max_segment_size, opt_lt),
-            segment_boundary: self.segment_boundary.tightest(&o.segment_boundary, |a, b| a < b),
-            alignment: self.alignment.tightest(&o.alignment, |a, b| a > b),
-            granule: self.granule.tightest(&o.granule, |a, b| a > b),
-            cache_modes: self.cache_modes.meet(&o.cache_modes, |a, b| *a & *b),
-            protected: self.protected.meet(&o.protected, |a, b| *a || *b),
-            protected_access: self.protected_access.meet(&o.protected_access, |a, b| *a && *b),
-        }
+        let mut r = self.clone();
+        r.absorb(o);
+        r
+    }
+
+    /// Merges `o` into `self` in place (the same meet as [`Requirements::merge`]).
+    pub fn absorb(&mut self, o: &Requirements) {
+        self.window.meet_with(&o.window, |a, b| *a = a.intersect(b));
+        self.pool.meet_with(&o.pool, |a, b| match (a.as_mut(), b) {
+            (Some(x), Some(y)) => *x = x.intersect(y),
+            (None, Some(y)) => *a = Some(y.clone()),
+            (_, None) => {}
+        });
+        self.max_segments.tighten(&o.max_segments, opt_lt);
+        self.max_segment_size.tighten(&o.max_segment_size, opt_lt);
+        self.segment_boundary.tighten(&o.segment_boundary, |a, b| a < b);
+        self.alignment.tighten(&o.alignment, |a, b| a > b);
+        self.granule.tighten(&o.granule, |a, b| a > b);
+        self.cache_modes.meet_with(&o.cache_modes, |a, b| *a &= *b);
+        self.protected.meet_with(&o.protected, |a, b| *a |= *b);
+        self.protected_access.meet_with(&o.protected_access, |a, b| *a &= *b);
     }
 
     /// Whether every requirement of `self` is at least as tight as `other`'s.
@@ -167,6 +223,16 @@ impl Requirements {
             && (!self.protected_access.value || other.protected_access.value)
     }
 
+    /// Where the devices allow the pages to go: the window intersected with the pool when
+    /// some device restricts it. (The plan's placement further keeps unrestricted buffers
+    /// out of carveouts; that is policy, not a device requirement.)
+    pub fn hard_window(&self) -> Window {
+        match &self.pool.value {
+            Some(pool) => self.window.value.intersect(pool),
+            None => self.window.value.clone(),
+        }
+    }
+
     /// The longest piece one segment may be: `min(max_segment_size, boundary + 1)`.
     pub fn segment_cap(&self) -> Option<u64> {
         let size = self.max_segment_size.value.map(Size::bytes);
@@ -180,5 +246,29 @@ impl Requirements {
     /// Whether the buffer must be physically contiguous.
     pub fn contiguous(&self) -> bool {
         self.max_segments.value.is_some_and(|n| n.get() == 1)
+    }
+}
+
+impl Effective {
+    /// Why this device has its value of `field`.
+    pub fn why(&self, field: Field) -> crate::effective::Why {
+        use crate::effective::Why;
+        let l = &self.layout;
+        match field {
+            Field::Window => self.reach.why.clone(),
+            Field::Pool => self.pool.why.clone(),
+            Field::MaxSegments => self.max_segments.why.clone(),
+            Field::MaxSegmentSize => self.max_segment_size.why.clone(),
+            Field::SegmentBoundary => self.segment_boundary.why.clone(),
+            Field::Alignment => self.alignment.why.clone(),
+            Field::Granule => self.granule.why.clone(),
+            Field::CacheModes => self.cache_modes.why.clone(),
+            Field::Protected => self.protected.why.clone(),
+            Field::ProtectedAccess => Why::Layout("protected_access", u32::from(self.protected_access)),
+            Field::PitchAlign => Why::Layout("pitch_align", l.pitch_align),
+            Field::OffsetAlign => Why::Layout("offset_align", l.offset_align),
+            Field::HeightAlign => Why::Layout("height_align", l.height_align),
+            Field::SizeAlign => Why::Layout("size_align", l.size_align),
+        }
     }
 }

@@ -1,7 +1,6 @@
 //! The solver: merges every requesting device's constraints into one [`Plan`], or
 //! explains the [`Conflict`] naming a minimal set of devices.
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::num::NonZeroU32;
 
@@ -13,7 +12,7 @@ use crate::iommu::{self, PteCounts};
 use crate::layout::{self, Layout, LayoutAlign, LayoutError, MOD_LINEAR};
 use crate::model::{CacheMode, Device};
 use crate::platform::Platform;
-use crate::requirements::{Cause, Req, Requirements};
+use crate::requirements::{DeviceSet, Field, MAX_DEVICES, Req, Requirements};
 use crate::units::{PageSize, PageSizes, Size, UnitError};
 use crate::window::Window;
 use crate::Usage;
@@ -53,6 +52,9 @@ pub enum InvalidRequest {
     /// No device was named.
     #[error("no devices: name at least one device that will use the buffer")]
     NoDevices,
+    /// More devices than a plan can track.
+    #[error("{0} devices requested; at most {MAX_DEVICES} can share one buffer")]
+    TooManyDevices(usize),
     /// A zero-byte buffer.
     #[error("buffer size must be at least one byte")]
     ZeroSize,
@@ -96,7 +98,7 @@ pub struct Request<'a> {
 }
 
 /// Soft preferences: how to chunk the backing so the IOMMUs map it with few entries.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Preferences {
     /// Preferred chunk sizes, largest first, with the devices that map each in one entry.
     pub chunk_sizes: Vec<ChunkPref>,
@@ -109,27 +111,25 @@ pub struct Preferences {
 }
 
 /// A preferred chunk size.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ChunkPref {
     /// The size.
     pub size: PageSize,
     /// Devices whose IOMMU maps a chunk of this size with one entry.
-    pub devices: Vec<String>,
+    pub devices: DeviceSet,
 }
 
 /// Page-table entries one device needs.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DeviceEntries {
-    /// Device.
-    pub device: String,
-    /// Its IOMMU.
-    pub iommu: String,
+    /// Index of the device in `Plan::devices`.
+    pub device: usize,
     /// Entries by page size.
     pub ptes: PteCounts,
 }
 
 /// The layout part of a plan, with who caused each alignment.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LayoutPlan {
     /// The chosen layout.
     pub layout: Layout,
@@ -146,7 +146,7 @@ pub struct LayoutPlan {
 }
 
 /// A solution: hard requirements, soft preferences and layout, each with its causes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
     /// Platform name.
     pub platform: String,
@@ -171,6 +171,34 @@ impl Plan {
     /// Whether the buffer must be physically contiguous.
     pub fn contiguous(&self) -> bool {
         self.requirements.contiguous()
+    }
+
+    /// The devices in `set`, each with why it has its value of `field`.
+    pub fn causes(&self, set: DeviceSet, field: Field) -> Vec<Cause> {
+        set.iter()
+            .filter_map(|i| self.devices.get(i))
+            .map(|e| Cause { device: e.device.clone(), why: e.why(field).to_string() })
+            .collect()
+    }
+
+    /// The names of the devices in `set`.
+    pub fn names(&self, set: DeviceSet) -> Vec<&str> {
+        set.iter().filter_map(|i| self.devices.get(i)).map(|e| e.device.as_str()).collect()
+    }
+}
+
+/// A device that caused a requirement, and why, in words.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Cause {
+    /// Device name.
+    pub device: String,
+    /// The parameter or rule behind it.
+    pub why: String,
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.device, self.why)
     }
 }
 
@@ -259,6 +287,8 @@ pub struct Conflict {
     pub platform: String,
     /// The minimal set of conflicting devices.
     pub devices: Vec<String>,
+    /// The hints each device in `devices` was requested with (same order).
+    pub hints: Vec<Usage>,
     /// What conflicts.
     #[serde(flatten)]
     pub kind: ConflictKind,
@@ -287,6 +317,9 @@ pub fn solve(platform: &Platform, desc: &BufferDesc, requests: &[Request<'_>]) -
 fn validate(desc: &BufferDesc, requests: &[Request<'_>]) -> Result<(), InvalidRequest> {
     if requests.is_empty() {
         return Err(InvalidRequest::NoDevices);
+    }
+    if requests.len() > MAX_DEVICES {
+        return Err(InvalidRequest::TooManyDevices(requests.len()));
     }
     match desc {
         BufferDesc::Size(s) if s.is_zero() => Err(InvalidRequest::ZeroSize),
@@ -333,16 +366,17 @@ fn item(device: &str, constraint: &str, value: impl Into<String>, why: impl Into
 fn attempt(platform: &Platform, desc: &BufferDesc, requests: &[Request<'_>]) -> Result<Plan, Failure> {
     let effs: Vec<Effective> = requests.iter().map(|r| Effective::new(platform, r.device, r.hints)).collect();
     let ram = platform.memory.ram();
-    let req = effs
-        .iter()
-        .map(|e| Requirements::of(e, &ram))
-        .reduce(|a, b| a.merge(&b))
-        .ok_or(InvalidRequest::NoDevices)?;
+    let mut devices = effs.iter().enumerate();
+    let (_, first) = devices.next().ok_or(InvalidRequest::NoDevices)?;
+    let mut req = Requirements::of(first, 0, &ram);
+    for (i, e) in devices {
+        req.absorb(&Requirements::of(e, i, &ram));
+    }
     check_protection(&effs, &req)?;
     let cache_mode = choose_cache_mode(platform, &effs, &req)?;
     let layout = match desc {
         BufferDesc::Size(_) => None,
-        BufferDesc::Image(img) => Some(plan_layout(platform, &effs, img)?),
+        BufferDesc::Image(img) => Some(plan_layout(platform, requests, &effs, img)?),
     };
     let raw_size = match (&layout, desc) {
         (Some(l), _) => Size::new(l.layout.size),
@@ -358,13 +392,13 @@ fn attempt(platform: &Platform, desc: &BufferDesc, requests: &[Request<'_>]) -> 
 }
 
 fn check_protection(effs: &[Effective], req: &Requirements) -> Result<(), Failure> {
-    if !(req.protected.value && !req.protected_access.value) {
+    if !req.protected.value || req.protected_access.value {
         return Ok(());
     }
     let items = effs
         .iter()
         .filter(|e| e.protected.value)
-        .map(|e| item(&e.device, "protected", "needs protected memory", &e.protected.why))
+        .map(|e| item(&e.device, "protected", "needs protected memory", e.protected.why.to_string()))
         .chain(effs.iter().filter(|e| !e.protected_access).map(|e| item(&e.device, "protected_access", "false", "cannot access protected memory")))
         .collect();
     fail(ConflictKind::Protected, items)
@@ -373,10 +407,10 @@ fn check_protection(effs: &[Effective], req: &Requirements) -> Result<(), Failur
 fn choose_cache_mode(platform: &Platform, effs: &[Effective], req: &Requirements) -> Result<Req<CacheMode>, Failure> {
     let modes = req.cache_modes.value;
     match platform.cache_preference.iter().copied().chain(CacheMode::ALL).find(|m| modes.has(*m)) {
-        Some(m) => Ok(Req { value: m, causes: req.cache_modes.causes.clone() }),
+        Some(m) => Ok(Req { value: m, causes: req.cache_modes.causes }),
         None => fail(
             ConflictKind::CacheModes,
-            effs.iter().map(|e| item(&e.device, "cache_modes", e.cache_modes.value.to_string(), &e.cache_modes.why)).collect(),
+            effs.iter().map(|e| item(&e.device, "cache_modes", e.cache_modes.value.to_string(), e.cache_modes.why.to_string())).collect(),
         ),
     }
 }
@@ -386,7 +420,7 @@ fn check_iova_space(effs: &[Effective], size: Size) -> Result<(), Failure> {
         if let Some(bits) = e.iova_space {
             let space = Size::new(bits.mask()).checked_add(Size::new(1)).unwrap_or(Size::new(u64::MAX));
             if size > space {
-                let name = e.iommu.as_ref().map_or("", |m| m.name.as_str());
+                let name = e.iommu.as_ref().map_or("", |m| &*m.name);
                 return fail(
                     ConflictKind::IovaSpace { size, space },
                     vec![item(&e.device, "iova_bits", bits.to_string(), format!("IOMMU {name} aperture and dma_mask"))],
@@ -401,10 +435,10 @@ fn window_items(effs: &[Effective], ram: &Window) -> Vec<ConflictItem> {
     let mut items = Vec::new();
     for e in effs {
         if let Some(pool) = &e.pool.value {
-            items.push(item(&e.device, "regions", pool.to_string(), &e.pool.why));
+            items.push(item(&e.device, "regions", pool.to_string(), e.pool.why.to_string()));
         }
         if !ram.is_subset_of(&e.reach.value) {
-            items.push(item(&e.device, "reach", e.reach.value.to_string(), &e.reach.why));
+            items.push(item(&e.device, "reach", e.reach.value.to_string(), e.reach.why.to_string()));
         }
     }
     items
@@ -414,13 +448,13 @@ fn segment_items(effs: &[Effective]) -> Vec<ConflictItem> {
     let mut items = Vec::new();
     for e in effs {
         if let Some(n) = e.max_segments.value {
-            items.push(item(&e.device, "max_segments", n.to_string(), &e.max_segments.why));
+            items.push(item(&e.device, "max_segments", n.to_string(), e.max_segments.why.to_string()));
         }
         if let Some(s) = e.max_segment_size.value {
-            items.push(item(&e.device, "max_segment_size", s.to_string(), &e.max_segment_size.why));
+            items.push(item(&e.device, "max_segment_size", s.to_string(), e.max_segment_size.why.to_string()));
         }
         if e.segment_boundary.value != crate::units::BoundaryMask::NONE {
-            items.push(item(&e.device, "segment_boundary_mask", e.segment_boundary.value.to_string(), &e.segment_boundary.why));
+            items.push(item(&e.device, "segment_boundary_mask", e.segment_boundary.value.to_string(), e.segment_boundary.why.to_string()));
         }
     }
     items
@@ -432,11 +466,10 @@ fn check_memory(platform: &Platform, effs: &[Effective], req: &Requirements, pla
         return fail(ConflictKind::NoCommonMemory, window_items(effs, &ram));
     }
     let max_segments = req.max_segments.value.map(NonZeroU32::get);
-    if let (Some(n), Some(cap)) = (max_segments, req.segment_cap()) {
-        if u128::from(n) * u128::from(cap) < u128::from(size.bytes()) {
+    if let (Some(n), Some(cap)) = (max_segments, req.segment_cap())
+        && u128::from(n) * u128::from(cap) < u128::from(size.bytes()) {
             return fail(ConflictKind::SegmentLimit { size, max_segments: n, segment_cap: Size::new(cap) }, segment_items(effs));
         }
-    }
     let Some(n) = max_segments else {
         let total = placement.total();
         if total < size {
@@ -448,80 +481,82 @@ fn check_memory(platform: &Platform, effs: &[Effective], req: &Requirements, pla
     let run = Size::new(size.bytes().div_ceil(u64::from(n))).align_up(PageSize::SZ_4K).map_err(InvalidRequest::from)?;
     let max_block = platform.memory.max_buddy_block;
     let pool = if run > max_block.size() { placement.intersect(&platform.memory.large_contiguous()) } else { placement.clone() };
-    let mut items = window_items(effs, &ram);
-    items.extend(segment_items(effs));
+    let items = || {
+        let mut items = window_items(effs, &ram);
+        items.extend(segment_items(effs));
+        items
+    };
     if pool.is_empty() {
-        return fail(ConflictKind::NoContiguousPool { needed: run, max_block: max_block.size() }, items);
+        return fail(ConflictKind::NoContiguousPool { needed: run, max_block: max_block.size() }, items());
     }
     let align = if n == 1 { req.alignment.value } else { PageSize::SZ_4K };
     if pool.first_fit(run, align).is_none() || pool.total() < size {
         let available = if n == 1 { pool.largest().map_or(Size::ZERO, |r| r.len()) } else { pool.total() };
-        return fail(ConflictKind::NoRoom { needed: if n == 1 { size } else { run }, contiguous: true, available }, items);
+        return fail(ConflictKind::NoRoom { needed: if n == 1 { size } else { run }, contiguous: true, available }, items());
     }
     Ok(())
 }
 
 fn preferences(effs: &[Effective], req: &Requirements, size: Size) -> Preferences {
-    let mmus: Vec<(&Effective, PageSizes)> = effs.iter().filter_map(|e| e.iommu.as_ref().map(|m| (e, m.pgsize_bitmap))).collect();
-    let union = mmus.iter().fold(PageSizes::EMPTY, |acc, (_, p)| acc.union(*p));
+    let mmus = || effs.iter().enumerate().filter_map(|(i, e)| e.iommu.as_ref().map(|m| (i, m.pgsize_bitmap)));
+    let union = mmus().fold(PageSizes::EMPTY, |acc, (_, p)| acc.union(p));
     let granule = req.granule.value;
     let chunk_sizes: Vec<ChunkPref> = union
         .iter_desc()
         .filter(|p| *p >= granule && p.get() <= size.bytes())
-        .map(|p| ChunkPref {
-            size: p,
-            devices: mmus.iter().filter(|(_, bm)| bm.contains(p)).map(|(e, _)| e.device.clone()).collect::<BTreeSet<_>>().into_iter().collect(),
-        })
+        .map(|p| ChunkPref { size: p, devices: mmus().filter(|(_, bm)| bm.contains(p)).fold(DeviceSet::EMPTY, |s, (i, _)| s.union(DeviceSet::one(i))) })
         .collect();
     let alignment = chunk_sizes.first().map_or(req.alignment.value, |c| c.size.max(req.alignment.value));
     let min_chunk = req.max_segments.value.filter(|n| n.get() > 1).map(|n| Size::new(size.bytes().div_ceil(u64::from(n.get()))));
     let chunks = ideal_chunks(req, &chunk_sizes, size);
-    let entries = mmus
-        .iter()
-        .filter_map(|(e, bm)| {
+    let entries = mmus()
+        .filter_map(|(i, bm)| {
             let mut ptes = PteCounts::default();
-            for &(offset, len) in &chunks {
-                ptes.merge(&iommu::map_entries(*bm, offset, offset, len)?);
+            for &(offset, len, count) in &chunks {
+                let one = iommu::map_entries(bm, offset, offset, len)?;
+                for (p, n) in one.by_size {
+                    ptes.add(p, n * count);
+                }
             }
-            Some(DeviceEntries { device: e.device.clone(), iommu: e.iommu.as_ref().map_or(String::new(), |m| m.name.clone()), ptes })
+            Some(DeviceEntries { device: i, ptes })
         })
         .collect();
     Preferences { chunk_sizes, alignment, min_chunk, entries }
 }
 
-/// The chunking the preferences aim for, as `(offset, len)`: one run when contiguous, else
-/// the largest preferred chunks first, each naturally aligned.
-fn ideal_chunks(req: &Requirements, prefs: &[ChunkPref], size: Size) -> Vec<(u64, u64)> {
+/// The chunking the preferences aim for, as `(offset, len, count)` runs of equal chunks:
+/// one run when contiguous, else the largest preferred chunks first, each naturally
+/// aligned (a chunk's entries do not depend on which of the equal chunks it is).
+fn ideal_chunks(req: &Requirements, prefs: &[ChunkPref], size: Size) -> Vec<(u64, u64, u64)> {
     if req.contiguous() || prefs.is_empty() {
-        return vec![(0, size.bytes())];
+        return vec![(0, size.bytes(), 1)];
     }
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(prefs.len() + 1);
     let mut offset = 0u64;
     let mut left = size.bytes();
     for c in prefs {
         let n = left / c.size.get();
-        for _ in 0..n {
-            out.push((offset, c.size.get()));
-            offset += c.size.get();
+        if n > 0 {
+            out.push((offset, c.size.get(), n));
+            offset += n * c.size.get();
+            left -= n * c.size.get();
         }
-        left -= n * c.size.get();
     }
     if left > 0 {
-        out.push((offset, left));
+        out.push((offset, left, 1));
     }
     out
 }
 
-/// Per-device layout constraints merged: alignments by least common multiple, maxima by
-/// minimum.
+/// Per-device layout alignments merged by least common multiple.
 fn layout_req(effs: &[Effective], pick: impl Fn(&Effective) -> u32, name: &'static str) -> Result<Req<u32>, InvalidRequest> {
     let mut value = 1u64;
-    let mut causes = BTreeSet::new();
-    for e in effs {
+    let mut causes = DeviceSet::EMPTY;
+    for (i, e) in effs.iter().enumerate() {
         let v = pick(e);
         if v > 1 {
-            value = layout::lcm("alignment", value, "device alignment", v.into())?;
-            causes.insert(Cause { device: e.device.clone(), why: format!("{name} = {v}") });
+            value = layout::lcm("alignment", value, name, v.into())?;
+            causes = causes.union(DeviceSet::one(i));
         }
     }
     let value = u32::try_from(value)
@@ -529,28 +564,28 @@ fn layout_req(effs: &[Effective], pick: impl Fn(&Effective) -> u32, name: &'stat
     Ok(Req { value, causes })
 }
 
-fn plan_layout(platform: &Platform, effs: &[Effective], img: &ImageDesc) -> Result<LayoutPlan, Failure> {
+fn plan_layout(platform: &Platform, requests: &[Request<'_>], effs: &[Effective], img: &ImageDesc) -> Result<LayoutPlan, Failure> {
     let fmt_name = layout::fourcc_name(img.format);
-    let missing: Vec<ConflictItem> = effs
+    let missing: Vec<ConflictItem> = requests
         .iter()
-        .filter(|e| e.layout.modifiers_for(img.format).is_none())
-        .map(|e| {
-            let list: Vec<String> = e.layout.formats.iter().map(|f| layout::fourcc_name(f.fourcc)).collect();
-            item(&e.device, "formats", list.join(" "), "layout.formats")
+        .filter(|r| r.device.layout.modifiers_for(img.format).is_none())
+        .map(|r| {
+            let list: Vec<String> = r.device.layout.formats.iter().map(|f| layout::fourcc_name(f.fourcc)).collect();
+            item(&r.device.name, "formats", list.join(" "), "layout.formats")
         })
         .collect();
     if !missing.is_empty() {
         return fail(ConflictKind::Format { format: fmt_name }, missing);
     }
-    let table = platform.modifier_table();
-    let candidates = modifier_candidates(platform, effs, img);
+    let candidates = modifier_candidates(platform, requests, img);
     if candidates.is_empty() {
-        let items = effs
+        let items = requests
             .iter()
-            .map(|e| {
-                let mods = if e.linear_only { vec![MOD_LINEAR] } else { e.layout.modifiers_for(img.format).unwrap_or_default() };
-                let names: Vec<String> = mods.iter().map(|m| layout::modifier_name(*m, &table)).collect();
-                item(&e.device, "modifiers", names.join(" "), if e.linear_only { "LINEAR hint" } else { "layout.formats" })
+            .map(|r| {
+                let linear_only = r.hints.contains(Usage::LINEAR);
+                let mods: &[u64] = if linear_only { &[MOD_LINEAR] } else { r.device.layout.modifiers_for(img.format).unwrap_or_default() };
+                let names: Vec<String> = mods.iter().map(|m| platform.modifier_name(*m)).collect();
+                item(&r.device.name, "modifiers", names.join(" "), if linear_only { "LINEAR hint" } else { "layout.formats" })
             })
             .collect();
         return fail(ConflictKind::Modifiers { format: fmt_name }, items);
@@ -564,7 +599,7 @@ fn plan_layout(platform: &Platform, effs: &[Effective], img: &ImageDesc) -> Resu
     let align = LayoutAlign { pitch: pitch_align.value, offset: offset_align.value, height: height_align.value, size: size_align.value };
     let mut last_err = None;
     for m in &candidates {
-        let Some(info) = table.iter().find(|t| t.value == *m) else { continue };
+        let Some(info) = platform.modifier_info(*m) else { continue };
         let l = layout::compute(img.format, info, img.width, img.height, align).map_err(InvalidRequest::from)?;
         let widest = l.planes.iter().map(|p| p.pitch).max().unwrap_or(0);
         match check_dimension(effs, "pitch", widest.into(), |e| e.layout.max_pitch) {
@@ -575,7 +610,7 @@ fn plan_layout(platform: &Platform, effs: &[Effective], img: &ImageDesc) -> Resu
     match last_err {
         Some(e) => Err(e),
         None => {
-            let names: Vec<String> = candidates.iter().map(|m| layout::modifier_name(*m, &table)).collect();
+            let names: Vec<String> = candidates.iter().map(|m| platform.modifier_name(*m)).collect();
             Err(InvalidRequest::Layout(LayoutError::UnknownFormat(
                 format!("{fmt_name} with modifiers {}", names.join(" ")),
                 "(no tile geometry known for these modifiers: describe them in a [[modifier]] table)".into(),
@@ -598,27 +633,23 @@ fn check_dimension(effs: &[Effective], what: &str, value: u64, max: impl Fn(&Eff
 
 /// Modifiers every device accepts for the format, most preferred first: the platform's
 /// order, then the rest by value, LINEAR last unless the platform ranks it.
-fn modifier_candidates(platform: &Platform, effs: &[Effective], img: &ImageDesc) -> Vec<u64> {
-    let mut common: Option<BTreeSet<u64>> = if img.modifiers.is_empty() { None } else { Some(img.modifiers.iter().copied().collect()) };
-    for e in effs {
-        let mut mods: BTreeSet<u64> = e.layout.modifiers_for(img.format).unwrap_or_default().into_iter().collect();
-        if e.linear_only {
-            mods.retain(|m| *m == MOD_LINEAR);
-        }
-        common = Some(match common {
-            None => mods,
-            Some(c) => c.intersection(&mods).copied().collect(),
-        });
+fn modifier_candidates(platform: &Platform, requests: &[Request<'_>], img: &ImageDesc) -> Vec<u64> {
+    let first = requests.first().and_then(|r| r.device.layout.modifiers_for(img.format)).unwrap_or_default();
+    let mut common: Vec<u64> = if img.modifiers.is_empty() { first.to_vec() } else { img.modifiers.clone() };
+    for r in requests {
+        let mods = r.device.layout.modifiers_for(img.format).unwrap_or_default();
+        let linear_only = r.hints.contains(Usage::LINEAR);
+        common.retain(|m| mods.contains(m) && (!linear_only || *m == MOD_LINEAR));
     }
-    let common = common.unwrap_or_default();
+    common.sort_unstable();
+    common.dedup();
     let rank = |m: &u64| match platform.modifier_preference.iter().position(|p| p == m) {
         Some(i) => (0, i, *m),
         None if *m == MOD_LINEAR => (2, 0, *m),
         None => (1, 0, *m),
     };
-    let mut out: Vec<u64> = common.into_iter().collect();
-    out.sort_by_key(rank);
-    out
+    common.sort_by_key(rank);
+    common
 }
 
 /// Finds a minimal conflicting subset by deletion and explains its failure.
@@ -645,7 +676,8 @@ fn explain(platform: &Platform, desc: &BufferDesc, requests: &[Request<'_>]) -> 
 
 fn conflict(platform: &Platform, desc: &BufferDesc, minimal: &[Request<'_>], f: Fail) -> Conflict {
     let devices: Vec<String> = minimal.iter().map(|r| r.device.name.clone()).collect();
+    let hints: Vec<Usage> = minimal.iter().map(|r| r.hints).collect();
     let effs: Vec<Effective> = minimal.iter().map(|r| Effective::new(platform, r.device, r.hints)).collect();
     let message = crate::explain::message(platform, desc, &effs, &f.kind, &f.items);
-    Conflict { platform: platform.name.clone(), devices, kind: f.kind, items: f.items, message }
+    Conflict { platform: platform.name.clone(), devices, hints, kind: f.kind, items: f.items, message }
 }

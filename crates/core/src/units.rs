@@ -195,7 +195,7 @@ impl fmt::Display for Size {
             return f.pad("0 B");
         }
         for (unit, name) in UNITS {
-            if b >= unit && b % unit == 0 {
+            if b >= unit && b.is_multiple_of(unit) {
                 return f.pad(&format!("{} {name}", b / unit));
             }
         }
@@ -456,7 +456,12 @@ impl PageSizes {
     }
     /// The page sizes, largest first.
     pub fn iter_desc(self) -> impl Iterator<Item = PageSize> {
-        (0..64u32).rev().filter(move |s| self.0 & (1 << s) != 0).map(|s| PageSize(1 << s))
+        let mut bits = self.0;
+        std::iter::from_fn(move || {
+            let top = PageSizes(bits).largest()?;
+            bits &= !top.0;
+            Some(top)
+        })
     }
 }
 

@@ -109,21 +109,19 @@ fn verify_device(e: &Effective, b: &Backing) -> Result<(), Violation> {
         if !e.reach.value.contains_range(*s) {
             return violation(d, "reach", format!("segment {i} at {s} is outside {} ({})", e.reach.value, e.reach.why));
         }
-        if let Some(pool) = &e.pool.value {
-            if !pool.contains_range(*s) {
+        if let Some(pool) = &e.pool.value
+            && !pool.contains_range(*s) {
                 return violation(d, "regions", format!("segment {i} at {s} is outside {pool} ({})", e.pool.why));
             }
-        }
         let g = e.granule.value;
         if !s.start().is_aligned(g) || !s.len().is_aligned(g) {
             return violation(d, "granule", format!("segment {i} at {s} is not a multiple of {g} ({})", e.granule.why));
         }
     }
-    if let Some(first) = b.segments.first() {
-        if !first.start().is_aligned(e.alignment.value) {
+    if let Some(first) = b.segments.first()
+        && !first.start().is_aligned(e.alignment.value) {
             return violation(d, "alignment", format!("buffer starts at {}, not {}-aligned ({})", first.start(), e.alignment.value, e.alignment.why));
         }
-    }
     if let Some(max) = e.max_segments.value {
         let n = sg_entries(b, e.max_segment_size.value, e.segment_boundary.value);
         if n > u64::from(max.get()) {

@@ -3,6 +3,7 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::units::{PageSize, PhysAddr, PhysRange, Size};
 
@@ -12,17 +13,17 @@ use crate::units::{PageSize, PhysAddr, PhysRange, Size};
 /// address part of the solver.
 #[derive(Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Window(Vec<PhysRange>);
+pub struct Window(SmallVec<[PhysRange; 2]>);
 
 impl Window {
     /// Every representable address.
     pub fn everything() -> Window {
-        Window(vec![PhysRange::below(u64::MAX).expect("u64::MAX > 0")])
+        Window::below(u64::MAX)
     }
 
     /// Nowhere.
-    pub const fn empty() -> Window {
-        Window(Vec::new())
+    pub fn empty() -> Window {
+        Window(SmallVec::new())
     }
 
     /// Addresses below `end`; empty for 0.
@@ -32,9 +33,9 @@ impl Window {
 
     /// The union of `ranges`, normalised.
     pub fn from_ranges(ranges: impl IntoIterator<Item = PhysRange>) -> Window {
-        let mut v: Vec<PhysRange> = ranges.into_iter().collect();
-        v.sort();
-        let mut out: Vec<PhysRange> = Vec::with_capacity(v.len());
+        let mut v: SmallVec<[PhysRange; 4]> = ranges.into_iter().collect();
+        v.sort_unstable();
+        let mut out: SmallVec<[PhysRange; 2]> = SmallVec::with_capacity(v.len());
         for r in v {
             match out.last_mut() {
                 Some(last) if r.start() <= last.end() => {
@@ -61,7 +62,7 @@ impl Window {
     /// The addresses in both windows.
     pub fn intersect(&self, other: &Window) -> Window {
         let (mut i, mut j) = (0, 0);
-        let mut out = Vec::new();
+        let mut out = SmallVec::new();
         while i < self.0.len() && j < other.0.len() {
             let (a, b) = (self.0[i], other.0[j]);
             if let Some(r) = a.intersect(b) {
@@ -78,7 +79,7 @@ impl Window {
 
     /// The addresses in `self` but not in `other`.
     pub fn subtract(&self, other: &Window) -> Window {
-        let mut out = Vec::new();
+        let mut out = SmallVec::new();
         for &r in &self.0 {
             let mut cur = r.start();
             for &o in &other.0 {
@@ -97,7 +98,7 @@ impl Window {
 
     /// Whether the window is a subset of `other`.
     pub fn is_subset_of(&self, other: &Window) -> bool {
-        &self.intersect(other) == self
+        self.0.iter().all(|r| other.contains_range(*r))
     }
 
     /// Whether `range` lies inside the window.
