@@ -94,6 +94,13 @@ pub trait Backend {
     /// Undoes [`Backend::map`].
     fn unmap(&mut self, device: &Effective, mapping: Self::Mapping);
 
+    /// Writes a deterministic pattern derived from `seed` over the whole backing (what a
+    /// device's DMA write or a CPU fill would leave there).
+    fn fill(&mut self, backing: &Self::Backing, seed: u64) -> Result<(), Self::Error>;
+
+    /// A digest of the backing's contents, to prove a migration preserved them.
+    fn checksum(&self, backing: &Self::Backing) -> Result<u64, Self::Error>;
+
     /// CPU access begins (`DMA_BUF_IOCTL_SYNC` start) or ends; `devices` are the mapped
     /// attachments. Returns the number of cache-maintenance operations performed.
     fn cpu_sync(&mut self, backing: &Self::Backing, devices: &[&Effective], access: CpuAccess, begin: bool) -> Result<u64, Self::Error>;

@@ -11,6 +11,7 @@
 pub mod backend;
 pub mod builtin;
 pub mod effective;
+pub mod exporter;
 mod explain;
 pub mod iommu;
 pub mod layout;
