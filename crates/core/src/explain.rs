@@ -11,26 +11,29 @@ pub(crate) fn message(platform: &Platform, desc: &BufferDesc, effs: &[Effective]
     let p = &platform.name;
     match kind {
         ConflictKind::NoCommonMemory => no_common_memory(platform, effs),
-        ConflictKind::NoRoom { needed, contiguous, available } => {
+        ConflictKind::NoRoom { within, needed, contiguous, available } => {
             let what = if *contiguous { "physically contiguous memory" } else { "memory" };
             let run = if *contiguous { "the longest run there is" } else { "only" };
             format!(
-                "{} ({p}) need {needed} of {what} within {}, but {run} {available}{}",
+                "{} ({p}) {} {needed} of {what} within {}, but {run} {available}{}",
                 names(effs),
-                placement(platform, effs),
+                verb(effs, "needs", "need"),
+                within,
                 if *contiguous { "" } else { " lies there" }
             ) + &because(effs, platform)
         }
-        ConflictKind::NoContiguousPool { needed, max_block } => format!(
-            "{} ({p}) need a physically contiguous run of {needed} within {}; that is more than the page allocator's largest block ({max_block}), and no CMA area or carveout lies there (CMA: {}){}",
+        ConflictKind::NoContiguousPool { within, needed, max_block } => format!(
+            "{} ({p}) {} a physically contiguous run of {needed} within {}; that is more than the page allocator's largest block ({max_block}), and no CMA area or carveout lies there (CMA: {}){}",
             names(effs),
-            placement(platform, effs),
+            verb(effs, "needs", "need"),
+            within,
             platform.memory.cma_window(),
             because(effs, platform)
         ),
         ConflictKind::SegmentLimit { size, max_segments, segment_cap } => format!(
-            "{} ({p}) allow at most {max_segments} segment(s) of at most {segment_cap} each, which cannot hold {size}: {}",
+            "{} ({p}) {} at most {max_segments} segment(s) of at most {segment_cap} each, which cannot hold {size}: {}",
             names(effs),
+            verb(effs, "allows", "allow"),
             list_items(items, &label)
         ),
         ConflictKind::CacheModes => format!("no cache mode suits every device ({p}): {}", list_items(items, &label)),
@@ -55,6 +58,10 @@ pub(crate) fn message(platform: &Platform, desc: &BufferDesc, effs: &[Effective]
     }
 }
 
+fn verb(effs: &[Effective], one: &'static str, many: &'static str) -> &'static str {
+    if effs.len() == 1 { one } else { many }
+}
+
 fn names(effs: &[Effective]) -> String {
     join_and(&effs.iter().map(Effective::label).collect::<Vec<_>>())
 }
@@ -70,18 +77,6 @@ fn join_and(parts: &[String]) -> String {
 fn list_items(items: &[ConflictItem], label: &dyn Fn(&str) -> String) -> String {
     let parts: Vec<String> = items.iter().map(|i| format!("{} has {} = {} ({})", label(&i.device), i.constraint, i.value, i.why)).collect();
     parts.join("; ")
-}
-
-fn placement(platform: &Platform, effs: &[Effective]) -> Window {
-    let mut w = platform.memory.ram();
-    let mut pool: Option<Window> = None;
-    for e in effs {
-        w = w.intersect(&e.reach.value);
-        if let Some(p) = &e.pool.value {
-            pool = Some(pool.map_or_else(|| p.clone(), |cur| cur.intersect(p)));
-        }
-    }
-    w.intersect(pool.as_ref().unwrap_or(&platform.memory.general()))
 }
 
 fn because(effs: &[Effective], platform: &Platform) -> String {

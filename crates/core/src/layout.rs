@@ -403,7 +403,8 @@ mod tests {
     /// Exact numbers for every required format, packed (no alignment), 10x10.
     #[test]
     fn packed_10x10_table() {
-        let cases: &[(&str, &[(u32, u32)], u64)] = &[
+        type Case<'a> = (&'a str, &'a [(u32, u32)], u64);
+        let cases: &[Case<'_>] = &[
             ("XR24", &[(0, 40)], 400),
             ("AR24", &[(0, 40)], 400),
             ("XB24", &[(0, 40)], 400),

@@ -194,16 +194,12 @@ impl Iommu {
 
 /// Serialises a [`PageSizes`] as a list of sizes (`["4KiB", "2MiB"]`) or a raw bitmap.
 pub(crate) mod pgsizes_serde {
-    use serde::{Deserialize, Deserializer, Serializer};
+    use std::fmt;
+
+    use serde::de::{self, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
 
     use crate::units::{PageSize, PageSizes};
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Repr {
-        Bitmap(u64),
-        List(Vec<PageSize>),
-    }
 
     pub fn serialize<S: Serializer>(p: &PageSizes, s: S) -> Result<S::Ok, S::Error> {
         let mut v: Vec<u64> = p.iter_desc().map(PageSize::get).collect();
@@ -211,15 +207,44 @@ pub(crate) mod pgsizes_serde {
         s.collect_seq(v)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PageSizes, D::Error> {
-        let set = match Repr::deserialize(d)? {
-            Repr::Bitmap(b) => PageSizes::from_bitmap(b),
-            Repr::List(l) => PageSizes::from_sizes(l),
-        };
+    struct PgSizes;
+
+    impl<'de> Visitor<'de> for PgSizes {
+        type Value = PageSizes;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a pgsize_bitmap integer or a list of page sizes such as [\"4KiB\", \"2MiB\"]")
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<PageSizes, E> {
+            check(PageSizes::from_bitmap(v))
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<PageSizes, E> {
+            u64::try_from(v).map_err(|_| E::custom(format!("pgsize_bitmap {v} is negative"))).and_then(|v| self.visit_u64(v))
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<PageSizes, A::Error> {
+            let mut set = PageSizes::EMPTY;
+            while let Some(p) = seq.next_element::<PageSize>()? {
+                set = set.union(PageSizes::from_sizes([p]));
+            }
+            check(set)
+        }
+    }
+
+    fn check<E: de::Error>(set: PageSizes) -> Result<PageSizes, E> {
         if set.is_empty() {
-            return Err(serde::de::Error::custom("pgsize_bitmap must hold at least one page size"));
+            return Err(E::custom("pgsize_bitmap must hold at least one page size"));
+        }
+        if set.smallest().is_some_and(|p| p < PageSize::SZ_4K) {
+            return Err(E::custom(format!("pgsize_bitmap {:#x} holds page sizes below 4 KiB ({set})", set.bitmap())));
         }
         Ok(set)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PageSizes, D::Error> {
+        d.deserialize_any(PgSizes)
     }
 }
 

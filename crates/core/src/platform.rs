@@ -481,8 +481,11 @@ impl RawPlatform {
             .chain(m.carveouts.iter().zip(&spans.memory.carveout).map(|(r, s)| ("carveout", r.name.as_str(), r.start, r.size, s)));
         let mut names = BTreeSet::new();
         let mut bank_ranges: Vec<PhysRange> = Vec::new();
+        let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
         for (kind, name, start, size, span) in all {
-            let field = format!("memory.{kind}.{name}");
+            let index = counts.entry(kind).or_default();
+            let field = format!("memory.{kind}[{index}]");
+            *index += 1;
             if !names.insert(name) {
                 return Err(c.err(span.name.span(), field, format!("region name `{name}` is used twice")));
             }

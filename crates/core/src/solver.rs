@@ -210,6 +210,8 @@ pub enum ConflictKind {
     NoCommonMemory,
     /// The common window holds too little (or too short a run of) memory.
     NoRoom {
+        /// Where the memory would have to be.
+        within: Window,
         /// Bytes needed.
         needed: Size,
         /// Whether one contiguous run is needed.
@@ -220,6 +222,8 @@ pub enum ConflictKind {
     /// A contiguous run larger than the page allocator's largest block is needed where no
     /// CMA area or carveout lies.
     NoContiguousPool {
+        /// The window with no CMA area or carveout in it.
+        within: Window,
         /// Bytes needed in one run.
         needed: Size,
         /// The page allocator's largest block.
@@ -385,8 +389,8 @@ fn attempt(platform: &Platform, desc: &BufferDesc, requests: &[Request<'_>]) -> 
     };
     let size = raw_size.align_up(req.granule.value.max(PageSize::SZ_4K)).map_err(InvalidRequest::from)?;
     check_iova_space(&effs, size)?;
-    let placement = req.window.value.intersect(req.pool.value.as_ref().unwrap_or(&platform.memory.general()));
-    check_memory(platform, &effs, &req, &placement, size)?;
+    let window = req.window.value.intersect(req.pool.value.as_ref().unwrap_or(&platform.memory.general()));
+    let placement = check_memory(platform, &effs, &req, window, size)?;
     let preferences = preferences(&effs, &req, size);
     Ok(Plan { platform: platform.name.clone(), size, requirements: req, placement, cache_mode, preferences, layout, devices: effs })
 }
@@ -460,7 +464,10 @@ fn segment_items(effs: &[Effective]) -> Vec<ConflictItem> {
     items
 }
 
-fn check_memory(platform: &Platform, effs: &[Effective], req: &Requirements, placement: &Window, size: Size) -> Result<(), Failure> {
+/// Checks that the window can hold the buffer under the segment limits, and returns
+/// where the backing must go: the window, narrowed to CMA areas and carveouts when a
+/// segment must be longer than the page allocator's largest block.
+fn check_memory(platform: &Platform, effs: &[Effective], req: &Requirements, placement: Window, size: Size) -> Result<Window, Failure> {
     let ram = platform.memory.ram();
     if placement.is_empty() {
         return fail(ConflictKind::NoCommonMemory, window_items(effs, &ram));
@@ -473,9 +480,9 @@ fn check_memory(platform: &Platform, effs: &[Effective], req: &Requirements, pla
     let Some(n) = max_segments else {
         let total = placement.total();
         if total < size {
-            return fail(ConflictKind::NoRoom { needed: size, contiguous: false, available: total }, window_items(effs, &ram));
+            return fail(ConflictKind::NoRoom { within: placement, needed: size, contiguous: false, available: total }, window_items(effs, &ram));
         }
-        return Ok(());
+        return Ok(placement);
     };
     // The longest run needed: with n segments, at least one is size / n long.
     let run = Size::new(size.bytes().div_ceil(u64::from(n))).align_up(PageSize::SZ_4K).map_err(InvalidRequest::from)?;
@@ -487,14 +494,14 @@ fn check_memory(platform: &Platform, effs: &[Effective], req: &Requirements, pla
         items
     };
     if pool.is_empty() {
-        return fail(ConflictKind::NoContiguousPool { needed: run, max_block: max_block.size() }, items());
+        return fail(ConflictKind::NoContiguousPool { within: placement, needed: run, max_block: max_block.size() }, items());
     }
     let align = if n == 1 { req.alignment.value } else { PageSize::SZ_4K };
     if pool.first_fit(run, align).is_none() || pool.total() < size {
         let available = if n == 1 { pool.largest().map_or(Size::ZERO, |r| r.len()) } else { pool.total() };
-        return fail(ConflictKind::NoRoom { needed: if n == 1 { size } else { run }, contiguous: true, available }, items());
+        return fail(ConflictKind::NoRoom { within: pool, needed: if n == 1 { size } else { run }, contiguous: true, available }, items());
     }
-    Ok(())
+    Ok(pool)
 }
 
 fn preferences(effs: &[Effective], req: &Requirements, size: Size) -> Preferences {

@@ -205,7 +205,7 @@ fn omap3_conflict_scanout_larger_than_cma_names_only_the_dss() {
     let p = platform("omap3");
     let c = conflict(&p, &bytes(Size::mib(96)), &[("sgx", Usage::RENDERING), ("dss", Usage::SCANOUT), ("isp", NONE)]);
     assert_eq!(c.devices, names(&["dss"]));
-    assert_eq!(c.kind, ConflictKind::NoRoom { needed: Size::mib(96), contiguous: true, available: Size::mib(64) });
+    assert!(matches!(&c.kind, ConflictKind::NoRoom { needed, contiguous: true, available, .. } if *needed == Size::mib(96) && *available == Size::mib(64)), "{:?}", c.kind);
     assert!(c.message.contains("display `dss` (omap3)"), "{}", c.message);
     assert!(c.message.contains("96 MiB of physically contiguous memory"), "{}", c.message);
     assert!(c.message.contains("the longest run there is 64 MiB"), "{}", c.message);
@@ -251,7 +251,7 @@ fn rpi4_hvs_scanout_with_v3d_is_contiguous_below_1gib() {
     assert!(plan.contiguous());
     assert_eq!(segment_causes(&plan), why_pairs(&[("hvs", "max_segments = 1")]));
     // Below 1 GiB, minus the VideoCore firmware's memory at 0x3b40_0000.
-    assert_eq!(hex_window(&plan), "0x0..0x3b40_0000");
+    assert_eq!(hex_window(&plan), "0x2000_0000..0x3000_0000");
     assert!(plan.placement.end().unwrap().get() <= GIB);
     assert_eq!(window_causes(&plan), why_pairs(&[("hvs", "bus_dma_limit = 0x3fffffff")]));
     assert_eq!(plan.cache_mode.value, CacheMode::WriteCombined);
@@ -269,7 +269,7 @@ fn rpi4_conflict_scanout_larger_than_cma_names_only_the_hvs() {
     let p = platform("rpi4");
     let c = conflict(&p, &bytes(Size::mib(300)), &[("v3d", Usage::RENDERING), ("hvs", Usage::SCANOUT)]);
     assert_eq!(c.devices, names(&["hvs"]));
-    assert_eq!(c.kind, ConflictKind::NoRoom { needed: Size::mib(300), contiguous: true, available: Size::mib(256) });
+    assert!(matches!(&c.kind, ConflictKind::NoRoom { needed, contiguous: true, available, .. } if *needed == Size::mib(300) && *available == Size::mib(256)), "{:?}", c.kind);
     assert!(c.message.contains("display `hvs` (rpi4)"), "{}", c.message);
     assert!(c.message.contains("below 0x4000_0000 (bus_dma_limit = 0x3fffffff)"), "{}", c.message);
     assert!(!c.message.contains("`v3d`"), "{}", c.message);
@@ -337,7 +337,7 @@ fn kayla_conflict_scanout_larger_than_cma_names_only_the_display() {
     let p = platform("kayla");
     let c = conflict(&p, &bytes(Size::mib(96)), &[("gk", Usage::RENDERING), ("dc", Usage::SCANOUT), ("gr3d", NONE)]);
     assert_eq!(c.devices, names(&["dc"]));
-    assert_eq!(c.kind, ConflictKind::NoRoom { needed: Size::mib(96), contiguous: true, available: Size::mib(64) });
+    assert!(matches!(&c.kind, ConflictKind::NoRoom { needed, contiguous: true, available, .. } if *needed == Size::mib(96) && *available == Size::mib(64)), "{:?}", c.kind);
     assert!(c.message.contains("display `dc` (kayla)"), "{}", c.message);
     assert!(!c.message.contains("`gk`") && !c.message.contains("`gr3d`"), "{}", c.message);
 }
@@ -425,7 +425,7 @@ fn x86_conflict_4gib_for_the_capture_card_names_only_the_card() {
     let p = platform("x86-desktop");
     let c = conflict(&p, &bytes(Size::gib(4)), &[("igpu", NONE), ("capture", Usage::CAMERA_WRITE), ("dgpu", Usage::RENDERING)]);
     assert_eq!(c.devices, names(&["capture"]));
-    assert_eq!(c.kind, ConflictKind::NoRoom { needed: Size::gib(4), contiguous: false, available: Size::mib(3008) });
+    assert!(matches!(&c.kind, ConflictKind::NoRoom { needed, contiguous: false, available, .. } if *needed == Size::gib(4) && *available == Size::mib(3008)), "{:?}", c.kind);
     assert!(c.message.contains("capture `capture` (x86-desktop)"), "{}", c.message);
     assert!(c.message.contains("below 0x1_0000_0000 (dma_mask = 32-bit)"), "{}", c.message);
     assert!(c.message.contains("3008 MiB"), "{}", c.message);
@@ -472,7 +472,8 @@ fn refsoc_dpu_scanout_with_gpu_is_contiguous_below_4gib() {
     let plan = plan(&p, &image(1920, 1080, "XR24"), &[("dpu", Usage::SCANOUT), ("gpu", Usage::RENDERING)]);
     assert!(plan.contiguous());
     assert_rule_cause(&segment_causes(&plan), &[("dpu", REFSOC_REASON)]);
-    assert_eq!(hex_window(&plan), "0x0..0x8000_0000");
+    // 8 MiB contiguous is more than the buddy allocator's 4 MiB block: CMA areas only.
+    assert_eq!(hex_window(&plan), "0x3000_0000..0x3800_0000 ∪ 0x7000_0000..0x8000_0000");
     assert!(plan.placement.end().unwrap().get() <= 4 * GIB);
     assert_eq!(window_causes(&plan), why_pairs(&[("dpu", "dma_mask = 32-bit")]));
     assert_eq!(plan.cache_mode.value, CacheMode::WriteCombined);
@@ -507,14 +508,14 @@ fn refsoc_adding_venc_narrows_the_window_below_1gib() {
     // the 256 MiB cma area).
     let c = conflict(&p, &bytes(Size::mib(200)), &spec);
     assert_eq!(c.devices, names(&["venc"]));
-    assert_eq!(c.kind, ConflictKind::NoRoom { needed: Size::mib(200), contiguous: true, available: Size::mib(128) });
+    assert!(matches!(&c.kind, ConflictKind::NoRoom { needed, contiguous: true, available, .. } if *needed == Size::mib(200) && *available == Size::mib(128)), "{:?}", c.kind);
     assert!(c.message.contains("below 0x4000_0000 (bus_dma_limit = 0x3fffffff)"), "{}", c.message);
 }
 
 fn plan_4k(p: &Platform, spec: &[(&str, Usage)]) {
     let plan = plan(p, &image(3840, 2160, "NV12"), spec);
     assert_eq!(plan.size, Size::new(12_443_648), "12_441_600 B rounded up to 4 KiB");
-    assert_eq!(hex_window(&plan), "0x0..0x4000_0000");
+    assert_eq!(hex_window(&plan), "0x3000_0000..0x3800_0000");
 }
 
 #[test]
@@ -693,7 +694,7 @@ fn malformed_unknown_field() {
 #[test]
 fn malformed_page_size_3000() {
     let (line, field, _) = error_at(33, "pgsize_bitmap = [\"4KiB\", 3000]");
-    assert_eq!((line, field.as_str()), (33, "device[1].placement.iommu.pgsize_bitmap"));
+    assert_eq!((line, field.as_str()), (33, "device[1].placement.iommu.pgsize_bitmap[1]"));
     let (line, field, msg) = error_at(20, "alignment = 3000");
     assert_eq!((line, field.as_str()), (20, "device[0].placement.alignment"));
     assert!(msg.contains("power of two") && msg.contains("0xbb8"), "{msg}");
@@ -734,11 +735,11 @@ fn malformed_duplicate_device() {
 fn malformed_overlapping_banks() {
     // The CMA area becomes a second bank inside the first: the error points at its name.
     let (line, field, msg) = error_at(11, "[[memory.bank]]");
-    assert_eq!((line, field.as_str()), (12, "memory.bank.cma"));
+    assert_eq!((line, field.as_str()), (12, "memory.bank[1]"));
     assert!(msg.contains("bank 0x9c00_0000..0xa000_0000 overlaps bank 0x8000_0000..0xa000_0000"), "{msg}");
     // A CMA area outside DRAM.
     let (line, field, msg) = error_at(13, "start = 0xbc00_0000");
-    assert_eq!((line, field.as_str()), (12, "memory.cma.cma"));
+    assert_eq!((line, field.as_str()), (12, "memory.cma[0]"));
     assert!(msg.contains("does not lie inside one DRAM bank"), "{msg}");
 }
 
