@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2317 # functions run indirectly (with_lock, traps)
 # dmaplace qemu rig: boots real Linux kernels under qemu (TCG) and runs static
 # test binaries inside them. See docs/VM.md.
 set -eEuo pipefail
-trap 'rc=$?; echo "[rig] ERROR: \"$BASH_COMMAND\" failed with status $rc (vm/rig.sh line $LINENO)" >&2' ERR
+on_err() { echo "[rig] ERROR: \"$BASH_COMMAND\" failed with status $2 (vm/rig.sh line $1)" >&2; }
+trap 'on_err $LINENO $?' ERR
 
 RIG_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$RIG_DIR/.." && pwd)
@@ -329,14 +331,19 @@ bindings_patch() { # the bindings_helper patch in force
 	fi
 }
 
-kernel_dir() {
-	local srcver clangv patch key
+# The build tree is keyed by everything that changes it: <base key> covers
+# linux-source version, vm/kernel.config and the toolchain; p<sha> the patch.
+kernel_base_key() {
+	local srcver clangv
 	srcver=$(candidate_version "$LINUX_SOURCE_PKG")
 	have clang || die "clang is not installed: run vm/rig.sh kernel"
-	clangv=$(clang --version | head -n1)
-	patch=$(bindings_patch)
-	key=$(sha_str "src=$srcver frag=$(sha "$RIG_DIR/kernel.config") patch=$(sha "$patch") rustc=$RUST_VERSION bindgen=$BINDGEN_VERSION clang=$clangv")
-	printf '%s\n' "$CACHE/kernel/linux-${srcver//[:~+]/_}-$key"
+	clangv=$(clang --version | sed -n 1p)
+	printf 'linux-%s-%s\n' "${srcver//[:~+]/_}" \
+		"$(sha_str "src=$srcver frag=$(sha "$RIG_DIR/kernel.config") rustc=$RUST_VERSION bindgen=$BINDGEN_VERSION clang=$clangv")"
+}
+
+kernel_dir() {
+	printf '%s\n' "$CACHE/kernel/$(kernel_base_key)-p$(sha "$(bindings_patch)")"
 }
 
 bindgen_root() { printf '%s\n' "$CACHE/tools/bindgen-$BINDGEN_VERSION"; }
@@ -396,21 +403,7 @@ build_kernel() {
 	srcver=$(candidate_version "$LINUX_SOURCE_PKG")
 	patch=$(bindings_patch)
 	if [[ ! -f $kdir/.dmaplace-unpacked ]]; then
-		log "unpacking $LINUX_SOURCE_PKG=$srcver"
-		deb=$(deb_download "$LINUX_SOURCE_PKG")
-		tmp="$kdir.tmp.$$"
-		rm -rf "$tmp"
-		mkdir -p "$tmp/deb"
-		dpkg -x "$deb" "$tmp/deb"
-		tar -xJf "$tmp/deb/usr/src/$LINUX_SOURCE_PKG.tar.xz" -C "$tmp" || die "cannot unpack $LINUX_SOURCE_PKG.tar.xz"
-		rm -rf "$tmp/deb"
-		[[ -f $tmp/$LINUX_SOURCE_PKG/Makefile ]] || die "$LINUX_SOURCE_PKG tarball has no Makefile"
-		log "applying $patch"
-		patch -p1 -d "$tmp/$LINUX_SOURCE_PKG" <"$patch" >&2 || die "patch $patch does not apply to $LINUX_SOURCE_PKG=$srcver"
-		rm -rf "$kdir"
-		mv "$tmp/$LINUX_SOURCE_PKG" "$kdir"
-		rm -rf "$tmp"
-		printf 'linux-source=%s\npatch=%s\n' "$srcver" "$patch" >"$kdir/.dmaplace-unpacked"
+		seed_from_sibling "$kdir" "$patch" || unpack_source "$kdir" "$srcver" "$patch"
 	fi
 	cd "$kdir"
 	make -s LLVM=1 rustavailable >&2 || die "Rust toolchain not usable for the kernel (make rustavailable); PATH=$PATH"
@@ -432,7 +425,71 @@ build_kernel() {
 		die "rust/bindings lacks struct dma_buf: the bindings_helper patch ($patch) did not take effect"
 	build_kmod_probe "$kdir"
 	touch "$kdir/.dmaplace-built"
+	gc_kernels
 	log "custom kernel built: $kdir/arch/x86/boot/bzImage"
+}
+
+unpack_source() { # KDIR SRCVER PATCH: fresh tree from linux-source, patched
+	local kdir=$1 srcver=$2 patch=$3 deb tmp
+	log "unpacking $LINUX_SOURCE_PKG=$srcver"
+	mapfile -t deb < <(deb_download "$LINUX_SOURCE_PKG")
+	tmp="$kdir.tmp.$$"
+	rm -rf "$tmp"
+	mkdir -p "$tmp/deb"
+	dpkg -x "${deb[0]}" "$tmp/deb"
+	tar -xJf "$tmp/deb/usr/src/$LINUX_SOURCE_PKG.tar.xz" -C "$tmp" || die "cannot unpack $LINUX_SOURCE_PKG.tar.xz"
+	rm -rf "$tmp/deb"
+	rm -f "${deb[0]}" # 150 MB; re-downloading takes seconds
+	[[ -f $tmp/$LINUX_SOURCE_PKG/Makefile ]] || die "$LINUX_SOURCE_PKG tarball has no Makefile"
+	log "applying $patch"
+	patch -p1 -d "$tmp/$LINUX_SOURCE_PKG" <"$patch" >&2 || die "patch $patch does not apply to $LINUX_SOURCE_PKG=$srcver"
+	cp "$patch" "$tmp/$LINUX_SOURCE_PKG/.dmaplace-patch"
+	rm -rf "$kdir"
+	mv "$tmp/$LINUX_SOURCE_PKG" "$kdir"
+	rm -rf "$tmp"
+	printf 'linux-source=%s\npatch=%s\n' "$srcver" "$patch" >"$kdir/.dmaplace-unpacked"
+}
+
+# seed_from_sibling KDIR PATCH: when only the bindings_helper patch changed,
+# copy a built tree with the same base key, swap the patch and rebuild
+# incrementally (seconds instead of a full build). Fails if there is none.
+seed_from_sibling() {
+	local kdir=$1 patch=$2 base sib tmp
+	base=$(kernel_base_key)
+	sib=$(find "$CACHE/kernel" -maxdepth 2 -path "*/$base-p*/.dmaplace-built" -printf '%T@ %h\n' 2>/dev/null |
+		sort -rn | sed -n '1s/^[^ ]* //p')
+	[[ -n $sib && -f $sib/.dmaplace-patch ]] || return 1
+	log "seeding from $sib (same kernel, different bindings_helper patch)"
+	tmp="$kdir.tmp.$$"
+	rm -rf "$tmp"
+	cp -a "$sib" "$tmp"
+	rm -f "$tmp/.dmaplace-built"
+	if ! patch -R -p1 -d "$tmp" <"$tmp/.dmaplace-patch" >&2; then
+		rm -rf "$tmp"
+		log "could not revert the old patch in the copy; unpacking fresh"
+		return 1
+	fi
+	patch -p1 -d "$tmp" <"$patch" >&2 || {
+		rm -rf "$tmp"
+		die "patch $patch does not apply to the kernel source (reverted copy of $sib)"
+	}
+	cp "$patch" "$tmp/.dmaplace-patch"
+	rm -rf "$kdir"
+	mv "$tmp" "$kdir"
+	printf 'seeded-from=%s\npatch=%s\n' "$sib" "$patch" >"$kdir/.dmaplace-unpacked"
+}
+
+# Keep the newest $DMAPLACE_VM_KEEP_KERNELS (default 2) built trees; ~2 GB each.
+gc_kernels() {
+	local keep=${DMAPLACE_VM_KEEP_KERNELS:-2} d
+	find "$CACHE/kernel" -maxdepth 2 -name .dmaplace-built -printf '%T@ %h\n' | sort -rn |
+		sed -n "$((keep + 1)),\$p" | cut -d' ' -f2- | while read -r d; do
+		log "removing old kernel tree $d (keeping $keep)"
+		mv "$d" "$CACHE/kernel/.trash.$$.${d##*/}"
+	done
+	# deleting ~2 GB trees takes tens of seconds: do it in the background
+	find "$CACHE/kernel" -maxdepth 1 \( -name '.trash.*' -o -name '*.tmp.*' -mmin +120 \) -print0 |
+		xargs -0 -r sh -c 'nohup rm -rf "$@" >/dev/null 2>&1 &' rm-old-kernels
 }
 
 build_kmod_probe() { # prove out-of-tree Rust modules build against KDIR
@@ -494,7 +551,7 @@ parse_opts() {
 		*) BINS+=("$1"); shift ;;
 		esac
 	done
-	[[ $K == debian || $K == custom ]] || die "--kernel debian|custom is required"
+	[[ $K == debian || $K == custom ]] || die "--kernel debian|custom is required (got '$K')"
 	[[ $TIMEOUT =~ ^[0-9]+$ ]] || die "--timeout wants seconds, got '$TIMEOUT'"
 }
 
@@ -535,9 +592,9 @@ for ko in /lib/modules/extra/*.ko; do
 	insmod "$ko" || fail="$fail insmod:${ko##*/}"
 done
 echo "DMAPLACE-GUEST: kernel=$DMAPLACE_KERNEL iommu=$DMAPLACE_IOMMU release=$(uname -r) cmdline=$(cat /proc/cmdline)"
-for t in /tests/*; do
+for t in /tests/*/*; do
 	[ -e "$t" ] || continue
-	name=${t##*/}
+	name=${t#/tests/}
 	echo "DMAPLACE-RUN: $name"
 	cd /tmp
 	# shellcheck disable=SC2086
@@ -592,7 +649,8 @@ build_initramfs() {
 			die "$b is dynamically linked; the guest has no libc. Build with RUSTFLAGS='-C target-feature=+crt-static' --target x86_64-unknown-linux-gnu"
 		fi
 		i=$((i + 1))
-		cp "$b" "$st/tests/$(printf '%02d' "$i")-$(basename "$b")"
+		mkdir -p "$st/tests/$(printf '%02d' "$i")" # keeps argv[0] = the binary's own name
+		cp "$b" "$st/tests/$(printf '%02d' "$i")/$(basename "$b")"
 	done
 	for f in "${FILES[@]}"; do
 		src=${f%%:*}
@@ -631,6 +689,8 @@ cmd_run() {
 	[[ -f $img ]] || die "kernel image $img missing"
 	qroot="$CACHE/qemu/current/root"
 	[[ -x $qroot/usr/bin/qemu-system-x86_64 ]] || die "qemu not fetched: run vm/rig.sh fetch"
+	# keep a week of run logs
+	find "$CACHE/runs" -mindepth 1 -maxdepth 1 -type d -mtime +7 -exec rm -rf {} + 2>/dev/null || true
 	rundir="$CACHE/runs/$(date +%Y%m%d-%H%M%S)-$K$(iommu_tag -iommu)-$$"
 	mkdir -p "$rundir"
 	log="$rundir/serial.log"
@@ -659,12 +719,14 @@ cmd_run() {
 	log "booting $K kernel$(iommu_tag ' with intel-iommu') (${#BINS[@]} binaries, timeout ${TIMEOUT}s), log: $log"
 	t0=$(date +%s.%N)
 	set +e
+	trap - ERR # qemu's status is examined below
 	(
 		qemu_env "$qroot"
 		exec timeout -k 10 "$TIMEOUT" "$qroot/usr/bin/qemu-system-x86_64" "${qargs[@]}" </dev/null 2>&1
 	) | if [[ $QUIET == 1 ]]; then cat >"$log"; else tee "$log"; fi
 	rc=${PIPESTATUS[0]}
 	set -e
+	trap 'on_err $LINENO $?' ERR
 	t1=$(date +%s.%N)
 	rm -f "$initrd"
 	local secs
@@ -750,3 +812,4 @@ main() {
 }
 
 main "$@"
+exit $?

@@ -5,6 +5,9 @@
 //! named by `DMAPLACE_KERNEL` (debian|custom) should have is present and works.
 //! `DMAPLACE_IOMMU=1` additionally requires an IOMMU with groups and virtio-gpu.
 //!
+//! Heap and udmabuf mmaps are VM_PFNMAP on 6.12, so /proc/self/pagemap cannot
+//! see them; CMA placement is read from the debugfs CMA bitmap instead.
+//!
 //! No dependencies: the few syscalls it needs are declared against the libc
 //! that std already links (the binary is built with `+crt-static`).
 
@@ -140,6 +143,44 @@ fn fmt_segs(segs: &[(u64, u64)]) -> String {
         .join(",")
 }
 
+/// A CMA area as debugfs shows it (/sys/kernel/debug/cma/<name>, CONFIG_CMA_DEBUGFS).
+struct CmaDebug {
+    base_pfn: u64,
+    count: u64,
+    order_per_bit: u32,
+    bitmap: Vec<u32>,
+}
+
+fn cma_debug(area: &str) -> Option<CmaDebug> {
+    let d = format!("/sys/kernel/debug/cma/{area}");
+    let num = |f: &str| read_trim(format!("{d}/{f}")).parse::<u64>().ok();
+    Some(CmaDebug {
+        base_pfn: num("base_pfn")?,
+        count: num("count")?,
+        order_per_bit: num("order_per_bit")? as u32,
+        bitmap: fs::read_to_string(format!("{d}/bitmap")).ok()?.split_whitespace().filter_map(|w| w.parse().ok()).collect(),
+    })
+}
+
+/// Pages that became allocated in the CMA bitmap between two snapshots, as (first pfn, pages).
+fn cma_new_segments(before: &CmaDebug, after: &CmaDebug) -> Vec<(u64, u64)> {
+    let mut segs: Vec<(u64, u64)> = Vec::new();
+    let per_bit = 1u64 << after.order_per_bit;
+    for (w, (&b, &a)) in before.bitmap.iter().zip(&after.bitmap).enumerate() {
+        let new = a & !b;
+        for bit in 0..32 {
+            if new & (1 << bit) != 0 {
+                let pfn = after.base_pfn + (w as u64 * 32 + bit) * per_bit;
+                match segs.last_mut() {
+                    Some((start, n)) if *start + *n == pfn => *n += per_bit,
+                    _ => segs.push((pfn, per_bit)),
+                }
+            }
+        }
+    }
+    segs
+}
+
 fn heap_alloc(heap: &str, len: usize) -> io::Result<OwnedFd> {
     let f = File::options().read(true).write(true).open(format!("/dev/dma_heap/{heap}"))?;
     let mut d = DmaHeapAllocationData { len: len as u64, fd: 0, fd_flags: O_RDWR | O_CLOEXEC, heap_flags: 0 };
@@ -236,6 +277,7 @@ fn main() {
     let mut cma_heap_ok = false;
     for h in &heaps {
         let len = 16 * PAGE;
+        let before = cma_debug(h);
         let fd = match heap_alloc(h, len) {
             Ok(fd) => fd,
             Err(e) => {
@@ -244,19 +286,31 @@ fn main() {
             }
         };
         match map_and_locate(fd.as_raw_fd(), len) {
-            Ok(segs) => {
-                println!("probe: heap {h}: alloc {len} bytes ok, {} phys segment(s): {}", segs.len(), fmt_segs(&segs));
-                if h != "system" && segs.len() == 1 {
-                    cma_heap_ok = true;
-                }
-            }
+            Ok(segs) => println!("probe: heap {h}: alloc {len} bytes ok; pagemap: {} segment(s): {}", segs.len(), fmt_segs(&segs)),
             Err(e) => println!("probe: heap {h}: alloc {len} bytes ok; mmap+pagemap: {e}"),
         }
+        if let (Some(b), Some(a)) = (before, cma_debug(h)) {
+            let segs = cma_new_segments(&b, &a);
+            let pages: u64 = segs.iter().map(|s| s.1).sum();
+            let inside = segs.iter().all(|(p, n)| *p >= a.base_pfn && p + n <= a.base_pfn + a.count);
+            println!(
+                "probe: heap {h}: CMA area {:#x}-{:#x}; this buffer took {} page(s) in {} segment(s): {}",
+                a.base_pfn * PAGE as u64,
+                (a.base_pfn + a.count) * PAGE as u64 - 1,
+                pages,
+                segs.len(),
+                fmt_segs(&segs)
+            );
+            if segs.len() == 1 && pages == (len / PAGE) as u64 && inside {
+                cma_heap_ok = true;
+            }
+        }
+        drop(fd);
     }
     let system_ok = heaps.iter().any(|h| h == "system") && heap_alloc("system", PAGE).is_ok();
     r.need(system_ok, "dma_heap 'system' allocates");
     if kernel == "custom" {
-        r.need(cma_heap_ok, "a CMA dma_heap allocates physically contiguous memory");
+        r.need(cma_heap_ok, "a CMA dma_heap allocates one contiguous range inside its CMA area (debugfs cma bitmap)");
     }
 
     // --- udmabuf ---
