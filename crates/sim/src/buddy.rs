@@ -253,6 +253,7 @@ impl Area {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hbitmap::ix;
 
     fn blocks(a: &Area) -> Vec<(Pfn, u32)> {
         let mut v: Vec<_> = a.free_blocks().collect();
@@ -322,14 +323,14 @@ mod tests {
             let mut a = Area::new(start, end, 4);
             a.free_range(start, len);
             let initial = blocks(&a);
-            let mut free = vec![true; len as usize];
+            let mut free = vec![true; ix(len)];
             let mut held: Vec<(Pfn, u32)> = Vec::new();
             for (order, x, y, do_free) in ops {
                 if do_free && !held.is_empty() {
-                    let (p, k) = held.swap_remove((x as usize) % held.len());
+                    let (p, k) = held.swap_remove(ix(x) % held.len());
                     a.free_block(p, k);
                     for f in p..p + (1 << k) {
-                        free[(f - start) as usize] = true;
+                        free[ix(f - start)] = true;
                     }
                 } else {
                     let (lo, hi) = (x.min(y), x.max(y) + 1);
@@ -337,8 +338,8 @@ mod tests {
                         proptest::prop_assert_eq!(p % (1 << order), 0);
                         proptest::prop_assert!(p >= lo.max(start) && p + (1 << order) <= hi.min(end));
                         for f in p..p + (1 << order) {
-                            proptest::prop_assert!(free[(f - start) as usize], "frame {} handed out twice", f);
-                            free[(f - start) as usize] = false;
+                            proptest::prop_assert!(free[ix(f - start)], "frame {} handed out twice", f);
+                            free[ix(f - start)] = false;
                         }
                         held.push((p, order));
                     } else {
@@ -346,7 +347,7 @@ mod tests {
                         let size = 1u64 << order;
                         let mut t = lo.max(start).next_multiple_of(size);
                         while t + size <= hi.min(end) {
-                            proptest::prop_assert!((t..t + size).any(|f| !free[(f - start) as usize]), "missed a free block at {}", t);
+                            proptest::prop_assert!((t..t + size).any(|f| !free[ix(f - start)]), "missed a free block at {}", t);
                             t += size;
                         }
                     }
@@ -354,7 +355,7 @@ mod tests {
                 let mut model_free = 0;
                 for (p, k) in a.free_blocks() {
                     for f in p..p + (1 << k) {
-                        proptest::prop_assert!(free[(f - start) as usize]);
+                        proptest::prop_assert!(free[ix(f - start)]);
                         model_free += 1;
                     }
                     if k < 4 {

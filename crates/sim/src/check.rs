@@ -516,7 +516,7 @@ impl Machine {
 #[cfg(test)]
 mod tests {
     use dmaplace_core::units::Size;
-    use dmaplace_core::{solve, BufferDesc, Request, Usage};
+    use dmaplace_core::{BufferDesc, Request, Usage, solve};
 
     use super::*;
     use crate::background::BgBlock;
@@ -524,7 +524,15 @@ mod tests {
 
     fn machine_with_buffer() -> (Machine, crate::SimBacking) {
         let p = SyntheticPlatform::new(Size::mib(64)).build();
-        let plan = solve(&p, &BufferDesc::Size(Size::mib(1)), &[Request { device: p.device("cpu").unwrap(), hints: Usage::RENDERING }]).unwrap();
+        let plan = solve(
+            &p,
+            &BufferDesc::Size(Size::mib(1)),
+            &[Request {
+                device: p.device("cpu").unwrap(),
+                hints: Usage::RENDERING,
+            }],
+        )
+        .unwrap();
         let mut m = Machine::new(&p, SimConfig::seeded(1)).unwrap();
         let b = m.allocate_plan(&plan, "victim").unwrap();
         m.check().unwrap();
@@ -536,13 +544,29 @@ mod tests {
         let (mut m, b) = machine_with_buffer();
         let pfn = m.record(&b).unwrap().chunks[0].pfn;
         // A background block on top of the buffer's first frame.
-        m.background.blocks.insert(pfn, BgBlock { order: 0, movable: true, tag: 0, home: Home::Area(0), slot: 0 });
+        m.background.blocks.insert(
+            pfn,
+            BgBlock {
+                order: 0,
+                movable: true,
+                tag: 0,
+                home: Home::Area(0),
+                slot: 0,
+            },
+        );
         m.background.live.push(pfn);
         m.background.used_pages += 1;
         let err = m.check().unwrap_err();
         let text = err.to_string();
-        assert!(text.contains(&format!("frames {} are held by", range(pfn, pfn + 1))), "{text}");
-        assert!(text.contains("buffer `victim` (#1)") && text.contains("a movable background block (order 0)"), "{text}");
+        assert!(
+            text.contains(&format!("frames {} are held by", range(pfn, pfn + 1))),
+            "{text}"
+        );
+        assert!(
+            text.contains("buffer `victim` (#1)")
+                && text.contains("a movable background block (order 0)"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -553,6 +577,10 @@ mod tests {
         let err = m.check().unwrap_err();
         assert!(matches!(err.0[0], InvariantViolation::Lost { .. }), "{err}");
         assert!(err.to_string().contains("neither free nor owned"), "{err}");
-        assert!(err.to_string().contains(&PhysAddr::new(got * PAGE).to_string()), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&PhysAddr::new(got * PAGE).to_string()),
+            "{err}"
+        );
     }
 }
