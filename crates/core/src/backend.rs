@@ -98,8 +98,9 @@ pub trait Backend {
     /// device's DMA write or a CPU fill would leave there).
     fn fill(&mut self, backing: &Self::Backing, seed: u64) -> Result<(), Self::Error>;
 
-    /// A digest of the backing's contents, to prove a migration preserved them.
-    fn checksum(&self, backing: &Self::Backing) -> Result<u64, Self::Error>;
+    /// A digest of the first `len` bytes of the backing (a multiple of 4 KiB), to prove a
+    /// migration preserved them. The digest does not depend on where the pages are.
+    fn checksum(&self, backing: &Self::Backing, len: Size) -> Result<u64, Self::Error>;
 
     /// CPU access begins (`DMA_BUF_IOCTL_SYNC` start) or ends; `devices` are the mapped
     /// attachments. Returns the number of cache-maintenance operations performed.

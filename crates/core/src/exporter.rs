@@ -374,6 +374,8 @@ struct Buffer<M> {
     cpu_access: Option<CpuAccess>,
     pending_move: Option<AttachmentId>,
     tokens: Option<usize>,
+    /// Bytes whose contents every backing so far has held: what a move must preserve.
+    content_len: Size,
 }
 
 struct Attachment {
@@ -530,6 +532,7 @@ impl<B: Backend> Exporter<B> {
                 cpu_access: None,
                 pending_move: None,
                 tokens: None,
+                content_len: Size::ZERO,
             },
         );
         self.events.push(Event::Exported { buffer: id, name: name.to_owned(), size });
@@ -608,11 +611,10 @@ impl<B: Backend> Exporter<B> {
     }
 
     fn undo_attach(&mut self, id: AttachmentId) {
-        if let Some(a) = self.attachments.remove(&id) {
-            if let Some(b) = self.buffers.get_mut(&a.buffer) {
+        if let Some(a) = self.attachments.remove(&id)
+            && let Some(b) = self.buffers.get_mut(&a.buffer) {
                 b.attachments.retain(|x| *x != id);
             }
-        }
     }
 
     fn attached_devices(&self, buf: &Buffer<B::Backing>) -> Vec<(Device, Usage)> {
@@ -680,6 +682,7 @@ impl<B: Backend> Exporter<B> {
             segments,
         });
         let buf = self.buffers.get_mut(&buffer).expect("checked above");
+        buf.content_len = plan.size;
         buf.backing = Some(backing);
         buf.plan = Some(plan);
         Ok(())
@@ -708,11 +711,18 @@ impl<B: Backend> Exporter<B> {
         };
         let old = self.buffers.get_mut(&buffer).expect("exists").backing.take().expect("a migrating buffer has a backing");
         let from = self.backend.describe(&old).map_err(backend_err)?.segments;
+        let content_len = self.buffer(buffer)?.content_len.min(plan.size);
+        let before = self.backend.checksum(&old, content_len).map_err(backend_err);
         let copied = self.backend.copy(&old, &new).map_err(backend_err);
-        let checksum = self.backend.checksum(&new).map_err(backend_err);
-        let (copied, checksum) = match (copied, checksum) {
-            (Ok(c), Ok(s)) => (c, s),
-            (Err(e), _) | (_, Err(e)) => {
+        let after = self.backend.checksum(&new, content_len).map_err(backend_err);
+        let (copied, checksum) = match (before, copied, after) {
+            (Ok(b), Ok(c), Ok(a)) if a == b => (c, a),
+            (Ok(b), Ok(_), Ok(a)) => {
+                self.backend.free(new);
+                self.buffers.get_mut(&buffer).expect("exists").backing = Some(old);
+                return Err(ExportError::Backend(format!("the copy did not preserve the contents: checksum {b:#x} became {a:#x}").into()));
+            }
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                 self.backend.free(new);
                 self.buffers.get_mut(&buffer).expect("exists").backing = Some(old);
                 return Err(e);
@@ -723,6 +733,7 @@ impl<B: Backend> Exporter<B> {
         let buf = self.buffers.get_mut(&buffer).expect("exists");
         buf.backing = Some(new);
         buf.plan = Some(plan);
+        buf.content_len = content_len;
         buf.generation += 1;
         buf.pending_move = None;
         let generation = buf.generation;
@@ -820,11 +831,13 @@ impl<B: Backend> Exporter<B> {
         self.backend.fill(backing, seed).map_err(backend_err)
     }
 
-    /// A device reads the buffer through `mapping`: the contents' checksum.
+    /// A device reads the buffer through `mapping`: the checksum of the contents every
+    /// backing so far has held (a move to a larger backing adds only padding).
     pub fn dma_read(&self, mapping: MappingId) -> Result<u64> {
         let buffer = self.check_live(mapping)?;
-        let backing = self.buffer(buffer)?.backing.as_ref().expect("a live mapping has a backing");
-        self.backend.checksum(backing).map_err(backend_err)
+        let buf = self.buffer(buffer)?;
+        let backing = buf.backing.as_ref().expect("a live mapping has a backing");
+        self.backend.checksum(backing, buf.content_len).map_err(backend_err)
     }
 
     /// Adds an unsignalled fence to a mapping: DMA is in flight.
@@ -844,13 +857,12 @@ impl<B: Backend> Exporter<B> {
         }
         self.events.push(Event::FenceSignalled { fence, mapping });
         let buffer = self.attachment(self.mapping(mapping)?.attachment)?.buffer;
-        if let Some(pending) = self.buffer(buffer)?.pending_move {
-            if self.busy_reason(buffer).is_none() {
+        if let Some(pending) = self.buffer(buffer)?.pending_move
+            && self.busy_reason(buffer).is_none() {
                 let devices = self.attached_devices(self.buffer(buffer)?);
                 let plan = self.solve_for(buffer, &devices)?;
                 self.migrate(buffer, plan, pending)?;
             }
-        }
         Ok(())
     }
 

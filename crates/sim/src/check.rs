@@ -584,3 +584,33 @@ mod tests {
         );
     }
 }
+
+/// Who holds a range of physical memory, for memory maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Holder {
+    /// A buffer placed by [`Machine::allocate`], by name.
+    Buffer(String),
+    /// The background load ("other users"); movable blocks can be migrated out of CMA.
+    Background {
+        /// Whether the block is movable.
+        movable: bool,
+    },
+}
+
+impl Machine {
+    /// Every held range of physical memory and who holds it, sorted by address.
+    pub fn occupancy(&self) -> Vec<(PhysRange, Holder)> {
+        let mut out: Vec<(PhysRange, Holder)> = Vec::new();
+        for s in &self.slots {
+            let Some(r) = &s.record else { continue };
+            for c in &r.chunks {
+                out.push((range(c.pfn, c.pfn + c.pages), Holder::Buffer(r.name.clone())));
+            }
+        }
+        for (&p, b) in &self.background.blocks {
+            out.push((range(p, p + (1 << b.order)), Holder::Background { movable: b.movable }));
+        }
+        out.sort_by_key(|(r, _)| r.start());
+        out
+    }
+}

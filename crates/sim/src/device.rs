@@ -402,6 +402,22 @@ impl Machine {
         Ok(self.content.checksum(&self.record(b)?.runs()))
     }
 
+    /// The digest of the first `len` bytes (rounded up to whole frames).
+    pub fn checksum_prefix(&self, b: &SimBacking, len: Size) -> Result<u64, SimError> {
+        let mut frames = len.bytes().div_ceil(crate::content::PAGE);
+        let runs: Vec<(u64, u64)> = self
+            .record(b)?
+            .runs()
+            .into_iter()
+            .map_while(|(pfn, n)| {
+                let take = n.min(frames);
+                frames -= take;
+                (take > 0).then_some((pfn, take))
+            })
+            .collect();
+        Ok(self.content.checksum(&runs))
+    }
+
     /// Whether the machine keeps real bytes.
     pub fn keeps_bytes(&self) -> bool {
         self.content.mode() == crate::content::Mode::Bytes
@@ -456,8 +472,8 @@ impl Backend for Machine {
         Machine::fill(self, backing, seed)
     }
 
-    fn checksum(&self, backing: &SimBacking) -> Result<u64, SimError> {
-        Machine::checksum(self, backing)
+    fn checksum(&self, backing: &SimBacking, len: Size) -> Result<u64, SimError> {
+        Machine::checksum_prefix(self, backing, len)
     }
 
     fn cpu_sync(

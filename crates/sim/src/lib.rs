@@ -46,7 +46,7 @@ mod machine;
 mod phys;
 mod synthetic;
 
-pub use check::{FreeReport, InvariantViolation, PoolFree, PoolKind, Violations};
+pub use check::{FreeReport, Holder, InvariantViolation, PoolFree, PoolKind, Violations};
 pub use config::{AUTO_BYTES_LIMIT, BackgroundLoad, ContentMode, SimConfig};
 pub use device::{IommuMapping, SimMapping};
 pub use error::SimError;

@@ -458,6 +458,9 @@ impl Machine {
             for (i, c) in self.cma.iter().enumerate() {
                 clip(c.start(), c.end(), i, &mut t.cma);
             }
+            // Like zone fallback, take CMA from the highest area first: low areas are
+            // kept for devices whose address limit leaves them nothing else.
+            t.cma.sort_by_key(|&(_, lo, _)| std::cmp::Reverse(lo));
         }
         t
     }
