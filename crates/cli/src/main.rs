@@ -1,5 +1,6 @@
 //! `dmaplace`: place dma-buf memory for every device that shares it.
 
+mod alloc_cmd;
 mod demo;
 mod load;
 mod report;
@@ -27,6 +28,8 @@ enum Command {
     Solve(solve_cmd::SolveArgs),
     /// Walk through the design on a platform.
     Demo(demo::DemoArgs),
+    /// Allocate a plan's buffer on this machine's kernel; as root, show and verify where it went.
+    Alloc(alloc_cmd::AllocArgs),
     /// List the known platforms.
     Platforms {
         /// Emit JSON.
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Solve(args) => solve_cmd::run(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::Alloc(args) => alloc_cmd::run(&args),
         Command::Platforms { json } => load::list_platforms(json).map(|()| Outcome::Ok),
         Command::Devices { platform, json } => load::list_devices(&platform, json).map(|()| Outcome::Ok),
     };
