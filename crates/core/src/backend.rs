@@ -82,8 +82,9 @@ pub trait Backend {
     /// [`crate::verify`] checks).
     fn describe(&self, backing: &Self::Backing) -> Result<Backing, Self::Error>;
 
-    /// Copies the contents of `from` into `to` (migration). Returns the bytes copied.
-    fn copy(&mut self, from: &Self::Backing, to: &Self::Backing) -> Result<Size, Self::Error>;
+    /// Copies the first `len` bytes of `from` into `to` (migration; `len` is a multiple of
+    /// 4 KiB and fits both). Returns the bytes copied.
+    fn copy(&mut self, from: &Self::Backing, to: &Self::Backing, len: Size) -> Result<Size, Self::Error>;
 
     /// Returns the memory.
     fn free(&mut self, backing: Self::Backing);

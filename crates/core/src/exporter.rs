@@ -194,6 +194,14 @@ pub enum Event {
     },
     /// An importer was told to re-map.
     MoveNotify(MoveNotice),
+    /// A move that nobody was waiting on failed; it stays pending and the next map of the
+    /// buffer retries it.
+    MoveFailed {
+        /// Buffer.
+        buffer: BufferId,
+        /// Why.
+        reason: String,
+    },
     /// A fence signalled.
     FenceSignalled {
         /// The fence.
@@ -713,7 +721,7 @@ impl<B: Backend> Exporter<B> {
         let from = self.backend.describe(&old).map_err(backend_err)?.segments;
         let content_len = self.buffer(buffer)?.content_len.min(plan.size);
         let before = self.backend.checksum(&old, content_len).map_err(backend_err);
-        let copied = self.backend.copy(&old, &new).map_err(backend_err);
+        let copied = self.backend.copy(&old, &new, content_len).map_err(backend_err);
         let after = self.backend.checksum(&new, content_len).map_err(backend_err);
         let (copied, checksum) = match (before, copied, after) {
             (Ok(b), Ok(c), Ok(a)) if a == b => (c, a),
@@ -781,6 +789,12 @@ impl<B: Backend> Exporter<B> {
         if let Some(waiting) = buf.tokens.filter(|n| *n > 0) {
             return Err(ExportError::CollectionIncomplete { buffer, waiting });
         }
+        if buf.pending_move.is_some() && self.busy_reason(buffer).is_none() {
+            // A move that failed earlier (or was left pending) is retried now, and its
+            // error goes to the mapper.
+            self.settle(buffer)?;
+        }
+        let buf = self.buffer(buffer)?;
         if let Some(pending) = buf.pending_move {
             let device = self.attachment(pending).map_or_else(|_| String::from("?"), |a| a.device.name.clone());
             let fences = buf.attachments.iter().filter_map(|a| self.attachments.get(a)).flat_map(|a| &a.mappings).map(|m| self.unsignalled(*m)).sum();
@@ -857,13 +871,49 @@ impl<B: Backend> Exporter<B> {
         }
         self.events.push(Event::FenceSignalled { fence, mapping });
         let buffer = self.attachment(self.mapping(mapping)?.attachment)?.buffer;
-        if let Some(pending) = self.buffer(buffer)?.pending_move
-            && self.busy_reason(buffer).is_none() {
-                let devices = self.attached_devices(self.buffer(buffer)?);
-                let plan = self.solve_for(buffer, &devices)?;
-                self.migrate(buffer, plan, pending)?;
-            }
+        if self.buffer(buffer)?.pending_move.is_some() {
+            self.settle_after(buffer);
+        }
         Ok(())
+    }
+
+    /// Brings a buffer in line with its attachments after one left or DMA completed: the
+    /// plan is re-solved; if the backing meets it, that plan is kept; if not, the buffer
+    /// moves now when idle, or the move stays pending until it is.
+    fn settle(&mut self, buffer: BufferId) -> Result<()> {
+        let buf = self.buffer(buffer)?;
+        if buf.backing.is_none() || buf.attachments.is_empty() {
+            self.buffers.get_mut(&buffer).expect("exists").pending_move = None;
+            return Ok(());
+        }
+        let devices = self.attached_devices(buf);
+        let pending = buf.pending_move.filter(|a| buf.attachments.contains(a));
+        let last = *buf.attachments.last().expect("non-empty");
+        let plan = self.solve_for(buffer, &devices)?;
+        let backing = self.buffer(buffer)?.backing.as_ref().expect("checked above");
+        let described = self.backend.describe(backing).map_err(backend_err)?;
+        if verify(&plan, &plan.devices, &described).is_ok() {
+            let buf = self.buffers.get_mut(&buffer).expect("exists");
+            buf.plan = Some(plan);
+            buf.pending_move = None;
+            return Ok(());
+        }
+        let for_attachment = pending.unwrap_or(last);
+        // Pending until the move succeeds: a failed move is retried by the next map.
+        self.buffers.get_mut(&buffer).expect("exists").pending_move = Some(for_attachment);
+        if self.busy_reason(buffer).is_some() {
+            return Ok(());
+        }
+        self.migrate(buffer, plan, for_attachment)
+    }
+
+    /// [`Exporter::settle`] for callers that did not ask for the move (a fence signalled, the
+    /// CPU finished, another device detached): a failure is an event, and the move stays
+    /// pending for the device that needs it, whose next map retries and reports it.
+    fn settle_after(&mut self, buffer: BufferId) {
+        if let Err(e) = self.settle(buffer) {
+            self.events.push(Event::MoveFailed { buffer, reason: e.to_string() });
+        }
     }
 
     /// Unmaps (`dma_buf_unmap_attachment`). DMA must be complete.
@@ -891,18 +941,10 @@ impl<B: Backend> Exporter<B> {
             return Err(ExportError::StillMapped { attachment, mappings: att.mappings.len() });
         }
         let buffer = att.buffer;
-        let queued_for_it = self.buffer(buffer)?.pending_move == Some(attachment);
         self.undo_attach(attachment);
-        let buf = self.buffers.get_mut(&buffer).expect("exists");
-        if queued_for_it {
-            buf.pending_move = None;
-        }
-        // The remaining devices are a subset: their plan is looser and the backing still fits.
-        if buf.backing.is_some() && !buf.attachments.is_empty() {
-            let devices = self.attached_devices(self.buffer(buffer)?);
-            let plan = self.solve_for(buffer, &devices)?;
-            self.buffers.get_mut(&buffer).expect("exists").plan = Some(plan);
-        }
+        // The remaining devices' plan is looser, unless a move is still pending for one of
+        // them: settle keeps the plan true to the backing either way.
+        self.settle_after(buffer);
         self.events.push(Event::Detached { attachment });
         Ok(())
     }
@@ -941,6 +983,9 @@ impl<B: Backend> Exporter<B> {
         let access = self.buffer(buffer)?.cpu_access.ok_or(ExportError::CpuAccess { buffer, what: "no CPU access to end" })?;
         let ops = self.cpu_sync(buffer, access, false)?;
         self.buffers.get_mut(&buffer).expect("exists").cpu_access = None;
+        if self.buffer(buffer)?.pending_move.is_some() {
+            self.settle_after(buffer);
+        }
         Ok(ops)
     }
 

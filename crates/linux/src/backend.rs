@@ -331,10 +331,10 @@ impl Backend for LinuxBackend {
         })
     }
 
-    fn copy(&mut self, from: &Buffer, to: &Buffer) -> Result<Size, LinuxError> {
+    fn copy(&mut self, from: &Buffer, to: &Buffer, len: Size) -> Result<Size, LinuxError> {
         let src = from.map()?;
         let mut dst = to.map()?;
-        let n = src.len().min(dst.len());
+        let n = usize::try_from(len.bytes()).unwrap_or(usize::MAX).min(src.len()).min(dst.len());
         from.sync(CpuAccess::Read, true)?;
         to.sync(CpuAccess::Write, true)?;
         dst[..n].copy_from_slice(&src[..n]);

@@ -634,7 +634,7 @@ fn backend_trait_round_trip() {
     let b = be.allocate(&p, "trait-b").unwrap();
     be.fill(&a, 42).unwrap();
     let sum = be.checksum(&a, p.size).unwrap();
-    assert_eq!(be.copy(&a, &b).unwrap(), p.size);
+    assert_eq!(be.copy(&a, &b, p.size).unwrap(), p.size);
     assert_eq!(
         be.checksum(&b, p.size).unwrap(),
         sum,

@@ -341,8 +341,14 @@ impl Machine {
 
     /// Copies `from`'s content into `to` (at least as large). Returns the bytes copied.
     pub fn copy_content(&mut self, from: &SimBacking, to: &SimBacking) -> Result<Size, SimError> {
+        let len = self.record(from)?.size;
+        self.copy_prefix(from, to, len)
+    }
+
+    /// Copies the first `len` bytes of `from` into `to`, frame by frame.
+    pub fn copy_prefix(&mut self, from: &SimBacking, to: &SimBacking, len: Size) -> Result<Size, SimError> {
         let (f, t) = (self.record(from)?, self.record(to)?);
-        if t.size < f.size {
+        if t.size < len || f.size < len {
             return Err(SimError::CopyTooSmall {
                 from: f.name.clone(),
                 from_size: f.size,
@@ -351,7 +357,7 @@ impl Machine {
             });
         }
         let (fr, tr) = (f.runs(), t.runs());
-        let size = f.size;
+        let size = len;
         self.content.copy(&fr, &tr, size.bytes().div_ceil(PAGE));
         self.counters.copies += 1;
         self.counters.bytes_copied += size.bytes();
@@ -444,8 +450,8 @@ impl Backend for Machine {
         self.backing(backing)
     }
 
-    fn copy(&mut self, from: &SimBacking, to: &SimBacking) -> Result<Size, SimError> {
-        self.copy_content(from, to)
+    fn copy(&mut self, from: &SimBacking, to: &SimBacking, len: Size) -> Result<Size, SimError> {
+        self.copy_prefix(from, to, len)
     }
 
     fn free(&mut self, backing: SimBacking) {
