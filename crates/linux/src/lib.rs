@@ -25,6 +25,7 @@ pub mod choose;
 pub mod drm;
 pub mod error;
 pub mod inventory;
+pub mod kmod;
 pub mod parse;
 pub mod phys;
 pub mod sys;

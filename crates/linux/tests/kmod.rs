@@ -1,0 +1,815 @@
+//! In-guest tests of the dmaplace kernel module (`kernel/test.sh` boots the rig's
+//! custom kernel with and without qemu's intel-iommu, loads `dmaplace.ko` and
+//! `dmaplace_testdev.ko`, and runs this binary as root with `--test-threads=1`).
+//!
+//! Every scenario is checked three ways: the backing's segments from debugfs
+//! against `dmaplace_core::verify` for every attached device; the module's merged
+//! plan against `dmaplace_core::solve` for the same devices (the differential
+//! test); and what the hardware side sees, through `/proc/self/pagemap` of a CPU
+//! mapping and the DMA addresses in each importer's sg table. Each prints a
+//! `PLACEMENT` line per segment for the record.
+//!
+//! On the host (or without the modules) every test prints why it skips.
+
+use std::os::fd::AsFd;
+
+use dmaplace_core::{Platform, verify};
+use dmaplace_linux::drm::DrmCard;
+use dmaplace_linux::kmod::{self, BufferInfo, Dmaplace, FakeDevice, Snapshot, SwSync, TestDev};
+use dmaplace_linux::phys;
+use dmaplace_linux::sys::map::RawMap;
+use rustix::io::Errno;
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+struct Env {
+    dp: Dmaplace,
+    td: TestDev,
+    platform: Platform,
+    iommu: bool,
+}
+
+fn env(test: &str) -> Option<Env> {
+    if !dmaplace_linux::in_guest() {
+        eprintln!("{test}: skipped: not in the qemu guest (kernel/test.sh runs it there)");
+        return None;
+    }
+    assert!(
+        kmod::modules_loaded(),
+        "{test}: /dev/dmaplace or /dev/dmaplace_testdev missing: the modules did not load"
+    );
+    let dp = Dmaplace::open().expect("open /dev/dmaplace");
+    let td = TestDev::open().expect("open /dev/dmaplace_testdev");
+    let platform = kmod::guest_platform().expect("guest platform");
+    let iommu = std::env::var("DMAPLACE_IOMMU").as_deref() == Ok("1");
+    Some(Env {
+        dp,
+        td,
+        platform,
+        iommu,
+    })
+}
+
+/// The scenario's devices: fake importers with declared constraints.
+fn display32(e: &Env) -> &'static str {
+    // A display-like device: 32-bit DMA, needs one contiguous range, 64 KiB aligned.
+    let d = FakeDevice::new("dp-display32", 32);
+    e.td.ensure_device(&d).expect("create dp-display32");
+    e.dp.declare("dp-display32", 1, 64 << 10)
+        .expect("declare dp-display32");
+    "dp-display32"
+}
+
+fn gpu64(e: &Env) -> &'static str {
+    let d = FakeDevice::new("dp-gpu64", 64);
+    e.td.ensure_device(&d).expect("create dp-gpu64");
+    "dp-gpu64"
+}
+
+fn isp4(e: &Env) -> &'static str {
+    // A device without an IOMMU that takes at most 4 segments of up to 4 MiB.
+    let d = FakeDevice::new("dp-isp4", 64);
+    e.td.ensure_device(&d).expect("create dp-isp4");
+    e.dp.declare("dp-isp4", 4, 0).expect("declare dp-isp4");
+    "dp-isp4"
+}
+
+/// The PCI device with this vendor:device id, if present.
+fn pci_device(vendor: &str, device: &str) -> Option<String> {
+    let dir = std::fs::read_dir("/sys/bus/pci/devices").ok()?;
+    for e in dir.flatten() {
+        let rd = |f: &str| {
+            std::fs::read_to_string(e.path().join(f))
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        };
+        if rd("vendor") == vendor && rd("device") == device {
+            return Some(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    None
+}
+
+/// virtio-gpu (a 64-bit PCI device) behind the IOMMU: the IOMMU importer.
+fn virtio_gpu() -> String {
+    pci_device("0x1af4", "0x1050").expect("virtio-gpu-pci is on the bus with --iommu")
+}
+
+fn info(id: u64) -> BufferInfo {
+    Snapshot::read()
+        .expect("debugfs")
+        .buffer(id)
+        .unwrap_or_else(|| panic!("buffer {id} not in debugfs"))
+        .clone()
+}
+
+fn mem_free() -> u64 {
+    let t = std::fs::read_to_string("/proc/meminfo").expect("meminfo");
+    t.lines()
+        .find_map(|l| l.strip_prefix("MemFree:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("MemFree")
+        * 1024
+}
+
+/// Prints the placement and checks it: the differential test against the core
+/// solver, then `verify` of the backing against every device.
+fn check(scenario: &str, e: &Env, b: &BufferInfo) -> kmod::CoreVerdict {
+    println!(
+        "PLACEMENT {scenario}: buffer {} ({}) {:#x} bytes, generation {}, migrations {}, plan strategy {}, window below {:#x}, devices: {}",
+        b.id,
+        b.name,
+        b.size,
+        b.generation,
+        b.migrations,
+        b.plan.strategy,
+        b.plan.window_end.0,
+        b.attachments
+            .iter()
+            .map(|a| format!("{}{}", a.dev, if a.iommu { "(iommu)" } else { "" }))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    for (i, s) in b.segments.iter().enumerate() {
+        println!(
+            "PLACEMENT {scenario}:   segment {i}: phys {:#x} len {:#x} order {} {}",
+            s.phys, s.len, s.order, s.source
+        );
+    }
+    for w in &b.why {
+        println!("PLACEMENT {scenario}:   {w}");
+    }
+    let verdict = b
+        .check_against_core(&e.platform)
+        .unwrap_or_else(|m| panic!("{scenario}: module plan != core plan: {m}\n{b:#?}"));
+    match (&verdict.plan, b.has_backing) {
+        (Some(plan), true) => verify(plan, &plan.devices, &b.backing())
+            .unwrap_or_else(|v| panic!("{scenario}: backing fails verify: {v}\n{b:#?}")),
+        (None, true) => panic!(
+            "{scenario}: the module allocated where the core finds no plan: {:?}\n{b:#?}",
+            verdict.conflict
+        ),
+        _ => {}
+    }
+    verdict
+}
+
+/// The physical pages of a CPU mapping equal the backing's segments, page by page.
+fn check_pagemap(scenario: &str, map: &RawMap, b: &BufferInfo) {
+    phys::touch(map.as_slice());
+    let pfns =
+        phys::pagemap(map.addr(), map.len()).unwrap_or_else(|e| panic!("{scenario}: pagemap: {e}"));
+    let want: Vec<u64> = b
+        .segments
+        .iter()
+        .flat_map(|s| (0..s.len / 4096).map(move |i| s.phys / 4096 + i))
+        .collect();
+    assert_eq!(
+        pfns, want,
+        "{scenario}: pagemap of the CPU mapping differs from the backing in debugfs"
+    );
+}
+
+/// A device without an IOMMU gets physical addresses: its DMA entries, merged,
+/// are the backing's runs.
+fn check_direct_dma(scenario: &str, sg: &kmod::SgDma, b: &BufferInfo) {
+    let merge = |v: &mut Vec<(u64, u64)>, (s, l): (u64, u64)| match v.last_mut() {
+        Some((ps, pl)) if *ps + *pl == s => *pl += l,
+        _ => v.push((s, l)),
+    };
+    let mut dma = Vec::new();
+    sg.entries.iter().for_each(|&x| merge(&mut dma, x));
+    let mut runs = Vec::new();
+    b.segments
+        .iter()
+        .for_each(|s| merge(&mut runs, (s.phys, s.len)));
+    assert_eq!(
+        dma, runs,
+        "{scenario}: the direct device's DMA addresses are not the backing's physical addresses (swiotlb bounce?)"
+    );
+}
+
+/// Behind the IOMMU the DMA side is one IOVA-contiguous range covering the buffer.
+fn check_iova(scenario: &str, sg: &kmod::SgDma, size: u64) {
+    let total: u64 = sg.entries.iter().map(|e| e.1).sum();
+    assert!(
+        total >= size,
+        "{scenario}: IOVA entries cover {total:#x} of {size:#x}"
+    );
+    let contiguous = sg.entries.windows(2).all(|w| w[0].0 + w[0].1 == w[1].0);
+    assert!(
+        contiguous,
+        "{scenario}: IOVA entries are not contiguous: {:#x?}",
+        sg.entries
+    );
+    println!(
+        "PLACEMENT {scenario}:   IOMMU side: {} DMA entries, IOVA {:#x}..{:#x}",
+        sg.entries.len(),
+        sg.entries[0].0,
+        sg.entries[0].0 + total
+    );
+}
+
+#[test]
+fn deferred_allocation() {
+    let Some(e) = env("deferred_allocation") else {
+        return;
+    };
+    let gpu = gpu64(&e);
+    let before = mem_free();
+    let buf = e.dp.create(64 * MIB, "deferred").expect("create");
+    let h =
+        e.td.attach(buf.fd.as_fd(), gpu, true)
+            .expect("dynamic attach");
+    let b = info(buf.id);
+    assert!(
+        !b.has_backing && b.segments.is_empty(),
+        "pages exist before the first map: {b:#?}"
+    );
+    let after_attach = mem_free();
+    assert!(
+        after_attach + 4 * MIB > before,
+        "MemFree fell by {} KiB before any map",
+        (before - after_attach) / 1024
+    );
+    let sg = e.td.map(h).expect("first map");
+    let b = info(buf.id);
+    assert!(b.has_backing && b.generation == 1, "{b:#?}");
+    assert_eq!(b.segments.iter().map(|s| s.len).sum::<u64>(), 64 * MIB);
+    let after_map = mem_free();
+    assert!(
+        before > after_map + 60 * MIB,
+        "MemFree fell by only {} KiB at the first map",
+        (before - after_map) / 1024
+    );
+    check("deferred_allocation", &e, &b);
+    check_direct_dma("deferred_allocation", &sg, &b);
+    // A non-dynamic importer is mapped by the dma-buf core at attach time: for it
+    // the attach is the first map.
+    let eager = e.dp.create(MIB, "eager").expect("create");
+    let _h2 =
+        e.td.attach(eager.fd.as_fd(), gpu, false)
+            .expect("static attach");
+    let b2 = info(eager.id);
+    assert!(
+        b2.has_backing && b2.attachments[0].pinned && b2.attachments[0].maps == 1,
+        "{b2:#?}"
+    );
+}
+
+#[test]
+fn contiguous_below_4g_for_display_with_an_iommu_device() {
+    let Some(e) = env("contiguous_below_4g") else {
+        return;
+    };
+    let display = display32(&e);
+    let other = if e.iommu {
+        virtio_gpu()
+    } else {
+        gpu64(&e).to_owned()
+    };
+    let buf = e.dp.create(4 * MIB, "scanout").expect("create");
+    let hd =
+        e.td.attach(buf.fd.as_fd(), display, true)
+            .expect("attach display");
+    let hg =
+        e.td.attach(buf.fd.as_fd(), &other, true)
+            .expect("attach other");
+    // The other device maps first; the allocation serves both.
+    let sg_other = e.td.map(hg).expect("map other");
+    let sg_display = e.td.map(hd).expect("map display");
+    let b = info(buf.id);
+    check("contiguous_below_4g", &e, &b);
+    assert_eq!(b.segments.len(), 1, "not contiguous: {b:#?}");
+    assert!(
+        b.segments[0].phys + b.size <= 4 * GIB,
+        "above 4 GiB: {b:#?}"
+    );
+    assert_eq!(b.segments[0].phys % (64 << 10), 0, "not 64 KiB aligned");
+    assert_eq!(
+        b.plan.window_end.1,
+        vec![0],
+        "the display causes the window"
+    );
+    assert_eq!(
+        b.plan.max_segments,
+        (Some(1), vec![0]),
+        "the display causes contiguity"
+    );
+    check_direct_dma("contiguous_below_4g", &sg_display, &b);
+    if e.iommu {
+        assert!(
+            b.attachments[1].iommu,
+            "virtio-gpu is behind the IOMMU: {b:#?}"
+        );
+        check_iova("contiguous_below_4g", &sg_other, b.size);
+    } else {
+        check_direct_dma("contiguous_below_4g", &sg_other, &b);
+    }
+    let map = RawMap::shared(buf.fd.as_fd(), 4 << 20, 0, true).expect("mmap");
+    check_pagemap("contiguous_below_4g", &map, &b);
+}
+
+#[test]
+fn contiguous_beyond_the_page_allocator_comes_from_cma() {
+    let Some(e) = env("contiguous_cma") else {
+        return;
+    };
+    let d = FakeDevice::new("dp-display64", 64);
+    e.td.ensure_device(&d).expect("create");
+    e.dp.declare("dp-display64", 1, 0).expect("declare");
+    let buf = e.dp.create(8 * MIB, "cma").expect("create");
+    let h =
+        e.td.attach(buf.fd.as_fd(), "dp-display64", true)
+            .expect("attach");
+    let sg = e.td.map(h).expect("map");
+    let b = info(buf.id);
+    check("contiguous_cma", &e, &b);
+    assert_eq!(b.segments.len(), 1);
+    assert_eq!(
+        b.segments[0].source, "cma",
+        "8 MiB contiguous is over MAX_ORDER: {b:#?}"
+    );
+    let cma = e.platform.memory.cma.first().expect("a CMA area");
+    let (start, end) = (cma.start.get(), cma.start.get() + cma.size.bytes());
+    assert!(
+        b.segments[0].phys >= start && b.segments[0].phys + b.size <= end,
+        "not inside the CMA area {start:#x}..{end:#x}"
+    );
+    check_direct_dma("contiguous_cma", &sg, &b);
+    // 8 MiB contiguous below 4 GiB: only CMA could hold it, and when the kernel put
+    // the CMA area above 4 GiB (its default on a machine with more RAM) there is
+    // none: the module's map fails with ENOMEM and the core solver explains why.
+    if start >= 4 * GIB {
+        let display = display32(&e);
+        let buf32 = e.dp.create(8 * MIB, "cma32").expect("create");
+        let h32 =
+            e.td.attach(buf32.fd.as_fd(), display, true)
+                .expect("attach");
+        assert_eq!(e.td.map(h32), Err(Errno::NOMEM));
+        let b32 = info(buf32.id);
+        let verdict = check("contiguous_cma/32-bit", &e, &b32);
+        let why = verdict.conflict.expect("the core finds no plan either");
+        println!("PLACEMENT contiguous_cma/32-bit: ENOMEM; core: {why}");
+    }
+}
+
+#[test]
+fn four_segment_device_gets_at_most_four() {
+    let Some(e) = env("four_segments") else {
+        return;
+    };
+    let isp = isp4(&e);
+    let buf = e.dp.create(8 * MIB, "isp").expect("create");
+    let h = e.td.attach(buf.fd.as_fd(), isp, true).expect("attach");
+    let sg = e.td.map(h).expect("map");
+    let b = info(buf.id);
+    check("four_segments", &e, &b);
+    assert!(
+        sg.entries.len() <= 4,
+        "{} DMA entries for a 4-segment device: {:#x?}",
+        sg.entries.len(),
+        sg.entries
+    );
+    assert_eq!(b.plan.min_chunk, Some(2 * MIB));
+    check_direct_dma("four_segments", &sg, &b);
+}
+
+#[test]
+fn chunk_orders_match_the_iommu_page_sizes() {
+    let Some(e) = env("iommu_chunks") else { return };
+    if !e.iommu {
+        eprintln!("iommu_chunks: skipped: needs --iommu (qemu intel-iommu)");
+        return;
+    }
+    let gpu = virtio_gpu();
+    let size = 8 * MIB + 3 * 4096;
+    let buf = e.dp.create(size, "iommu").expect("create");
+    let h = e.td.attach(buf.fd.as_fd(), &gpu, true).expect("attach");
+    let sg = e.td.map(h).expect("map");
+    let b = info(buf.id);
+    check("iommu_chunks", &e, &b);
+    let a = &b.attachments[0];
+    assert!(
+        a.iommu && a.pgsize_bitmap & (2 * MIB) != 0,
+        "VT-d maps 2 MiB pages: {a:#?}"
+    );
+    assert_eq!(b.plan.strategy, "orders:9,0", "{b:#?}");
+    assert!(
+        b.segments.iter().all(|s| s.order == 9 || s.order == 0),
+        "orders other than the IOMMU's: {b:#?}"
+    );
+    assert!(
+        b.segments
+            .iter()
+            .filter(|s| s.order == 9)
+            .all(|s| s.phys % (2 * MIB) == 0 && s.len == 2 * MIB)
+    );
+    assert_eq!(
+        b.segments.iter().filter(|s| s.order == 9).count(),
+        4,
+        "{b:#?}"
+    );
+    check_iova("iommu_chunks", &sg, size);
+}
+
+/// A byte pattern that differs from page to page.
+fn pattern(i: usize) -> u8 {
+    (i.wrapping_mul(7).wrapping_add(i / 4096) & 0xff).to_le_bytes()[0]
+}
+
+#[test]
+fn late_attach_migrates_with_contents_and_move_notify() {
+    let Some(e) = env("late_attach_migrates") else {
+        return;
+    };
+    let gpu = gpu64(&e);
+    let display = display32(&e);
+    let size = 4 * MIB;
+    let buf = e.dp.create(size, "late").expect("create");
+    let hg = e.td.attach(buf.fd.as_fd(), gpu, true).expect("attach gpu");
+    e.td.map(hg).expect("map gpu");
+    let first = info(buf.id);
+    check("late_attach_migrates/before", &e, &first);
+    if e.platform
+        .memory
+        .ram()
+        .ranges()
+        .last()
+        .is_some_and(|r| r.end().get() > 5 * GIB)
+    {
+        assert!(
+            first.segments.iter().any(|s| s.phys >= 4 * GIB),
+            "the 64-bit device's pages are all below 4 GiB: the test proves nothing"
+        );
+    }
+    let mut map = RawMap::shared(buf.fd.as_fd(), 4 << 20, 0, true).expect("mmap");
+    for (i, byte) in map.as_mut_slice().iter_mut().enumerate() {
+        *byte = pattern(i);
+    }
+    check_pagemap("late_attach_migrates/before", &map, &first);
+    e.td.unmap(hg).expect("unmap gpu");
+    let hd =
+        e.td.attach(buf.fd.as_fd(), display, true)
+            .expect("late attach while nothing is mapped");
+    let pending = info(buf.id);
+    assert_eq!(pending.attachments[1].served, Some(false), "{pending:#?}");
+    let sg = e.td.map(hd).expect("map display: migrates");
+    let after = info(buf.id);
+    check("late_attach_migrates/after", &e, &after);
+    assert_eq!((after.migrations, after.generation), (1, 2), "{after:#?}");
+    assert_eq!(after.segments.len(), 1);
+    assert!(after.segments[0].phys + size <= 4 * GIB);
+    check_direct_dma("late_attach_migrates", &sg, &after);
+    // The old CPU mapping faults in the new pages, with the contents preserved.
+    for (i, byte) in map.as_slice().iter().enumerate() {
+        assert_eq!(*byte, pattern(i), "byte {i} changed in the migration");
+    }
+    check_pagemap("late_attach_migrates/after", &map, &after);
+    let st = e.td.status(hg).expect("status");
+    assert!(
+        st.move_notifies >= 1,
+        "the dynamic gpu attachment saw no move_notify: {st:?}"
+    );
+    println!(
+        "PLACEMENT late_attach_migrates:   move_notify seen by {gpu}: {}",
+        st.move_notifies
+    );
+    // The gpu maps again, now on the display-friendly pages.
+    let sg_gpu = e.td.map(hg).expect("gpu maps the new backing");
+    check_direct_dma("late_attach_migrates/gpu", &sg_gpu, &after);
+}
+
+#[test]
+fn late_attach_is_busy_while_mapped_or_fenced() {
+    let Some(e) = env("late_attach_busy") else {
+        return;
+    };
+    let gpu = gpu64(&e);
+    let display = display32(&e);
+    let buf = e.dp.create(2 * MIB, "busy").expect("create");
+    let hg = e.td.attach(buf.fd.as_fd(), gpu, true).expect("attach gpu");
+    e.td.map(hg).expect("map gpu");
+    let b = info(buf.id);
+    let high = b.segments.iter().any(|s| s.phys + s.len > 4 * GIB);
+    if !high {
+        eprintln!(
+            "late_attach_busy: the gpu's pages landed below 4 GiB; the display fits them and nothing is busy"
+        );
+        return;
+    }
+    // Mapped: both a dynamic and a static (DRM-like) late attach get EBUSY.
+    assert_eq!(e.td.attach(buf.fd.as_fd(), display, true), Err(Errno::BUSY));
+    assert_eq!(
+        e.td.attach(buf.fd.as_fd(), display, false),
+        Err(Errno::BUSY)
+    );
+    let b = info(buf.id);
+    assert!(b.refused >= 2 && b.attachments.len() == 1, "{b:#?}");
+    check("late_attach_busy/mapped", &e, &b);
+    println!(
+        "PLACEMENT late_attach_busy:   while {gpu} had it mapped: EBUSY x{}",
+        b.refused
+    );
+    // Unmapped but with an unsignalled write fence in the reservation object: EBUSY.
+    e.td.unmap(hg).expect("unmap");
+    let timeline = SwSync::open().expect("sw_sync");
+    let fence = timeline.fence(1).expect("fence");
+    kmod::import_sync_file(buf.fd.as_fd(), fence.as_fd(), true).expect("import the fence");
+    assert_eq!(
+        e.td.attach(buf.fd.as_fd(), display, true),
+        Err(Errno::BUSY),
+        "unsignalled fence"
+    );
+    timeline.inc(1).expect("signal");
+    let hd =
+        e.td.attach(buf.fd.as_fd(), display, true)
+            .expect("attach once the fence signalled");
+    e.td.map(hd).expect("migrates");
+    let b = info(buf.id);
+    assert_eq!(b.migrations, 1);
+    check("late_attach_busy/after_fence", &e, &b);
+}
+
+#[test]
+fn differential_plans_for_many_device_sets() {
+    let Some(e) = env("differential") else { return };
+    let display = FakeDevice::new("dp-display32", 32);
+    let devices = vec![
+        (
+            FakeDevice {
+                bus_dma_limit: 0x7fff_ffff,
+                ..FakeDevice::new("dp-bus31", 64)
+            },
+            (0, 0),
+        ),
+        (
+            FakeDevice {
+                segment_boundary_mask: 0xffff_ffff,
+                max_segment_size: 1 << 16,
+                ..FakeDevice::new("dp-pci32", 32)
+            },
+            (0, 0),
+        ),
+        (FakeDevice::new("dp-dev36", 36), (0, 1 << 20)),
+        (FakeDevice::new("dp-dev30", 30), (0, 0)),
+        (
+            FakeDevice {
+                max_segment_size: 1 << 20,
+                ..FakeDevice::new("dp-isp8", 40)
+            },
+            (8, 0),
+        ),
+        (display.clone(), (1, 64 << 10)),
+        (FakeDevice::new("dp-isp4", 64), (4, 0)),
+        (FakeDevice::new("dp-gpu64", 64), (0, 0)),
+    ];
+    for (d, decl) in &devices {
+        e.td.ensure_device(d).expect("create");
+        if *decl != (0, 0) {
+            e.dp.declare(&d.name, decl.0, decl.1).expect("declare");
+        }
+    }
+    // Behind the IOMMU: the real virtio-gpu PCI device (only fake devices are created).
+    let mut names: Vec<String> = devices.iter().map(|(d, _)| d.name.clone()).collect();
+    if e.iommu {
+        names.push(virtio_gpu());
+    }
+    let (mut checked, mut conflicts, mut memory_conflicts) = (0, 0, 0);
+    // Every pair and every run of four; the plan is compared before any allocation.
+    for i in 0..names.len() {
+        for j in i..names.len() {
+            let pair = vec![i, j];
+            let run: Vec<usize> = (i..names.len()).take(4).collect();
+            for set in [pair, run] {
+                let buf = e.dp.create(16 * MIB, "diff").expect("create");
+                for (k, &d) in set.iter().enumerate() {
+                    match e.td.attach(buf.fd.as_fd(), &names[d], true) {
+                        Ok(_) => {}
+                        Err(Errno::INVAL) if d < devices.len() => {
+                            let (dev, decl) = &devices[d];
+                            // No backing can meet the set: the core solver must say so too.
+                            let mut b = info(buf.id);
+                            let mut extra = dev.attach_info(*decl);
+                            extra.idx = k;
+                            b.attachments.push(extra);
+                            let verdict = b.core_plan(&e.platform);
+                            assert!(
+                                verdict.is_err(),
+                                "the module refused {} on {set:?} but the core solves it",
+                                dev.name
+                            );
+                            conflicts += 1;
+                            break;
+                        }
+                        Err(err) => panic!("attach {}: {err}", names[d]),
+                    }
+                }
+                let b = info(buf.id);
+                let verdict = b
+                    .check_against_core(&e.platform)
+                    .unwrap_or_else(|m| panic!("{set:?}: {m}\n{b:#?}"));
+                memory_conflicts += usize::from(verdict.plan.is_none());
+                checked += 1;
+            }
+        }
+    }
+    println!(
+        "PLACEMENT differential: {checked} device sets, module plan == dmaplace_core::solve for each; {conflicts} sets refused as conflicts by both; {memory_conflicts} with no memory to hold them (core)"
+    );
+}
+
+#[test]
+fn real_importers() {
+    let Some(e) = env("real_importers") else {
+        return;
+    };
+    let mut seen = Vec::new();
+    for driver in ["vgem", "vkms", "cirrus", "virtio_gpu"] {
+        let Ok(card) = DrmCard::open_driver(&[driver]) else {
+            println!("PLACEMENT real_importers: {driver}: no card on this boot");
+            continue;
+        };
+        let buf = e.dp.create(MIB, driver).expect("create");
+        match card.import(&buf.fd) {
+            Ok(handle) => {
+                let b = info(buf.id);
+                let a = &b.attachments[0];
+                println!(
+                    "PLACEMENT real_importers: {driver} imported as {} (dma_mask {:#x}, max_segment_size {:#x}, boundary {:#x}, iommu {} pgsize {:#x})",
+                    a.dev,
+                    a.dma_mask,
+                    a.max_segment_size,
+                    a.segment_boundary_mask,
+                    a.iommu,
+                    a.pgsize_bitmap
+                );
+                assert!(
+                    a.pinned && a.maps == 1 && b.has_backing,
+                    "PRIME import pins and maps at attach: {b:#?}"
+                );
+                check(&format!("real_importers/{driver}"), &e, &b);
+                seen.push(driver);
+                drop(handle);
+            }
+            Err(err) => {
+                // virtio-gpu refuses foreign dma-bufs (it wants its own blob resources).
+                println!("PLACEMENT real_importers: {driver}: import refused: {err}");
+                assert_eq!(driver, "virtio_gpu", "{driver} refused the import: {err}");
+            }
+        }
+    }
+    assert!(
+        seen.contains(&"vgem") && seen.contains(&"vkms") && seen.contains(&"cirrus"),
+        "imported into {seen:?}"
+    );
+}
+
+#[test]
+fn cpu_access_brackets_and_mmap_before_any_device() {
+    let Some(e) = env("cpu_access") else { return };
+    let buf = e.dp.create(256 << 10, "cpu").expect("create");
+    // The CPU alone: mmap allocates (any memory will do) and pagemap shows the pages.
+    let mut map = RawMap::shared(buf.fd.as_fd(), 256 << 10, 0, true).expect("mmap");
+    map.as_mut_slice()[0] = 42;
+    let b = info(buf.id);
+    assert!(b.has_backing && b.mmaps == 1);
+    check_pagemap("cpu_access", &map, &b);
+    // DMA_BUF_IOCTL_SYNC begin/end reaches begin/end_cpu_access.
+    let gpu = gpu64(&e);
+    let h = e.td.attach(buf.fd.as_fd(), gpu, true).expect("attach");
+    e.td.map(h).expect("map");
+    use dmaplace_linux::sys::ioctl::{
+        DMA_BUF_SYNC_END, DMA_BUF_SYNC_READ, DMA_BUF_SYNC_WRITE, dma_buf_sync,
+    };
+    dma_buf_sync(buf.fd.as_fd(), DMA_BUF_SYNC_READ | DMA_BUF_SYNC_WRITE).expect("sync start");
+    dma_buf_sync(
+        buf.fd.as_fd(),
+        DMA_BUF_SYNC_READ | DMA_BUF_SYNC_WRITE | DMA_BUF_SYNC_END,
+    )
+    .expect("sync end");
+    assert_eq!(map.as_slice()[0], 42);
+}
+
+#[test]
+fn bad_ioctls_are_refused() {
+    let Some(e) = env("bad_ioctls") else { return };
+    use kmod::abi;
+    let ok = kmod::create_request(4096, kmod::FD_FLAGS_RDWR_CLOEXEC, 0, "ok").unwrap();
+    let create = |b: &mut [u8]| e.dp.raw(abi::IOCTL_CREATE, b);
+    type Corrupt = Box<dyn Fn(&mut [u8])>;
+    let cases: Vec<(&str, Corrupt, Errno)> = vec![
+        (
+            "size 0",
+            Box::new(|b| b[0..8].copy_from_slice(&0u64.to_ne_bytes())),
+            Errno::INVAL,
+        ),
+        (
+            "size not page-aligned",
+            Box::new(|b| b[0..8].copy_from_slice(&4097u64.to_ne_bytes())),
+            Errno::INVAL,
+        ),
+        (
+            "size over 1 GiB",
+            Box::new(|b| b[0..8].copy_from_slice(&(2u64 << 30).to_ne_bytes())),
+            Errno::INVAL,
+        ),
+        ("output fd not zero", Box::new(|b| b[8] = 3), Errno::INVAL),
+        ("output id not zero", Box::new(|b| b[24] = 1), Errno::INVAL),
+        (
+            "unknown fd_flags (O_NONBLOCK)",
+            Box::new(|b| b[12..16].copy_from_slice(&0o4000u32.to_ne_bytes())),
+            Errno::INVAL,
+        ),
+        ("unknown flags", Box::new(|b| b[16] = 1), Errno::INVAL),
+        (
+            "name without NUL",
+            Box::new(|b| b[32..64].fill(b'a')),
+            Errno::INVAL,
+        ),
+        (
+            "name with a space",
+            Box::new(|b| b[33] = b' '),
+            Errno::INVAL,
+        ),
+    ];
+    for (what, corrupt, want) in cases {
+        let mut b = ok;
+        corrupt(&mut b);
+        assert_eq!(create(&mut b), Err(want), "CREATE with {what}");
+    }
+    // Forward compatibility: a larger struct with zeros beyond what the module knows
+    // works; a non-zero byte there is E2BIG; a struct too small for the outputs is EINVAL.
+    let bigger = abi::IOCTL_CREATE & !(0x3fff << 16) | (96 << 16);
+    let mut b = [0u8; 96];
+    b[..64].copy_from_slice(&ok);
+    assert_eq!(
+        e.dp.raw(bigger, &mut b),
+        Ok(0),
+        "a 96-byte CREATE with a zero tail"
+    );
+    assert!(Dmaplace::take_fd(&b).is_some());
+    b[..64].copy_from_slice(&ok);
+    b[90] = 1;
+    assert_eq!(
+        e.dp.raw(bigger, &mut b),
+        Err(Errno::TOOBIG),
+        "a non-zero byte the module does not know"
+    );
+    let smaller = abi::IOCTL_CREATE & !(0x3fff << 16) | (16 << 16);
+    assert_eq!(
+        e.dp.raw(smaller, &mut ok.clone()),
+        Err(Errno::INVAL),
+        "a CREATE too small to return the fd"
+    );
+    // Unknown ioctls and a known number with the wrong direction.
+    assert_eq!(
+        e.dp.raw(abi::IOCTL_CREATE & !0xff | 0x0f, &mut ok.clone()),
+        Err(Errno::NOTTY)
+    );
+    assert_eq!(
+        e.dp.raw(abi::IOCTL_CREATE & !(3 << 30) | (1 << 30), &mut ok.clone()),
+        Err(Errno::NOTTY)
+    );
+    // DECLARE.
+    let decl = |b: &mut [u8; abi::DECLARE_SIZE]| e.dp.raw(abi::IOCTL_DECLARE, b);
+    assert_eq!(
+        decl(&mut kmod::declare_request("", 1, 0, 0).unwrap()),
+        Err(Errno::INVAL),
+        "empty device name"
+    );
+    assert_eq!(
+        decl(&mut kmod::declare_request("x", 1, 2, 0).unwrap()),
+        Err(Errno::INVAL),
+        "unknown flag"
+    );
+    assert_eq!(
+        decl(&mut kmod::declare_request("x", 1, 0, 3000).unwrap()),
+        Err(Errno::INVAL),
+        "alignment not a power of two"
+    );
+    assert_eq!(
+        decl(&mut kmod::declare_request("x", 1, 0, 8 << 20).unwrap()),
+        Err(Errno::INVAL),
+        "alignment over 4 MiB"
+    );
+    let mut r = kmod::declare_request("x", 1, 0, 0).unwrap();
+    r[80] = 1;
+    assert_eq!(decl(&mut r), Err(Errno::INVAL), "reserved bytes");
+    assert_eq!(e.dp.forget("never-declared"), Err(Errno::NOENT));
+    assert_eq!(
+        decl(&mut kmod::declare_request("x", 1, abi::DECLARE_FORGET, 0).unwrap()),
+        Err(Errno::INVAL),
+        "FORGET with values"
+    );
+    // The test device.
+    let buf = e.dp.create(4096, "bad").expect("create");
+    assert_eq!(
+        e.td.attach(buf.fd.as_fd(), "no-such-device", true),
+        Err(Errno::NODEV)
+    );
+    assert_eq!(e.td.map(12345), Err(Errno::NOENT));
+    println!("PLACEMENT bad_ioctls: {} refusals checked", 9 + 5 + 7 + 2);
+}

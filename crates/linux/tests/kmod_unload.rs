@@ -1,0 +1,159 @@
+//! The last guest test of `kernel/test.sh`: the modules unload cleanly and leave
+//! no memory and no dma-buf behind. It unloads both modules (every earlier test
+//! has closed its fds), measures, loads them again, runs a workload that
+//! allocates, migrates, maps and imports about 100 MiB, closes everything,
+//! unloads again and measures again.
+
+use std::os::fd::AsFd;
+use std::process::Command;
+
+use dmaplace_linux::drm::DrmCard;
+use dmaplace_linux::kmod::{self, Dmaplace, FakeDevice, TestDev};
+use dmaplace_linux::sys::map::RawMap;
+
+const MIB: u64 = 1 << 20;
+const MODULES: [&str; 2] = ["dmaplace_testdev", "dmaplace"];
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn unload() {
+    for m in MODULES {
+        run("rmmod", &[m]);
+    }
+    assert!(!kmod::modules_loaded());
+    assert!(
+        std::fs::metadata("/sys/kernel/debug/dmaplace").is_err(),
+        "debugfs directory left behind"
+    );
+}
+
+fn load() {
+    for m in MODULES.iter().rev() {
+        run("insmod", &[&format!("/lib/modules/extra/{m}.ko")]);
+    }
+    assert!(kmod::modules_loaded());
+}
+
+/// `(free bytes, dma-bufs listed in bufinfo)`, after dropping caches. Free is
+/// `MemFree` plus the pages on the per-CPU free lists (`count:` in
+/// `/proc/zoneinfo`), which `MemFree` leaves out and which grow and shrink by
+/// megabytes as a workload frees pages.
+fn measure() -> (u64, usize) {
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+    let meminfo = std::fs::read_to_string("/proc/meminfo").expect("meminfo");
+    let free = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemFree:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("MemFree")
+        * 1024;
+    let zoneinfo = std::fs::read_to_string("/proc/zoneinfo").expect("zoneinfo");
+    let pcp: u64 = zoneinfo
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("count:"))
+        .filter_map(|v| v.trim().parse::<u64>().ok())
+        .sum();
+    let bufinfo = std::fs::read_to_string("/sys/kernel/debug/dma_buf/bufinfo").expect("bufinfo");
+    (
+        free + pcp * 4096,
+        dmaplace_linux::parse::bufinfo(&bufinfo).len(),
+    )
+}
+
+fn workload() -> u64 {
+    let dp = Dmaplace::open().expect("open");
+    let td = TestDev::open().expect("open testdev");
+    td.ensure_device(&FakeDevice::new("dp-unload64", 64))
+        .expect("device");
+    td.ensure_device(&FakeDevice::new("dp-unload32", 32))
+        .expect("device");
+    dp.declare("dp-unload32", 1, 0).expect("declare");
+    let mut total = 0;
+    let mut keep = Vec::new();
+    for i in 0..24u64 {
+        let size = (1 + i % 4) * MIB;
+        let buf = dp.create(size, "unload").expect("create");
+        let h = td
+            .attach(buf.fd.as_fd(), "dp-unload64", true)
+            .expect("attach");
+        td.map(h).expect("map");
+        let mut map =
+            RawMap::shared(buf.fd.as_fd(), usize::try_from(size).unwrap(), 0, true).expect("mmap");
+        map.as_mut_slice()[0] = 1;
+        if i % 2 == 0 {
+            td.unmap(h).expect("unmap");
+            let h2 = td
+                .attach(buf.fd.as_fd(), "dp-unload32", true)
+                .expect("late attach");
+            td.map(h2).expect("migrating map");
+        }
+        total += size;
+        keep.push((buf, map));
+    }
+    if let Ok(card) = DrmCard::open_driver(&["vgem"]) {
+        let buf = dp.create(8 * MIB, "unload-vgem").expect("create");
+        let handle = card.import(&buf.fd).expect("vgem import");
+        total += 8 * MIB;
+        drop(handle);
+    }
+    // Everything (mappings, attachments, fds) is dropped here.
+    drop(keep);
+    drop(td);
+    drop(dp);
+    total
+}
+
+#[test]
+fn rmmod_leaves_no_memory_and_no_dma_buf_behind() {
+    if !dmaplace_linux::in_guest() {
+        eprintln!("rmmod: skipped: not in the qemu guest");
+        return;
+    }
+    unload();
+    let (free0, bufs0) = measure();
+    load();
+    let total = workload();
+    // The module's own count first: every chunk it allocated is freed.
+    let snap = kmod::Snapshot::read().expect("debugfs");
+    println!(
+        "PLACEMENT unload: {} chunks allocated, {} freed, {} bytes live, {} buffers listed",
+        snap.chunks_allocated,
+        snap.chunks_freed,
+        snap.live_bytes,
+        snap.buffers.len()
+    );
+    assert!(
+        snap.buffers.is_empty()
+            && snap.live_bytes == 0
+            && snap.chunks_allocated == snap.chunks_freed,
+        "{snap:#?}"
+    );
+    unload();
+    let (free1, bufs1) = measure();
+    println!(
+        "PLACEMENT unload: workload of {} MiB; free (MemFree + per-CPU lists) {} -> {} KiB ({:+} KiB); dma-bufs {bufs0} -> {bufs1}",
+        total / MIB,
+        free0 / 1024,
+        free1 / 1024,
+        (i128::from(free1) - i128::from(free0)) / 1024
+    );
+    assert_eq!(bufs1, bufs0, "dma-bufs left behind");
+    // Slab and page tables move by a few hundred KiB; the workload is 68 MiB.
+    assert!(
+        free1 + 2 * MIB >= free0,
+        "free memory is {} KiB lower after the workload and rmmod: a leak",
+        (free0 - free1) / 1024
+    );
+    load();
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Builds the dmaplace kernel modules against the rig's custom kernel, in a copy
+# outside the source tree (target/kmod), and prints the .ko paths.
+# Usage: kernel/build.sh [--quiet]
+set -Eeuo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT=${DMAPLACE_KMOD_OUT:-$REPO/target/kmod}
+eval "$("$REPO/vm/rig.sh" kernel-env)"
+mkdir -p "$OUT"
+# Copy only what changed so that make's timestamps stay meaningful.
+for f in "$REPO"/kernel/Kbuild "$REPO"/kernel/*.rs; do
+	cmp -s "$f" "$OUT/$(basename "$f")" || cp "$f" "$OUT/"
+done
+if ! make -C "$DMAPLACE_KERNEL_DIR" M="$OUT" LLVM=1 modules >"$OUT/build.log" 2>&1; then
+	cat "$OUT/build.log" >&2
+	echo "kernel/build.sh: module build failed (log: $OUT/build.log)" >&2
+	exit 1
+fi
+if grep -q '^warning' "$OUT/build.log"; then
+	grep -A8 '^warning' "$OUT/build.log" >&2
+	echo "kernel/build.sh: the modules build with warnings (log: $OUT/build.log)" >&2
+	exit 1
+fi
+printf '%s\n' "$OUT/dmaplace.ko" "$OUT/dmaplace_testdev.ko"

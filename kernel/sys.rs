@@ -1,0 +1,405 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Small safe wrappers over the raw C bindings both dmaplace modules use.
+//!
+//! 6.12's `kernel` crate has no miscdevice, file, page-allocation or dma-buf
+//! abstractions, so each module reaches `kernel::bindings` directly; every such
+//! call lives here or right next to the callback that needs it, one `unsafe`
+//! block with one `// SAFETY:` line each. Inline C functions come from the
+//! helpers that `kernel/bindings_helper.patch` adds (`rust/helpers/dmaplace.c`).
+#![allow(dead_code)]
+
+use core::ffi::c_void;
+
+use core::fmt;
+use core::ptr;
+use kernel::ffi::c_char;
+
+use kernel::bindings;
+use kernel::error::{code, Error, Result};
+use kernel::uaccess::UserSlice;
+
+/// The page size (x86-64).
+pub const PAGE_SIZE: usize = 4096;
+/// [`PAGE_SIZE`] as a `u64` (addresses and sizes are `u64` here).
+pub const PAGE_BYTES: u64 = 4096;
+/// log2 of [`PAGE_SIZE`].
+pub const PAGE_SHIFT: u32 = 12;
+
+// ------------------------------------------------------------------ ioctl numbers
+
+/// `_IOC_WRITE`: userspace writes the argument.
+pub const IOC_WRITE: u32 = 1;
+/// `_IOC_READ`: userspace reads the argument back.
+pub const IOC_READ: u32 = 2;
+
+/// `_IOC(dir, type, nr, size)` from `include/uapi/asm-generic/ioctl.h`.
+pub const fn ioc(dir: u32, ty: u8, nr: u8, size: usize) -> u32 {
+    // CAST: sizes are checked below 1 << 14 by the callers' const asserts.
+    (dir << 30) | ((size as u32) << 16) | ((ty as u32) << 8) | nr as u32
+}
+/// `_IOC_DIR(cmd)`.
+pub const fn ioc_dir(cmd: u32) -> u32 {
+    cmd >> 30
+}
+/// `_IOC_TYPE(cmd)`.
+pub const fn ioc_type(cmd: u32) -> u8 {
+    // CAST: masked to 8 bits.
+    ((cmd >> 8) & 0xff) as u8
+}
+/// `_IOC_NR(cmd)`.
+pub const fn ioc_nr(cmd: u32) -> u8 {
+    // CAST: masked to 8 bits.
+    (cmd & 0xff) as u8
+}
+/// `_IOC_SIZE(cmd)`.
+pub const fn ioc_size(cmd: u32) -> usize {
+    // CAST: 14 bits fit usize.
+    ((cmd >> 16) & 0x3fff) as usize
+}
+
+/// Copies an ioctl argument of `user_size` bytes (the size encoded in the
+/// command) into `buf` (the kernel's struct size), the way
+/// `copy_struct_from_user` does: a smaller struct from an older ABI is
+/// zero-extended, a larger one from a newer ABI is accepted only if the bytes
+/// this kernel does not know are zero (else `E2BIG`).
+pub fn copy_struct_in(arg: usize, user_size: usize, buf: &mut [u8]) -> Result {
+    buf.fill(0);
+    let n = user_size.min(buf.len());
+    let mut reader = UserSlice::new(arg, user_size).reader();
+    reader.read_slice(&mut buf[..n])?;
+    let mut rest = [0u8; 64];
+    let mut left = user_size - n;
+    while left > 0 {
+        let k = left.min(rest.len());
+        reader.read_slice(&mut rest[..k])?;
+        if rest[..k].iter().any(|b| *b != 0) {
+            return Err(code::E2BIG);
+        }
+        left -= k;
+    }
+    Ok(())
+}
+
+/// Copies `buf` back to the ioctl argument, at most `user_size` bytes.
+pub fn copy_struct_out(arg: usize, user_size: usize, buf: &[u8]) -> Result {
+    let n = user_size.min(buf.len());
+    UserSlice::new(arg, n).writer().write_slice(&buf[..n])
+}
+
+/// Little helpers to read and write fixed-layout ABI structs without `unsafe`.
+pub fn get_u32(b: &[u8], off: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[off..off + 4]);
+    u32::from_ne_bytes(a)
+}
+/// See [`get_u32`].
+pub fn get_u64(b: &[u8], off: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[off..off + 8]);
+    u64::from_ne_bytes(a)
+}
+/// See [`get_u32`].
+pub fn put_u32(b: &mut [u8], off: usize, v: u32) {
+    b[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+}
+/// See [`get_u32`].
+pub fn put_u64(b: &mut [u8], off: usize, v: u64) {
+    b[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+}
+
+// ------------------------------------------------------------------ names
+
+/// A short NUL-terminated name held inline: a device name or a buffer name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Name<const N: usize> {
+    bytes: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> Name<N> {
+    /// The empty name.
+    pub const fn empty() -> Self {
+        Name {
+            bytes: [0; N],
+            len: 0,
+        }
+    }
+
+    /// Parses a field of an ABI struct: NUL-terminated within the field,
+    /// printable ASCII without spaces or `=` (so that debugfs stays
+    /// `key=value` parseable). `EINVAL` otherwise.
+    pub fn from_field(field: &[u8]) -> Result<Self> {
+        let len = field.iter().position(|b| *b == 0).ok_or(code::EINVAL)?;
+        if len >= N || field[len..].iter().any(|b| *b != 0) {
+            return Err(code::EINVAL);
+        }
+        let mut n = Name::empty();
+        for (i, b) in field[..len].iter().enumerate() {
+            if !(0x21..0x7f).contains(b) || *b == b'=' {
+                return Err(code::EINVAL);
+            }
+            n.bytes[i] = *b;
+        }
+        n.len = len;
+        Ok(n)
+    }
+
+    /// Copies a C string (a device name), truncated to fit, replacing bytes
+    /// that [`Name::from_field`] would refuse by `?`.
+    ///
+    /// # Safety
+    ///
+    /// `s` is null or points to a NUL-terminated string valid for the call.
+    pub unsafe fn from_c(s: *const c_char) -> Self {
+        let mut n = Name::empty();
+        if s.is_null() {
+            return n;
+        }
+        let mut i = 0;
+        while i < N - 1 {
+            // SAFETY: the caller guarantees `s` is NUL-terminated and we stop at the NUL.
+            let c = unsafe { *s.add(i) };
+            if c == 0 {
+                break;
+            }
+            n.bytes[i] = if (0x21..0x7f).contains(&c) && c != b'=' {
+                c
+            } else {
+                b'?'
+            };
+            i += 1;
+        }
+        n.len = i;
+        n
+    }
+
+    /// The bytes, without the NUL.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    /// The name as a NUL-terminated C string pointer (valid while `self` is).
+    pub fn as_c_ptr(&self) -> *const c_char {
+        // `bytes[len]` is 0: names are at most N - 1 bytes and the rest is zeroed.
+        self.bytes.as_ptr().cast()
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl<const N: usize> fmt::Display for Name<N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.as_bytes() {
+            fmt::Write::write_char(f, char::from(*b))?;
+        }
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------------ errors
+
+/// `PTR_ERR`/`IS_ERR` for a returned pointer.
+pub fn check_ptr<T>(p: *mut T) -> Result<*mut T> {
+    kernel::error::from_err_ptr(p)
+}
+
+/// An `ERR_PTR` of the right type.
+pub fn err_ptr<T>(e: Error) -> *mut T {
+    e.to_ptr()
+}
+
+/// Turns a negative errno return into an error.
+pub fn check_ret(ret: kernel::ffi::c_int) -> Result<kernel::ffi::c_int> {
+    if ret < 0 {
+        Err(Error::from_errno(ret))
+    } else {
+        Ok(ret)
+    }
+}
+
+// ------------------------------------------------------------------ pages
+
+/// A page frame number.
+pub fn page_to_pfn(page: *mut bindings::page) -> u64 {
+    // SAFETY: page_to_pfn is arithmetic on the memmap; `page` is a page the caller owns.
+    // CAST: usize is 64 bits here.
+    (unsafe { bindings::page_to_pfn(page) }) as u64
+}
+
+/// The `struct page` of a frame.
+pub fn pfn_to_page(pfn: u64) -> *mut bindings::page {
+    // SAFETY: pfn_to_page is arithmetic on the memmap; callers pass frames of pages they own.
+    // CAST: usize is 64 bits here.
+    unsafe { bindings::pfn_to_page(pfn as usize) }
+}
+
+/// The physical address of a page.
+pub fn page_to_phys(page: *mut bindings::page) -> u64 {
+    page_to_pfn(page) << PAGE_SHIFT
+}
+
+/// The kernel virtual address of a lowmem page (x86-64 has no highmem).
+pub fn page_address(page: *mut bindings::page) -> *mut u8 {
+    // SAFETY: page_address only computes the linear-map address of a page the caller owns.
+    unsafe { bindings::page_address(page) }.cast()
+}
+
+/// The first byte above RAM.
+pub fn ram_end() -> u64 {
+    // SAFETY: ram_end() reads high_memory, which is set at boot and never changes.
+    unsafe { bindings::ram_end() }
+}
+
+/// Copies `PAGE_SIZE` bytes between two pages the caller owns.
+pub fn copy_page(dst: *mut bindings::page, src: *mut bindings::page) {
+    let (d, s) = (page_address(dst), page_address(src));
+    // SAFETY: both are distinct owned pages mapped in the linear map, PAGE_SIZE bytes each.
+    unsafe { ptr::copy_nonoverlapping(s, d, PAGE_SIZE) };
+}
+
+// ------------------------------------------------------------------ devices
+
+/// A borrowed `struct device`: valid for as long as the caller's reference
+/// (an attachment, a registered platform device) keeps it.
+#[derive(Clone, Copy)]
+pub struct DevRef(pub *mut bindings::device);
+
+impl DevRef {
+    /// `dev_name(dev)`.
+    pub fn name<const N: usize>(self) -> Name<N> {
+        // SAFETY: the device is alive (type invariant) and dev_name returns its NUL-terminated name.
+        unsafe { Name::from_c(bindings::dev_name(self.0)) }
+    }
+    /// `dma_get_mask(dev)`.
+    pub fn dma_mask(self) -> u64 {
+        // SAFETY: the device is alive; dma_get_mask reads its mask or the 32-bit default.
+        unsafe { bindings::dma_get_mask(self.0) }
+    }
+    /// `dev->bus_dma_limit`.
+    pub fn bus_dma_limit(self) -> u64 {
+        // SAFETY: the device is alive; reading a plain field.
+        unsafe { (*self.0).bus_dma_limit }
+    }
+    /// `dma_get_max_seg_size(dev)`.
+    pub fn max_segment_size(self) -> u64 {
+        // SAFETY: the device is alive; dma_get_max_seg_size reads dma_parms or the default.
+        u64::from(unsafe { bindings::dma_get_max_seg_size(self.0) })
+    }
+    /// `dma_get_seg_boundary(dev)`.
+    pub fn segment_boundary_mask(self) -> u64 {
+        // SAFETY: the device is alive; dma_get_seg_boundary reads dma_parms or the default.
+        // CAST: usize is 64 bits here.
+        (unsafe { bindings::dma_get_seg_boundary(self.0) }) as u64
+    }
+    /// The DMA domain's `(pgsize_bitmap, aperture_end)` when the DMA API goes
+    /// through an IOMMU for this device (`use_dma_iommu`), else `None`.
+    pub fn iommu(self) -> Option<(u64, u64)> {
+        // SAFETY: the device is alive; use_dma_iommu reads dev->dma_iommu.
+        if !unsafe { bindings::use_dma_iommu(self.0) } {
+            return None;
+        }
+        // SAFETY: the device is alive; iommu_get_domain_for_dev returns its group's domain or NULL.
+        let dom = unsafe { bindings::iommu_get_domain_for_dev(self.0) };
+        if dom.is_null() {
+            return None;
+        }
+        // SAFETY: the domain stays attached while the device is bound and in use; plain fields.
+        let (ty, pg, end) = unsafe {
+            (
+                (*dom).type_,
+                (*dom).pgsize_bitmap,
+                (*dom).geometry.aperture_end,
+            )
+        };
+        if ty & bindings::__IOMMU_DOMAIN_DMA_API == 0 {
+            return None;
+        }
+        // CAST: usize is 64 bits here.
+        Some((pg as u64, end))
+    }
+}
+
+// ------------------------------------------------------------------ mutex-protected raw pointers
+
+/// A raw pointer that a lock protects, so that the structure holding it can be
+/// `Send`. The lock holder is the only one dereferencing it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Raw<T>(pub *mut T);
+
+// SAFETY: `Raw` is only stored in structures behind a kernel Mutex, and what it points to
+// (pages, sg tables, devices, attachments) may be used from any thread.
+unsafe impl<T> Send for Raw<T> {}
+// SAFETY: as above: shared access happens under the owning lock.
+unsafe impl<T> Sync for Raw<T> {}
+
+impl<T> Raw<T> {
+    /// The null pointer.
+    pub const fn null() -> Self {
+        Raw(ptr::null_mut())
+    }
+}
+
+// ------------------------------------------------------------------ seq_file
+
+/// `core::fmt::Write` into a `seq_file` (debugfs).
+pub struct SeqWriter(pub *mut bindings::seq_file);
+
+impl fmt::Write for SeqWriter {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        // SAFETY: self.0 is the seq_file of the running show() callback; seq_write copies `s`.
+        unsafe { bindings::seq_write(self.0, s.as_ptr().cast::<c_void>(), s.len()) };
+        Ok(())
+    }
+}
+
+/// `0x…` formatting.
+pub struct Hex(pub u64);
+
+impl fmt::Display for Hex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+/// A bit set of device indices as `0,2,5` (or `-` when empty).
+pub struct Bits(pub u32);
+
+impl fmt::Display for Bits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 == 0 {
+            return f.write_str("-");
+        }
+        let mut first = true;
+        for i in 0..32 {
+            if self.0 & (1 << i) != 0 {
+                if !first {
+                    f.write_str(",")?;
+                }
+                write!(f, "{i}")?;
+                first = false;
+            }
+        }
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------------ KVec removal
+
+/// Removes and returns element `i`, shifting the rest down (6.12's `Vec` has
+/// no `remove`). Panics (like `slice` indexing) when `i` is out of bounds.
+pub fn vec_remove<T, A: kernel::alloc::Allocator>(v: &mut kernel::alloc::Vec<T, A>, i: usize) -> T {
+    let len = v.len();
+    v.as_mut_slice()[i..].rotate_left(1);
+    let last = v.as_mut_ptr().wrapping_add(len - 1);
+    // SAFETY: `last` is the initialised element at len - 1 (the one rotated out); reading it
+    // moves it out, and set_len(len - 1) forgets the slot so it is not dropped twice.
+    unsafe {
+        let item = ptr::read(last);
+        v.set_len(len - 1);
+        item
+    }
+}
