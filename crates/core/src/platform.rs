@@ -71,6 +71,10 @@ pub struct MemoryMap {
     /// buffers must come from CMA or a carveout.
     #[serde(default = "default_max_block")]
     pub max_buddy_block: PageSize,
+    /// Where `ZONE_DMA` ends, as arm64 sizes it from the narrowest `dma-ranges`
+    /// (`zone_dma_bits`); none: no ZONE_DMA below ZONE_DMA32.
+    #[serde(default)]
+    pub zone_dma_bits: Option<DmaMask>,
 }
 
 fn default_max_block() -> PageSize {

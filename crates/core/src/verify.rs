@@ -97,10 +97,11 @@ fn violation(device: &str, constraint: &str, detail: String) -> Result<(), Viola
 
 /// Checks `backing` against the plan's size and each device's own constraints.
 pub fn verify(plan: &Plan, devices: &[Effective], backing: &Backing) -> Result<(), Violation> {
+    devices.iter().try_for_each(|e| verify_device(e, backing))?;
     if backing.len() < plan.size {
         return violation("*", "size", format!("backing holds {} but the plan needs {}", backing.len(), plan.size));
     }
-    devices.iter().try_for_each(|e| verify_device(e, backing))
+    Ok(())
 }
 
 fn verify_device(e: &Effective, b: &Backing) -> Result<(), Violation> {

@@ -224,7 +224,7 @@ impl Machine {
     /// Free memory per zone, CMA region and carveout.
     pub fn free_report(&self) -> FreeReport {
         let mut pools = Vec::new();
-        for zone in [Zone::Normal, Zone::Dma32] {
+        for zone in [Zone::Normal, Zone::Dma32, Zone::Dma] {
             let areas: Vec<_> = self.areas.iter().filter(|a| a.zone == zone).collect();
             if areas.is_empty() {
                 continue;

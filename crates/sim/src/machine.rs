@@ -273,6 +273,8 @@ impl Machine {
         }
         let mut normal = Vec::new();
         let mut dma32 = Vec::new();
+        let mut dma = Vec::new();
+        let dma_end: Pfn = mem.zone_dma_bits.map_or(0, |b| (b.end() / 4096).min(NORMAL_START));
         for bank in &mem.banks {
             let general = Window::from_ranges([bank.range()])
                 .subtract(&cma_w)
@@ -280,7 +282,8 @@ impl Machine {
             for r in general.ranges() {
                 let (lo, hi) = frames_of(*r);
                 for (zone, zlo, zhi) in [
-                    (Zone::Dma32, lo, hi.min(NORMAL_START)),
+                    (Zone::Dma, lo, hi.min(dma_end)),
+                    (Zone::Dma32, lo.max(dma_end), hi.min(NORMAL_START)),
                     (Zone::Normal, lo.max(NORMAL_START), hi),
                 ] {
                     if zlo < zhi {
@@ -291,10 +294,10 @@ impl Machine {
                             bank: bank.name.clone(),
                             area,
                         };
-                        if zone == Zone::Normal {
-                            normal.push(za)
-                        } else {
-                            dma32.push(za)
+                        match zone {
+                            Zone::Normal => normal.push(za),
+                            Zone::Dma32 => dma32.push(za),
+                            Zone::Dma => dma.push(za),
                         }
                     }
                 }
@@ -303,7 +306,10 @@ impl Machine {
         let mut areas = normal;
         areas.sort_by_key(|a| a.area.start());
         dma32.sort_by_key(|a| a.area.start());
+        dma.sort_by_key(|a| a.area.start());
+        // Zone fallback order, as the page allocator's: Normal, then DMA32, then DMA.
         areas.extend(dma32);
+        areas.extend(dma);
         let cma = mem
             .cma
             .iter()

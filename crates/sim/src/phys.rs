@@ -9,6 +9,9 @@ use crate::buddy::{Area, Pfn};
 /// A page-allocator zone, as Linux names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Zone {
+    /// Below the platform's `zone_dma_bits` (`ZONE_DMA`, as arm64 sizes it from the
+    /// narrowest `dma-ranges`).
+    Dma,
     /// Below 4 GiB (`ZONE_DMA32`).
     Dma32,
     /// From 4 GiB up (`ZONE_NORMAL`).
@@ -19,6 +22,7 @@ impl Zone {
     /// The kernel's name.
     pub const fn name(self) -> &'static str {
         match self {
+            Zone::Dma => "DMA",
             Zone::Dma32 => "DMA32",
             Zone::Normal => "Normal",
         }
