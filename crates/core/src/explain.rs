@@ -75,7 +75,14 @@ fn join_and(parts: &[String]) -> String {
 }
 
 fn list_items(items: &[ConflictItem], label: &dyn Fn(&str) -> String) -> String {
-    let parts: Vec<String> = items.iter().map(|i| format!("{} has {} = {} ({})", label(&i.device), i.constraint, i.value, i.why)).collect();
+    let parts: Vec<String> = items
+        .iter()
+        .map(|i| {
+            let stated = format!("{} = {}", i.constraint, i.value);
+            let why = if i.why == stated { String::new() } else { format!(" ({})", i.why) };
+            format!("{} has {stated}{why}", label(&i.device))
+        })
+        .collect();
     parts.join("; ")
 }
 
