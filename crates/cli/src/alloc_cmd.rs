@@ -48,34 +48,21 @@ fn parse_desc(args: &AllocArgs, p: &Platform) -> Result<BufferDesc> {
         let size: Size = size.parse().context("--size")?;
         return Ok(BufferDesc::Size(size));
     }
-    let image = args
-        .image
-        .as_deref()
-        .ok_or_else(|| anyhow!("give --size or --image"))?;
+    let image = args.image.as_deref().ok_or_else(|| anyhow!("give --size or --image"))?;
     let (w, h) = image
         .split_once(['x', 'X'])
         .ok_or_else(|| anyhow!("--image {image:?}: expected WIDTHxHEIGHT, e.g. 1920x1080"))?;
     let dim = |t: &str, what: &str| {
-        t.trim()
-            .parse::<u32>()
-            .map_err(|_| anyhow!("--image {image:?}: {what} {t:?} is not a number"))
+        t.trim().parse::<u32>().map_err(|_| anyhow!("--image {image:?}: {what} {t:?} is not a number"))
     };
-    let format = args
-        .format
-        .as_deref()
-        .ok_or_else(|| anyhow!("--image needs --format"))?;
+    let format = args.format.as_deref().ok_or_else(|| anyhow!("--image needs --format"))?;
     let format = parse_fourcc(format).map_err(|e| anyhow!("--format: {e}"))?;
     let modifiers = args
         .modifier
         .iter()
         .map(|m| parse_modifier(m, &p.modifiers).map_err(|e| anyhow!("--modifier: {e}")))
         .collect::<Result<Vec<_>>>()?;
-    Ok(BufferDesc::Image(ImageDesc {
-        width: dim(w, "width")?,
-        height: dim(h, "height")?,
-        format,
-        modifiers,
-    }))
+    Ok(BufferDesc::Image(ImageDesc { width: dim(w, "width")?, height: dim(h, "height")?, format, modifiers }))
 }
 
 fn parse_source(s: &str) -> Result<Source> {
@@ -92,19 +79,12 @@ fn parse_source(s: &str) -> Result<Source> {
 
 pub fn run(args: &AllocArgs) -> Result<Outcome> {
     let p = load::platform(&args.platform)?;
-    let specs = args
-        .devices
-        .iter()
-        .map(|d| solve_cmd::parse_device_spec(&p, d))
-        .collect::<Result<Vec<_>>>()?;
+    let specs = args.devices.iter().map(|d| solve_cmd::parse_device_spec(&p, d)).collect::<Result<Vec<_>>>()?;
     let desc = parse_desc(args, &p)?;
     let source = args.source.as_deref().map(parse_source).transpose()?;
     let requests: Vec<Request<'_>> = specs
         .iter()
-        .map(|(name, hints)| Request {
-            device: p.device(name).expect("checked by parse_device_spec"),
-            hints: *hints,
-        })
+        .map(|(name, hints)| Request { device: p.device(name).expect("checked by parse_device_spec"), hints: *hints })
         .collect();
     let plan = match solve(&p, &desc, &requests) {
         Ok(plan) => plan,
@@ -146,16 +126,9 @@ pub fn run(args: &AllocArgs) -> Result<Outcome> {
         }
         Err(e) => return Err(e.into()),
     };
-    println!(
-        "Allocated {} from {} as `{}`.",
-        buf.size(),
-        buf.source(),
-        buf.name()
-    );
+    println!("Allocated {} from {} as `{}`.", buf.size(), buf.source(), buf.name());
     if !buf.is_dma_buf() {
-        println!(
-            "  memfd fallback: not a dma-buf (no device can import it); its pages are neither pinned nor placed."
-        );
+        println!("  memfd fallback: not a dma-buf (no device can import it); its pages are neither pinned nor placed.");
     }
     if !be.inventory().root {
         println!(
@@ -165,10 +138,7 @@ pub fn run(args: &AllocArgs) -> Result<Outcome> {
         return Ok(Outcome::Ok);
     }
     let (runs, method) = be.placement(&buf)?;
-    println!(
-        "Physical layout ({} run(s), seen through {method}):",
-        runs.len()
-    );
+    println!("Physical layout ({} run(s), seen through {method}):", runs.len());
     for (i, r) in runs.iter().enumerate().take(32) {
         println!("  [{i}] {r} ({})", r.len());
     }
@@ -178,11 +148,7 @@ pub fn run(args: &AllocArgs) -> Result<Outcome> {
     match be.verify(&plan, &buf) {
         Ok(_) => println!(
             "Verified: the placement meets every device's constraints ({}).",
-            plan.devices
-                .iter()
-                .map(|d| d.device.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            plan.devices.iter().map(|d| d.device.as_str()).collect::<Vec<_>>().join(", ")
         ),
         Err(e) => {
             be.free(buf);
@@ -199,16 +165,8 @@ mod tests {
 
     #[test]
     fn sources_parse() {
-        assert_eq!(
-            parse_source("heap:system").unwrap(),
-            Source::Heap("system".into())
-        );
+        assert_eq!(parse_source("heap:system").unwrap(), Source::Heap("system".into()));
         assert_eq!(parse_source("udmabuf-huge").unwrap(), Source::UdmabufHuge);
-        assert!(
-            parse_source("heap:")
-                .unwrap_err()
-                .to_string()
-                .contains("expected heap:<name>")
-        );
+        assert!(parse_source("heap:").unwrap_err().to_string().contains("expected heap:<name>"));
     }
 }

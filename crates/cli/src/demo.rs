@@ -70,9 +70,18 @@ fn usage(class: DeviceClass) -> Usage {
 fn cast(p: &Platform) -> Result<Cast> {
     // The display: a display block, else a device the platform gives a SCANOUT rule (an
     // x86 iGPU drives the display itself).
-    let scans_out = |d: &&Device| d.class == DeviceClass::Display || p.rules.iter().any(|r| r.device == d.name && r.hints.contains(Usage::SCANOUT));
-    let display = p.devices.iter().find(|d| d.class == DeviceClass::Display).or_else(|| p.devices.iter().find(scans_out)).cloned();
-    let display = display.ok_or_else(|| anyhow!("platform `{}` has no display (or device with a SCANOUT rule) for the demo", p.name))?;
+    let scans_out = |d: &&Device| {
+        d.class == DeviceClass::Display
+            || p.rules.iter().any(|r| r.device == d.name && r.hints.contains(Usage::SCANOUT))
+    };
+    let display = p
+        .devices
+        .iter()
+        .find(|d| d.class == DeviceClass::Display)
+        .or_else(|| p.devices.iter().find(scans_out))
+        .cloned();
+    let display = display
+        .ok_or_else(|| anyhow!("platform `{}` has no display (or device with a SCANOUT rule) for the demo", p.name))?;
     let gpu = p.devices.iter().find(|d| d.class == DeviceClass::Gpu && d.name != display.name).cloned();
     let gpu = gpu.ok_or_else(|| anyhow!("platform `{}` has no GPU besides its display for the demo", p.name))?;
     // NV12 if both take it (then video blocks can join), else XR24.
@@ -98,7 +107,9 @@ fn late_and_refused(p: &Platform, cast: &Cast, backing: &dmaplace_core::Backing)
         ];
         match solve(p, &cast.buffer, &requests) {
             Ok(next) if verify(&next, &next.devices, backing).is_err() && late.is_none() => late = Some(d.clone()),
-            Err(dmaplace_core::SolveError::Conflict(c)) if refused.is_none() && c.devices.contains(&d.name) && c.devices.len() > 1 => {
+            Err(dmaplace_core::SolveError::Conflict(c))
+                if refused.is_none() && c.devices.contains(&d.name) && c.devices.len() > 1 =>
+            {
                 refused = Some(d.clone())
             }
             _ => {}
@@ -122,7 +133,8 @@ impl Story {
 pub fn run(args: &DemoArgs) -> Result<Outcome> {
     let p = load::platform(&args.platform)?;
     let cast = cast(&p)?;
-    let machine = Machine::new(&p, SimConfig::seeded(args.seed).with_background(LOAD)).context("building the simulated machine")?;
+    let machine = Machine::new(&p, SimConfig::seeded(args.seed).with_background(LOAD))
+        .context("building the simulated machine")?;
     let mut s = Story { e: Exporter::new(p.clone(), machine, ExporterConfig::default()), steps: Vec::new() };
     let start_free = s.e.backend().free_report().free();
     s.step("machine", machine_text(&p, &s.e));
@@ -145,25 +157,42 @@ pub fn run(args: &DemoArgs) -> Result<Outcome> {
 
     let (gpu_map, gpu_sg) = s.e.map(gpu)?;
     let plan = s.e.plan(buf)?.cloned().context("allocated at first map")?;
-    let mut text = String::from("The GPU's map is the first: the exporter solves over every attachment and allocates once.\n");
+    let mut text =
+        String::from("The GPU's map is the first: the exporter solves over every attachment and allocates once.\n");
     text += &plan_why(&plan);
     let backing = backing_of(&s.e, buf)?;
     let _ = write!(text, "\n  placed at {}", segments_text(&backing.segments));
     let (_, dpu_sg) = s.e.map(dpu)?;
-    let _ = write!(text, "\n  {} sees {} ({} entry/ies); {} sees {}", cast.gpu.name, gpu_sg, gpu_sg.entries.len(), cast.display.name, dpu_sg);
+    let _ = write!(
+        text,
+        "\n  {} sees {} ({} entry/ies); {} sees {}",
+        cast.gpu.name,
+        gpu_sg,
+        gpu_sg.entries.len(),
+        cast.display.name,
+        dpu_sg
+    );
     s.step("first map", text);
 
     s.e.dma_write(gpu_map, 0x5eed)?;
     let fence = s.e.fence(gpu_map)?;
     let before = s.e.dma_read(gpu_map)?;
-    s.step("render", format!("The GPU renders into the buffer: DMA in flight, {fence} unsignalled. Content checksum {before:#018x}."));
+    s.step(
+        "render",
+        format!(
+            "The GPU renders into the buffer: DMA in flight, {fence} unsignalled. Content checksum {before:#018x}."
+        ),
+    );
 
     let (late, refused) = late_and_refused(&p, &cast, &backing);
     match late {
         Some(late) => late_attach(&mut s, buf, &late, fence, [gpu, dpu], before)?,
         None => {
             s.e.signal(fence)?;
-            s.step("late attach", format!("No device on {} needs a move from this placement; the fence signals.", p.name));
+            s.step(
+                "late attach",
+                format!("No device on {} needs a move from this placement; the fence signals.", p.name),
+            );
         }
     }
     if let Some(refused) = refused {
@@ -173,7 +202,13 @@ pub fn run(args: &DemoArgs) -> Result<Outcome> {
     s.step("memory map", map.clone());
     release_all(&mut s, buf, start_free)?;
     if args.json {
-        let doc = DemoJson { schema: "dmaplace.demo/v1", platform: &p.name, seed: args.seed, steps: &s.steps, memory_map: &map };
+        let doc = DemoJson {
+            schema: "dmaplace.demo/v1",
+            platform: &p.name,
+            seed: args.seed,
+            steps: &s.steps,
+            memory_map: &map,
+        };
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         for (i, st) in s.steps.iter().enumerate() {
@@ -183,23 +218,45 @@ pub fn run(args: &DemoArgs) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-fn late_attach(s: &mut Story, buf: BufferId, late: &Device, fence: dmaplace_core::exporter::FenceId, early: [AttachmentId; 2], before: u64) -> Result<()> {
+fn late_attach(
+    s: &mut Story,
+    buf: BufferId,
+    late: &Device,
+    fence: dmaplace_core::exporter::FenceId,
+    early: [AttachmentId; 2],
+    before: u64,
+) -> Result<()> {
     let hints = usage(late.class);
     let busy = s.e.attach(buf, &late.name, hints).err().map(|e| e.to_string()).unwrap_or_default();
-    s.step("late attach, busy", format!("{} attaches late ({hints}) while the GPU's DMA is in flight. Refused:\n  {busy}", late.label()));
+    s.step(
+        "late attach, busy",
+        format!("{} attaches late ({hints}) while the GPU's DMA is in flight. Refused:\n  {busy}", late.label()),
+    );
 
     s.e.signal(fence)?;
     let att = s.e.attach(buf, &late.name, hints)?;
-    let mut text = format!("{fence} signals; {} attaches again. The backing does not fit it, nothing is in flight, so the buffer moves:\n", late.label());
+    let mut text = format!(
+        "{fence} signals; {} attaches again. The backing does not fit it, nothing is in flight, so the buffer moves:\n",
+        late.label()
+    );
     let events = s.e.take_events();
     for ev in &events {
         match ev {
             Event::Migrated { from, to, copied, checksum, .. } => {
-                let _ = writeln!(text, "  moved {} -> {}: {copied} copied, checksum {checksum:#018x} (was {before:#018x})", segments_text(from), segments_text(to));
+                let _ = writeln!(
+                    text,
+                    "  moved {} -> {}: {copied} copied, checksum {checksum:#018x} (was {before:#018x})",
+                    segments_text(from),
+                    segments_text(to)
+                );
             }
             Event::MoveNotify(n) => {
                 let maps: Vec<String> = n.invalidated.iter().map(ToString::to_string).collect();
-                let what = if maps.is_empty() { "it has no mapping yet".to_owned() } else { format!("{} invalid, re-map", maps.join(", ")) };
+                let what = if maps.is_empty() {
+                    "it has no mapping yet".to_owned()
+                } else {
+                    format!("{} invalid, re-map", maps.join(", "))
+                };
                 let _ = writeln!(text, "  move_notify -> {} ({}): {what}", s.e.device_of(n.attachment)?, n.attachment);
             }
             _ => {}
@@ -236,7 +293,12 @@ fn refuse(s: &mut Story, buf: BufferId, d: &Device) -> Result<()> {
     let fence = s.e.fence(gpu_att)?;
     let text = match s.e.attach(buf, &d.name, usage(d.class)) {
         Err(ExportError::Conflict { conflict, .. }) => {
-            format!("The GPU renders again ({fence} in flight) and {} attaches ({}). No placement could ever serve it with the others, so it is refused at attach, with the solver's reasons:\n  {}", d.label(), usage(d.class), conflict.message)
+            format!(
+                "The GPU renders again ({fence} in flight) and {} attaches ({}). No placement could ever serve it with the others, so it is refused at attach, with the solver's reasons:\n  {}",
+                d.label(),
+                usage(d.class),
+                conflict.message
+            )
         }
         Err(e) => format!("{} attaches and is refused: {e}", d.label()),
         Ok(_) => return Err(anyhow!("{} was expected to conflict but attached", d.name)),
@@ -260,17 +322,27 @@ fn first_mapping(s: &Story, buf: BufferId) -> Result<dmaplace_core::exporter::Ma
 }
 
 fn release_all(s: &mut Story, buf: BufferId, start_free: dmaplace_core::Size) -> Result<()> {
-    let maps: Vec<_> = s.steps.iter().flat_map(|st| &st.events).filter_map(|e| match e {
-        Event::Mapped { mapping, .. } => Some(*mapping),
-        _ => None,
-    }).collect();
+    let maps: Vec<_> = s
+        .steps
+        .iter()
+        .flat_map(|st| &st.events)
+        .filter_map(|e| match e {
+            Event::Mapped { mapping, .. } => Some(*mapping),
+            _ => None,
+        })
+        .collect();
     for m in maps {
         let _ = s.e.unmap(m);
     }
-    let atts: Vec<_> = s.steps.iter().flat_map(|st| &st.events).filter_map(|e| match e {
-        Event::Attached { attachment, .. } => Some(*attachment),
-        _ => None,
-    }).collect();
+    let atts: Vec<_> = s
+        .steps
+        .iter()
+        .flat_map(|st| &st.events)
+        .filter_map(|e| match e {
+            Event::Attached { attachment, .. } => Some(*attachment),
+            _ => None,
+        })
+        .collect();
     for a in atts {
         let _ = s.e.detach(a);
     }
@@ -306,7 +378,12 @@ fn segments_text(segs: &[dmaplace_core::PhysRange]) -> String {
 fn plan_why(plan: &Plan) -> String {
     use dmaplace_core::Field;
     let r = &plan.requirements;
-    let mut out = format!("  plan: {} {}, {} mapping", plan.size, if plan.contiguous() { "physically contiguous" } else { "in chunks" }, plan.cache_mode.value);
+    let mut out = format!(
+        "  plan: {} {}, {} mapping",
+        plan.size,
+        if plan.contiguous() { "physically contiguous" } else { "in chunks" },
+        plan.cache_mode.value
+    );
     let lines: [(&str, dmaplace_core::DeviceSet, Field); 4] = [
         ("contiguous", r.max_segments.causes, Field::MaxSegments),
         ("address window", r.window.causes, Field::Window),
@@ -332,10 +409,22 @@ fn machine_text(p: &Platform, e: &Exporter<Machine>) -> String {
         let _ = writeln!(t, "  CMA  {:<12} {}  {}", c.name, c.range(), c.size);
     }
     for c in &m.carveouts {
-        let _ = writeln!(t, "  carveout {:<8} {}  {}{}", c.name, c.range(), c.size, if c.protected { " (protected)" } else { "" });
+        let _ = writeln!(
+            t,
+            "  carveout {:<8} {}  {}{}",
+            c.name,
+            c.range(),
+            c.size,
+            if c.protected { " (protected)" } else { "" }
+        );
     }
     let (bg, cma) = e.backend().background_bytes();
-    let _ = write!(t, "  other users hold {} (fragmented; {} of it borrowed CMA)", dmaplace_core::Size::new(bg), dmaplace_core::Size::new(cma));
+    let _ = write!(
+        t,
+        "  other users hold {} (fragmented; {} of it borrowed CMA)",
+        dmaplace_core::Size::new(bg),
+        dmaplace_core::Size::new(cma)
+    );
     t
 }
 

@@ -26,7 +26,8 @@ pub fn platform(arg: &str) -> Result<Platform> {
 }
 
 fn from_file(path: &Path) -> Result<Platform> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read platform file {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read platform file {}", path.display()))?;
     Ok(Platform::from_toml(&path.display().to_string(), &text)?)
 }
 
@@ -42,7 +43,11 @@ pub fn list_platforms(json: bool) -> Result<()> {
     let mut rows = Vec::new();
     for name in builtin::names() {
         let p = platform(name)?;
-        rows.push(PlatformSummary { name: p.name, description: p.description, devices: p.devices.iter().map(|d| d.name.clone()).collect() });
+        rows.push(PlatformSummary {
+            name: p.name,
+            description: p.description,
+            devices: p.devices.iter().map(|d| d.name.clone()).collect(),
+        });
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);

@@ -11,7 +11,16 @@ use dmaplace_core::{BoundaryMask, Conflict, Device, Plan, Platform, Window};
 pub fn device(p: &Platform, d: &Device) -> String {
     let mut s = String::new();
     let pl = &d.placement;
-    let _ = writeln!(s, "{} ({}){}", d.label(), match d.bus { dmaplace_core::Bus::Pcie => "PCIe", dmaplace_core::Bus::Platform => "on-chip" }, if d.description.is_empty() { String::new() } else { format!(": {}", d.description) });
+    let _ = writeln!(
+        s,
+        "{} ({}){}",
+        d.label(),
+        match d.bus {
+            dmaplace_core::Bus::Pcie => "PCIe",
+            dmaplace_core::Bus::Platform => "on-chip",
+        },
+        if d.description.is_empty() { String::new() } else { format!(": {}", d.description) }
+    );
     let _ = writeln!(s, "  dma_mask            {}", pl.dma_mask);
     if let Some(limit) = pl.bus_dma_limit {
         let _ = writeln!(s, "  bus_dma_limit       {limit:#x}");
@@ -22,7 +31,14 @@ pub fn device(p: &Platform, d: &Device) -> String {
     match &pl.iommu {
         Some(m) => {
             let phys = m.phys_bits.map_or(String::new(), |b| format!(", reaches {b} physical"));
-            let _ = writeln!(s, "  iommu               {} pgsize_bitmap {} ({:#x}), {} IOVA{phys}", m.name, m.pgsize_bitmap, m.pgsize_bitmap.bitmap(), m.iova_bits);
+            let _ = writeln!(
+                s,
+                "  iommu               {} pgsize_bitmap {} ({:#x}), {} IOVA{phys}",
+                m.name,
+                m.pgsize_bitmap,
+                m.pgsize_bitmap.bitmap(),
+                m.iova_bits
+            );
         }
         None => {
             let _ = writeln!(s, "  iommu               none: DMA addresses are physical");
@@ -45,9 +61,14 @@ pub fn device(p: &Platform, d: &Device) -> String {
             format!("{}[{}]", fourcc_name(f.fourcc), mods.join(" "))
         })
         .collect();
-    let formats = if formats.is_empty() { "any (does not interpret pixels), LINEAR".to_owned() } else { formats.join(" ") };
+    let formats =
+        if formats.is_empty() { "any (does not interpret pixels), LINEAR".to_owned() } else { formats.join(" ") };
     let _ = writeln!(s, "  formats             {formats}");
-    let _ = writeln!(s, "  layout align        pitch {} B, offset {} B, height {} rows, size {} B", l.pitch_align, l.offset_align, l.height_align, l.size_align);
+    let _ = writeln!(
+        s,
+        "  layout align        pitch {} B, offset {} B, height {} rows, size {} B",
+        l.pitch_align, l.offset_align, l.height_align, l.size_align
+    );
     let maxes: Vec<String> = [("width", l.max_width), ("height", l.max_height), ("pitch", l.max_pitch)]
         .iter()
         .filter_map(|(n, v)| v.map(|v| format!("{n} {v}")))
@@ -92,7 +113,11 @@ fn rule_effect(r: &dmaplace_core::platform::HintRule) -> String {
 }
 
 fn boundary(b: BoundaryMask) -> String {
-    if b == BoundaryMask::NONE { "none".into() } else { format!("{b} (segments may not cross a multiple of {})", dmaplace_core::Size::new(b.get().wrapping_add(1))) }
+    if b == BoundaryMask::NONE {
+        "none".into()
+    } else {
+        format!("{b} (segments may not cross a multiple of {})", dmaplace_core::Size::new(b.get().wrapping_add(1)))
+    }
 }
 
 fn why<T>(plan: &Plan, r: &Req<T>, field: Field) -> String {
@@ -130,11 +155,27 @@ pub fn plan(p: &Platform, plan: &Plan) -> String {
         None => "any number of segments".into(),
     };
     let _ = writeln!(s, "  segments          {segs}{}", why(plan, &r.max_segments, Field::MaxSegments));
-    let _ = writeln!(s, "  max_segment_size  {}{}", r.max_segment_size.value.map_or("unlimited".into(), |v| v.to_string()), why(plan, &r.max_segment_size, Field::MaxSegmentSize));
-    let _ = writeln!(s, "  segment boundary  {}{}", boundary(r.segment_boundary.value), why(plan, &r.segment_boundary, Field::SegmentBoundary));
+    let _ = writeln!(
+        s,
+        "  max_segment_size  {}{}",
+        r.max_segment_size.value.map_or("unlimited".into(), |v| v.to_string()),
+        why(plan, &r.max_segment_size, Field::MaxSegmentSize)
+    );
+    let _ = writeln!(
+        s,
+        "  segment boundary  {}{}",
+        boundary(r.segment_boundary.value),
+        why(plan, &r.segment_boundary, Field::SegmentBoundary)
+    );
     let _ = writeln!(s, "  alignment         {}{}", r.alignment.value, why(plan, &r.alignment, Field::Alignment));
     let _ = writeln!(s, "  granule           {}{}", r.granule.value, why(plan, &r.granule, Field::Granule));
-    let _ = writeln!(s, "  cache mode        {} (usable: {}){}", plan.cache_mode.value, r.cache_modes.value, why(plan, &plan.cache_mode, Field::CacheModes));
+    let _ = writeln!(
+        s,
+        "  cache mode        {} (usable: {}){}",
+        plan.cache_mode.value,
+        r.cache_modes.value,
+        why(plan, &plan.cache_mode, Field::CacheModes)
+    );
     let protected = if r.protected.value { "yes" } else { "no" };
     let _ = writeln!(s, "  protected         {protected}{}", why(plan, &r.protected, Field::Protected));
     let pr = &plan.preferences;
@@ -142,7 +183,8 @@ pub fn plan(p: &Platform, plan: &Plan) -> String {
     if pr.chunk_sizes.is_empty() {
         let _ = writeln!(s, "  chunk sizes       none (no IOMMU attached)");
     } else {
-        let chunks: Vec<String> = pr.chunk_sizes.iter().map(|c| format!("{} ({})", c.size, plan.names(c.devices).join(", "))).collect();
+        let chunks: Vec<String> =
+            pr.chunk_sizes.iter().map(|c| format!("{} ({})", c.size, plan.names(c.devices).join(", "))).collect();
         let _ = writeln!(s, "  chunk sizes       {}", chunks.join(", "));
     }
     let _ = writeln!(s, "  alignment         {}", pr.alignment);
@@ -168,26 +210,42 @@ fn layout_section(p: &Platform, plan: &Plan, lp: &LayoutPlan) -> String {
     let _ = writeln!(s, "\nLayout (userspace side)");
     let _ = writeln!(s, "  format            {} {}x{}", fourcc_name(l.format), l.width, l.height);
     let _ = writeln!(s, "  modifier          {} (common: {})", p.modifier_name(l.modifier), cands.join(", "));
-    let _ = writeln!(s, "  pitch alignment   {} B{}", lp.pitch_align.value, why(plan, &lp.pitch_align, Field::PitchAlign));
+    let _ =
+        writeln!(s, "  pitch alignment   {} B{}", lp.pitch_align.value, why(plan, &lp.pitch_align, Field::PitchAlign));
     if lp.offset_align.value > 1 {
-        let _ = writeln!(s, "  offset alignment  {} B{}", lp.offset_align.value, why(plan, &lp.offset_align, Field::OffsetAlign));
+        let _ = writeln!(
+            s,
+            "  offset alignment  {} B{}",
+            lp.offset_align.value,
+            why(plan, &lp.offset_align, Field::OffsetAlign)
+        );
     }
     if lp.height_align.value > 1 {
-        let _ = writeln!(s, "  height alignment  {} rows{}", lp.height_align.value, why(plan, &lp.height_align, Field::HeightAlign));
+        let _ = writeln!(
+            s,
+            "  height alignment  {} rows{}",
+            lp.height_align.value,
+            why(plan, &lp.height_align, Field::HeightAlign)
+        );
     }
     if lp.size_align.value > 1 {
-        let _ = writeln!(s, "  size alignment    {} B{}", lp.size_align.value, why(plan, &lp.size_align, Field::SizeAlign));
+        let _ =
+            writeln!(s, "  size alignment    {} B{}", lp.size_align.value, why(plan, &lp.size_align, Field::SizeAlign));
     }
     for (i, pl) in l.planes.iter().enumerate() {
-        let _ = writeln!(s, "  plane {i}           offset {:>9}  pitch {:>6}  rows {:>5}", pl.offset, pl.pitch, pl.rows);
+        let _ =
+            writeln!(s, "  plane {i}           offset {:>9}  pitch {:>6}  rows {:>5}", pl.offset, pl.pitch, pl.rows);
     }
     let _ = writeln!(s, "  size              {} bytes", l.size);
     s
 }
 
 fn device_list(plan: &Plan) -> String {
-    let parts: Vec<String> =
-        plan.devices.iter().map(|e| if e.hints.is_empty() { e.device.clone() } else { format!("{}:{}", e.device, e.hints) }).collect();
+    let parts: Vec<String> = plan
+        .devices
+        .iter()
+        .map(|e| if e.hints.is_empty() { e.device.clone() } else { format!("{}:{}", e.device, e.hints) })
+        .collect();
     parts.join(" + ")
 }
 

@@ -79,11 +79,19 @@ fn parse_desc(args: &SolveArgs, p: &Platform) -> Result<BufferDesc> {
         return Ok(BufferDesc::Size(size));
     }
     let image = args.image.as_deref().ok_or_else(|| anyhow!("give --size or --image"))?;
-    let (w, h) = image.split_once(['x', 'X']).ok_or_else(|| anyhow!("--image {image:?}: expected WIDTHxHEIGHT, e.g. 1920x1080"))?;
-    let dim = |t: &str, what: &str| t.trim().parse::<u32>().map_err(|_| anyhow!("--image {image:?}: {what} {t:?} is not a number"));
+    let (w, h) = image
+        .split_once(['x', 'X'])
+        .ok_or_else(|| anyhow!("--image {image:?}: expected WIDTHxHEIGHT, e.g. 1920x1080"))?;
+    let dim = |t: &str, what: &str| {
+        t.trim().parse::<u32>().map_err(|_| anyhow!("--image {image:?}: {what} {t:?} is not a number"))
+    };
     let format = args.format.as_deref().ok_or_else(|| anyhow!("--image needs --format"))?;
     let format = parse_fourcc(format).map_err(|e| anyhow!("--format: {e}"))?;
-    let modifiers = args.modifier.iter().map(|m| parse_modifier(m, &p.modifiers).map_err(|e| anyhow!("--modifier: {e}"))).collect::<Result<Vec<_>>>()?;
+    let modifiers = args
+        .modifier
+        .iter()
+        .map(|m| parse_modifier(m, &p.modifiers).map_err(|e| anyhow!("--modifier: {e}")))
+        .collect::<Result<Vec<_>>>()?;
     Ok(BufferDesc::Image(ImageDesc { width: dim(w, "width")?, height: dim(h, "height")?, format, modifiers }))
 }
 
@@ -91,17 +99,27 @@ pub fn run(args: &SolveArgs) -> Result<Outcome> {
     let p = load::platform(&args.platform)?;
     let specs = args.devices.iter().map(|d| parse_device_spec(&p, d)).collect::<Result<Vec<_>>>()?;
     let desc = parse_desc(args, &p)?;
-    let requests: Vec<Request<'_>> =
-        specs.iter().map(|(name, hints)| Request { device: p.device(name).expect("checked by parse_device_spec"), hints: *hints }).collect();
+    let requests: Vec<Request<'_>> = specs
+        .iter()
+        .map(|(name, hints)| Request { device: p.device(name).expect("checked by parse_device_spec"), hints: *hints })
+        .collect();
     let result = solve(&p, &desc, &requests);
-    let devices = specs.iter().map(|(n, h)| DeviceRequest { device: n, hints: h.iter_names().map(|(n, _)| n).collect() }).collect();
+    let devices = specs
+        .iter()
+        .map(|(n, h)| DeviceRequest { device: n, hints: h.iter_names().map(|(n, _)| n).collect() })
+        .collect();
     let (outcome, result) = match &result {
         Ok(plan) => (Outcome::Ok, ResultReport::Plan { plan }),
         Err(SolveError::Conflict(c)) => (Outcome::Unsatisfiable, ResultReport::Conflict { conflict: c }),
         Err(SolveError::Invalid(e)) => bail!("{e}"),
     };
     if args.json {
-        let doc = SolveReport { schema: SCHEMA, platform: &p.name, request: RequestReport { buffer: &desc, devices }, result };
+        let doc = SolveReport {
+            schema: SCHEMA,
+            platform: &p.name,
+            request: RequestReport { buffer: &desc, devices },
+            result,
+        };
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         match result {

@@ -41,7 +41,14 @@ fn platform(n: usize) -> Platform {
         .map(|i| {
             let mut d = Device::new(format!("d{i}"), DeviceClass::Other);
             match i % 4 {
-                0 => d.placement.iommu = Some(Iommu { name: "VT-d".into(), pgsize_bitmap: vtd, iova_bits: DmaMask::new(48).unwrap(), phys_bits: None }),
+                0 => {
+                    d.placement.iommu = Some(Iommu {
+                        name: "VT-d".into(),
+                        pgsize_bitmap: vtd,
+                        iova_bits: DmaMask::new(48).unwrap(),
+                        phys_bits: None,
+                    })
+                }
                 1 => d.placement.dma_mask = DmaMask::BITS_32,
                 2 => d.placement.max_segments = NonZeroU32::new(1),
                 _ => d.placement.max_segment_size = Some(Size::mib(64)),
@@ -59,7 +66,8 @@ fn platform(n: usize) -> Platform {
 fn solve_image(bencher: divan::Bencher, n: usize) {
     let p = platform(n);
     let requests: Vec<Request<'_>> = p.devices.iter().map(|d| Request { device: d, hints: Usage::RENDERING }).collect();
-    let desc = BufferDesc::Image(ImageDesc { width: 1920, height: 1080, format: DrmFourcc::Xrgb8888, modifiers: vec![] });
+    let desc =
+        BufferDesc::Image(ImageDesc { width: 1920, height: 1080, format: DrmFourcc::Xrgb8888, modifiers: vec![] });
     assert!(solve(&p, &desc, &requests).is_ok());
     bencher.bench(|| solve(black_box(&p), black_box(&desc), black_box(&requests)));
 }

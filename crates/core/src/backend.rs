@@ -105,5 +105,11 @@ pub trait Backend {
 
     /// CPU access begins (`DMA_BUF_IOCTL_SYNC` start) or ends; `devices` are the mapped
     /// attachments. Returns the number of cache-maintenance operations performed.
-    fn cpu_sync(&mut self, backing: &Self::Backing, devices: &[&Effective], access: CpuAccess, begin: bool) -> Result<u64, Self::Error>;
+    fn cpu_sync(
+        &mut self,
+        backing: &Self::Backing,
+        devices: &[&Effective],
+        access: CpuAccess,
+        begin: bool,
+    ) -> Result<u64, Self::Error>;
 }

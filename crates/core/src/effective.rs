@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use serde::{Serialize, Serializer};
 
+use crate::Usage;
 use crate::model::{CacheModes, Device, DeviceClass, Iommu, LayoutCaps};
 use crate::platform::{HintRule, Platform};
 use crate::units::{BoundaryMask, DmaMask, PageSize, Size};
 use crate::window::Window;
-use crate::Usage;
 
 /// Why a device has a constraint.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -273,9 +273,10 @@ impl Effective {
         }
         let segments = if rule.contiguous { NonZeroU32::new(1) } else { rule.max_segments };
         if let Some(n) = segments
-            && self.max_segments.value.is_none_or(|cur| n < cur) {
-                self.max_segments = Sourced::new(Some(n), why.clone());
-            }
+            && self.max_segments.value.is_none_or(|cur| n < cur)
+        {
+            self.max_segments = Sourced::new(Some(n), why.clone());
+        }
         if let Some(bits) = rule.dma_bits {
             let narrowed = self.reach.value.intersect(&Window::below(bits.end()));
             if narrowed != self.reach.value {
@@ -293,9 +294,10 @@ impl Effective {
             self.cache_modes = Sourced::new(self.cache_modes.value & modes, why.clone());
         }
         if let Some(a) = rule.alignment
-            && a > self.alignment.value {
-                self.alignment = Sourced::new(a, why.clone());
-            }
+            && a > self.alignment.value
+        {
+            self.alignment = Sourced::new(a, why.clone());
+        }
         if rule.protected {
             self.require_protected(platform, why);
         }
@@ -304,7 +306,9 @@ impl Effective {
 
 fn physical_reach(mask: DmaMask, bus_dma_limit: Option<u64>) -> Sourced<Window> {
     match bus_dma_limit {
-        Some(limit) if limit.saturating_add(1) < mask.end() => Sourced::new(Window::below(limit.saturating_add(1)), Why::BusDmaLimit(limit)),
+        Some(limit) if limit.saturating_add(1) < mask.end() => {
+            Sourced::new(Window::below(limit.saturating_add(1)), Why::BusDmaLimit(limit))
+        }
         _ => Sourced::new(Window::below(mask.end()), Why::DmaMask(mask)),
     }
 }

@@ -6,7 +6,13 @@ use crate::solver::{BufferDesc, ConflictItem, ConflictKind};
 use crate::window::Window;
 
 /// The explanation of a conflict among `effs` (the minimal set).
-pub(crate) fn message(platform: &Platform, desc: &BufferDesc, effs: &[Effective], kind: &ConflictKind, items: &[ConflictItem]) -> String {
+pub(crate) fn message(
+    platform: &Platform,
+    desc: &BufferDesc,
+    effs: &[Effective],
+    kind: &ConflictKind,
+    items: &[ConflictItem],
+) -> String {
     let label = |d: &str| effs.iter().find(|e| e.device == d).map_or_else(|| format!("`{d}`"), Effective::label);
     let p = &platform.name;
     match kind {
@@ -37,8 +43,13 @@ pub(crate) fn message(platform: &Platform, desc: &BufferDesc, effs: &[Effective]
             list_items(items, &label)
         ),
         ConflictKind::CacheModes => format!("no cache mode suits every device ({p}): {}", list_items(items, &label)),
-        ConflictKind::Protected => format!("protected memory is needed but not every device can access it ({p}): {}", list_items(items, &label)),
-        ConflictKind::Format { format } => format!("format {format} is not supported ({p}): {}", list_items(items, &label)),
+        ConflictKind::Protected => format!(
+            "protected memory is needed but not every device can access it ({p}): {}",
+            list_items(items, &label)
+        ),
+        ConflictKind::Format { format } => {
+            format!("format {format} is not supported ({p}): {}", list_items(items, &label))
+        }
         ConflictKind::Modifiers { format } => {
             let asked = match desc {
                 BufferDesc::Image(img) if !img.modifiers.is_empty() => {
@@ -129,22 +140,27 @@ fn describe_pool(platform: &Platform, pool: &Window, why: &str) -> String {
         .filter(|(_, _, r)| pool.contains_range(*r))
         .map(|(n, k, r)| format!("the {k} `{n}` at {r}"))
         .collect();
-    if named.is_empty() {
-        format!("{pool} ({why})")
-    } else {
-        format!("{} ({why})", join_and(&named))
-    }
+    if named.is_empty() { format!("{pool} ({why})") } else { format!("{} ({why})", join_and(&named)) }
 }
 
 fn no_common_memory(platform: &Platform, effs: &[Effective]) -> String {
     let p = &platform.name;
     let ram = platform.memory.ram();
     match effs {
-        [one] => format!("{} ({p}) {}, but no memory of the platform lies there (RAM: {ram})", one.label(), needs(one, platform)),
+        [one] => format!(
+            "{} ({p}) {}, but no memory of the platform lies there (RAM: {ram})",
+            one.label(),
+            needs(one, platform)
+        ),
         [first, rest @ ..] => {
             let others: Vec<String> = rest.iter().map(|e| format!("{} {}", e.label(), needs(e, platform))).collect();
             let tail = if effs.len() == 2 { "both" } else { "all of them" };
-            format!("{} ({p}) {}, but {}; no memory satisfies {tail}.", first.label(), needs(first, platform), join_and(&others))
+            format!(
+                "{} ({p}) {}, but {}; no memory satisfies {tail}.",
+                first.label(),
+                needs(first, platform),
+                join_and(&others)
+            )
         }
         [] => String::from("no devices"),
     }

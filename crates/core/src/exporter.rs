@@ -17,14 +17,14 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::Usage;
 use crate::backend::{Backend, CpuAccess, SgTable};
 use crate::effective::Effective;
 use crate::model::{Device, DeviceClass};
 use crate::platform::Platform;
-use crate::solver::{solve, BufferDesc, Conflict, InvalidRequest, Plan, Request, SolveError};
+use crate::solver::{BufferDesc, Conflict, InvalidRequest, Plan, Request, SolveError, solve};
 use crate::units::{PhysRange, Size};
-use crate::verify::{verify, Violation};
-use crate::Usage;
+use crate::verify::{Violation, verify};
 
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
@@ -306,7 +306,9 @@ pub enum ExportError {
         fences: usize,
     },
     /// The mapping belonged to a backing that has since moved.
-    #[error("mapping {mapping} of {buffer} is stale: the buffer moved (generation {mapped} -> {current}); re-map after move_notify")]
+    #[error(
+        "mapping {mapping} of {buffer} is stale: the buffer moved (generation {mapped} -> {current}); re-map after move_notify"
+    )]
     StaleMapping {
         /// Mapping.
         mapping: MappingId,
@@ -318,7 +320,9 @@ pub enum ExportError {
         current: u32,
     },
     /// The collection is still waiting for participants to declare.
-    #[error("{buffer} belongs to a collection still waiting for {waiting} participant(s) to declare; nothing is allocated yet")]
+    #[error(
+        "{buffer} belongs to a collection still waiting for {waiting} participant(s) to declare; nothing is allocated yet"
+    )]
     CollectionIncomplete {
         /// Buffer.
         buffer: BufferId,
@@ -557,11 +561,23 @@ impl<B: Backend> Exporter<B> {
 
     /// Attaches as a dynamic importer whose `notify` is called when the buffer moves
     /// (`dma_buf_dynamic_attach` with `move_notify`).
-    pub fn attach_dynamic(&mut self, buffer: BufferId, device: &str, hints: Usage, notify: MoveNotify) -> Result<AttachmentId> {
+    pub fn attach_dynamic(
+        &mut self,
+        buffer: BufferId,
+        device: &str,
+        hints: Usage,
+        notify: MoveNotify,
+    ) -> Result<AttachmentId> {
         self.attach_with(buffer, device, hints, Some(notify))
     }
 
-    fn attach_with(&mut self, buffer: BufferId, device: &str, hints: Usage, notify: Option<MoveNotify>) -> Result<AttachmentId> {
+    fn attach_with(
+        &mut self,
+        buffer: BufferId,
+        device: &str,
+        hints: Usage,
+        notify: Option<MoveNotify>,
+    ) -> Result<AttachmentId> {
         let dev = self.platform.require_device(device)?.clone();
         let buf = self.buffer(buffer)?;
         // Solve over every current attachment plus the newcomer: refuses a device that no
@@ -572,7 +588,11 @@ impl<B: Backend> Exporter<B> {
             Ok(plan) => plan,
             Err(ExportError::Conflict { conflict, .. }) => {
                 self.stats.conflicts += 1;
-                self.events.push(Event::Refused { buffer, device: device.to_owned(), reason: conflict.message.clone() });
+                self.events.push(Event::Refused {
+                    buffer,
+                    device: device.to_owned(),
+                    reason: conflict.message.clone(),
+                });
                 return Err(ExportError::Conflict { buffer, device: device.to_owned(), conflict });
             }
             Err(e) => return Err(e),
@@ -587,8 +607,13 @@ impl<B: Backend> Exporter<B> {
                         None => AttachHow::Migrated,
                         Some(busy) if self.config.busy == BusyPolicy::Refuse => {
                             self.stats.busy_refusals += 1;
-                            let reason = format!("the backing does not fit it ({misfit}) and it cannot move while {busy}");
-                            self.events.push(Event::Refused { buffer, device: device.to_owned(), reason: reason.clone() });
+                            let reason =
+                                format!("the backing does not fit it ({misfit}) and it cannot move while {busy}");
+                            self.events.push(Event::Refused {
+                                buffer,
+                                device: device.to_owned(),
+                                reason: reason.clone(),
+                            });
                             return Err(ExportError::Busy { buffer, device: device.to_owned(), reason });
                         }
                         Some(_) => AttachHow::Queued,
@@ -620,9 +645,10 @@ impl<B: Backend> Exporter<B> {
 
     fn undo_attach(&mut self, id: AttachmentId) {
         if let Some(a) = self.attachments.remove(&id)
-            && let Some(b) = self.buffers.get_mut(&a.buffer) {
-                b.attachments.retain(|x| *x != id);
-            }
+            && let Some(b) = self.buffers.get_mut(&a.buffer)
+        {
+            b.attachments.retain(|x| *x != id);
+        }
     }
 
     fn attached_devices(&self, buf: &Buffer<B::Backing>) -> Vec<(Device, Usage)> {
@@ -717,7 +743,8 @@ impl<B: Backend> Exporter<B> {
                 return Err(e);
             }
         };
-        let old = self.buffers.get_mut(&buffer).expect("exists").backing.take().expect("a migrating buffer has a backing");
+        let old =
+            self.buffers.get_mut(&buffer).expect("exists").backing.take().expect("a migrating buffer has a backing");
         let from = self.backend.describe(&old).map_err(backend_err)?.segments;
         let content_len = self.buffer(buffer)?.content_len.min(plan.size);
         let before = self.backend.checksum(&old, content_len).map_err(backend_err);
@@ -728,7 +755,9 @@ impl<B: Backend> Exporter<B> {
             (Ok(b), Ok(_), Ok(a)) => {
                 self.backend.free(new);
                 self.buffers.get_mut(&buffer).expect("exists").backing = Some(old);
-                return Err(ExportError::Backend(format!("the copy did not preserve the contents: checksum {b:#x} became {a:#x}").into()));
+                return Err(ExportError::Backend(
+                    format!("the copy did not preserve the contents: checksum {b:#x} became {a:#x}").into(),
+                ));
             }
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                 self.backend.free(new);
@@ -797,7 +826,13 @@ impl<B: Backend> Exporter<B> {
         let buf = self.buffer(buffer)?;
         if let Some(pending) = buf.pending_move {
             let device = self.attachment(pending).map_or_else(|_| String::from("?"), |a| a.device.name.clone());
-            let fences = buf.attachments.iter().filter_map(|a| self.attachments.get(a)).flat_map(|a| &a.mappings).map(|m| self.unsignalled(*m)).sum();
+            let fences = buf
+                .attachments
+                .iter()
+                .filter_map(|a| self.attachments.get(a))
+                .flat_map(|a| &a.mappings)
+                .map(|m| self.unsignalled(*m))
+                .sum();
             return Err(ExportError::MovePending { buffer, device, fences });
         }
         if buf.backing.is_none() {
@@ -810,7 +845,8 @@ impl<B: Backend> Exporter<B> {
         let generation = buf.generation;
         let (inner, sg) = self.backend.map(&effective, backing).map_err(backend_err)?;
         let id = MappingId(self.id());
-        self.mappings.insert(id, Mapping { attachment, generation, inner: Some(inner), sg: sg.clone(), fences: Vec::new() });
+        self.mappings
+            .insert(id, Mapping { attachment, generation, inner: Some(inner), sg: sg.clone(), fences: Vec::new() });
         let device = effective.device;
         self.attachments.get_mut(&attachment).expect("exists").mappings.push(id);
         self.events.push(Event::Mapped { buffer, mapping: id, device, sg: sg.clone() });
@@ -980,7 +1016,8 @@ impl<B: Backend> Exporter<B> {
 
     /// CPU access ends (`DMA_BUF_SYNC_END`).
     pub fn end_cpu_access(&mut self, buffer: BufferId) -> Result<u64> {
-        let access = self.buffer(buffer)?.cpu_access.ok_or(ExportError::CpuAccess { buffer, what: "no CPU access to end" })?;
+        let access =
+            self.buffer(buffer)?.cpu_access.ok_or(ExportError::CpuAccess { buffer, what: "no CPU access to end" })?;
         let ops = self.cpu_sync(buffer, access, false)?;
         self.buffers.get_mut(&buffer).expect("exists").cpu_access = None;
         if self.buffer(buffer)?.pending_move.is_some() {
@@ -1124,18 +1161,24 @@ impl<B: Backend> Exporter<B> {
                 if buf.pending_move.is_none() {
                     let devices = self.attached_devices(buf);
                     if !devices.is_empty() {
-                        let fresh = self.solve_for(*id, &devices).map_err(|e| format!("{id}: attached set no longer solves: {e}"))?;
+                        let fresh = self
+                            .solve_for(*id, &devices)
+                            .map_err(|e| format!("{id}: attached set no longer solves: {e}"))?;
                         verify(&fresh, &fresh.devices, &described).map_err(|v| format!("{id} ({}): {v}", buf.name))?;
                     }
                 }
-                verify(plan, &plan.devices, &described).map_err(|v| format!("{id} ({}): stored plan: {v}", buf.name))?;
+                verify(plan, &plan.devices, &described)
+                    .map_err(|v| format!("{id} ({}): stored plan: {v}", buf.name))?;
             }
             for a in &buf.attachments {
                 let att = self.attachments.get(a).ok_or_else(|| format!("{id} lists missing {a}"))?;
                 for m in &att.mappings {
                     let map = self.mappings.get(m).ok_or_else(|| format!("{a} lists missing {m}"))?;
                     if map.inner.is_some() && map.generation != buf.generation {
-                        return Err(format!("{m} of {id} is live but was made for generation {} (now {})", map.generation, buf.generation));
+                        return Err(format!(
+                            "{m} of {id} is live but was made for generation {} (now {})",
+                            map.generation, buf.generation
+                        ));
                     }
                 }
             }
@@ -1148,7 +1191,12 @@ fn validate_desc(desc: &BufferDesc) -> Result<(), InvalidRequest> {
     match desc {
         BufferDesc::Size(s) if s.is_zero() => Err(InvalidRequest::ZeroSize),
         BufferDesc::Size(s) if *s > crate::solver::MAX_BUFFER_SIZE => Err(InvalidRequest::TooLarge(*s)),
-        BufferDesc::Image(img) if img.width == 0 || img.height == 0 || img.width > crate::solver::MAX_DIMENSION || img.height > crate::solver::MAX_DIMENSION => {
+        BufferDesc::Image(img)
+            if img.width == 0
+                || img.height == 0
+                || img.width > crate::solver::MAX_DIMENSION
+                || img.height > crate::solver::MAX_DIMENSION =>
+        {
             Err(InvalidRequest::BadDimensions { width: img.width, height: img.height })
         }
         _ => Ok(()),

@@ -346,7 +346,8 @@ pub fn compute(
     if width == 0 || height == 0 {
         return Err(LayoutError::ZeroDimension { width, height });
     }
-    for (name, v) in [("pitch", align.pitch), ("offset", align.offset), ("height", align.height), ("size", align.size)] {
+    for (name, v) in [("pitch", align.pitch), ("offset", align.offset), ("height", align.height), ("size", align.size)]
+    {
         if v == 0 {
             return Err(LayoutError::ZeroAlignment(name));
         }
@@ -379,7 +380,14 @@ pub fn compute(
 
 impl fmt::Display for Layout {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}x{} modifier {}", fourcc_name(self.format), self.width, self.height, modifier_name(self.modifier, &[]))?;
+        write!(
+            f,
+            "{} {}x{} modifier {}",
+            fourcc_name(self.format),
+            self.width,
+            self.height,
+            modifier_name(self.modifier, &[])
+        )?;
         for (i, p) in self.planes.iter().enumerate() {
             write!(f, "; plane {i}: offset {} pitch {} rows {}", p.offset, p.pitch, p.rows)?;
         }
@@ -462,8 +470,12 @@ mod tests {
     #[test]
     fn overflow_is_named() {
         let err = compute(DrmFourcc::Abgr16161616f, &linear(), u32::MAX, 2, LayoutAlign::PACKED).unwrap_err();
-        assert_eq!(err.to_string(), "pitch of plane 0 is 34359738360 bytes, which does not fit the u32 of drm_mode_fb_cmd2");
-        let err = compute(DrmFourcc::Xrgb8888, &linear(), 16, 16, LayoutAlign { pitch: 0, ..LayoutAlign::PACKED }).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "pitch of plane 0 is 34359738360 bytes, which does not fit the u32 of drm_mode_fb_cmd2"
+        );
+        let err = compute(DrmFourcc::Xrgb8888, &linear(), 16, 16, LayoutAlign { pitch: 0, ..LayoutAlign::PACKED })
+            .unwrap_err();
         assert_eq!(err, LayoutError::ZeroAlignment("pitch"));
     }
 

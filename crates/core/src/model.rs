@@ -221,7 +221,9 @@ pub(crate) mod pgsizes_serde {
         }
 
         fn visit_i64<E: de::Error>(self, v: i64) -> Result<PageSizes, E> {
-            u64::try_from(v).map_err(|_| E::custom(format!("pgsize_bitmap {v} is negative"))).and_then(|v| self.visit_u64(v))
+            u64::try_from(v)
+                .map_err(|_| E::custom(format!("pgsize_bitmap {v} is negative")))
+                .and_then(|v| self.visit_u64(v))
         }
 
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<PageSizes, A::Error> {

@@ -3,6 +3,7 @@
 
 use serde::{Serialize, Serializer};
 
+use crate::BoundaryMask;
 use crate::effective::Effective;
 use crate::iommu::PteCounts;
 use crate::layout::Layout;
@@ -11,7 +12,6 @@ use crate::requirements::{Field, Req};
 use crate::solver::{Cause, Plan};
 use crate::units::{PageSize, Size};
 use crate::window::Window;
-use crate::BoundaryMask;
 
 #[derive(Serialize)]
 struct ReqJson<'a, T> {
@@ -108,7 +108,11 @@ impl Serialize for Plan {
             },
             cache_mode: self.req(&self.cache_mode, Field::CacheModes),
             preferences: PreferencesJson {
-                chunk_sizes: pr.chunk_sizes.iter().map(|c| ChunkJson { size: c.size, devices: self.names(c.devices) }).collect(),
+                chunk_sizes: pr
+                    .chunk_sizes
+                    .iter()
+                    .map(|c| ChunkJson { size: c.size, devices: self.names(c.devices) })
+                    .collect(),
                 alignment: pr.alignment,
                 min_chunk: pr.min_chunk,
                 entries: pr

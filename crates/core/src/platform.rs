@@ -7,11 +7,11 @@ use std::num::NonZeroU32;
 
 use serde::{Deserialize, Serialize};
 
+use crate::Usage;
 use crate::layout::{self, ModifierInfo};
 use crate::model::{CacheMode, CacheModes, Device};
 use crate::units::{DmaMask, PageSize, PhysAddr, PhysRange, Size};
 use crate::window::Window;
-use crate::Usage;
 
 /// A named range of memory: a DRAM bank or a CMA area.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -105,8 +105,10 @@ impl MemoryMap {
     }
     /// The range of a named bank, CMA area or carveout.
     pub fn region(&self, name: &str) -> Option<RegionRef> {
-        let bank = self.banks.iter().find(|r| r.name == name).map(|r| RegionRef { kind: RegionKind::Bank, range: r.range() });
-        let cma = self.cma.iter().find(|r| r.name == name).map(|r| RegionRef { kind: RegionKind::Cma, range: r.range() });
+        let bank =
+            self.banks.iter().find(|r| r.name == name).map(|r| RegionRef { kind: RegionKind::Bank, range: r.range() });
+        let cma =
+            self.cma.iter().find(|r| r.name == name).map(|r| RegionRef { kind: RegionKind::Cma, range: r.range() });
         let carve = self.carveouts.iter().find(|c| c.name == name).map(|c| RegionRef {
             kind: if c.protected { RegionKind::ProtectedCarveout } else { RegionKind::Carveout },
             range: c.range(),
@@ -334,7 +336,13 @@ fn parse_with_path<T: serde::de::DeserializeOwned>(file: &str, text: &str) -> Re
 
 fn toml_error(file: &str, text: &str, field: &str, e: &toml::de::Error) -> PlatformError {
     let (line, column) = e.span().map_or((0, 0), |s| line_col(text, s.start));
-    PlatformError { file: file.to_owned(), line, column, field: field.to_owned(), message: e.message().trim().to_owned() }
+    PlatformError {
+        file: file.to_owned(),
+        line,
+        column,
+        field: field.to_owned(),
+        message: e.message().trim().to_owned(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -457,8 +465,11 @@ impl RawPlatform {
                 }),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let cache_preference =
-            if self.platform.cache_preference.is_empty() { CacheMode::ALL.to_vec() } else { self.platform.cache_preference };
+        let cache_preference = if self.platform.cache_preference.is_empty() {
+            CacheMode::ALL.to_vec()
+        } else {
+            self.platform.cache_preference
+        };
         Ok(Platform {
             name: self.platform.name,
             description: self.platform.description,
@@ -482,7 +493,12 @@ impl RawPlatform {
             .zip(&spans.memory.bank)
             .map(|(r, s)| ("bank", r.name.as_str(), r.start, r.size, s))
             .chain(m.cma.iter().zip(&spans.memory.cma).map(|(r, s)| ("cma", r.name.as_str(), r.start, r.size, s)))
-            .chain(m.carveouts.iter().zip(&spans.memory.carveout).map(|(r, s)| ("carveout", r.name.as_str(), r.start, r.size, s)));
+            .chain(
+                m.carveouts
+                    .iter()
+                    .zip(&spans.memory.carveout)
+                    .map(|(r, s)| ("carveout", r.name.as_str(), r.start, r.size, s)),
+            );
         let mut names = BTreeSet::new();
         let mut bank_ranges: Vec<PhysRange> = Vec::new();
         let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
@@ -493,7 +509,8 @@ impl RawPlatform {
             if !names.insert(name) {
                 return Err(c.err(span.name.span(), field, format!("region name `{name}` is used twice")));
             }
-            let range = PhysRange::from_start_size(start, size).map_err(|e| c.err(span.size.span(), format!("{field}.size"), e.to_string()))?;
+            let range = PhysRange::from_start_size(start, size)
+                .map_err(|e| c.err(span.size.span(), format!("{field}.size"), e.to_string()))?;
             if !range.start().is_aligned(PageSize::SZ_4K) || !size.is_aligned(PageSize::SZ_4K) {
                 return Err(c.err(span.size.span(), field, format!("{range} is not 4 KiB aligned")));
             }
@@ -503,7 +520,11 @@ impl RawPlatform {
                 }
                 bank_ranges.push(range);
             } else if !m.ram().contains_range(range) {
-                return Err(c.err(span.name.span(), field, format!("{kind} {range} does not lie inside one DRAM bank")));
+                return Err(c.err(
+                    span.name.span(),
+                    field,
+                    format!("{kind} {range} does not lie inside one DRAM bank"),
+                ));
             }
         }
         Ok(())
@@ -514,23 +535,45 @@ impl RawPlatform {
         for (i, (d, s)) in self.devices.iter().zip(&spans.device).enumerate() {
             let field = format!("device[{i}]");
             if d.name.is_empty() || d.name == "*" || d.name.contains([',', ':', ' ']) {
-                return Err(c.err(s.name.span(), format!("{field}.name"), format!("device name {:?} must be non-empty without ',', ':' or spaces", d.name)));
+                return Err(c.err(
+                    s.name.span(),
+                    format!("{field}.name"),
+                    format!("device name {:?} must be non-empty without ',', ':' or spaces", d.name),
+                ));
             }
             if !names.insert(d.name.as_str()) {
-                return Err(c.err(s.name.span(), format!("{field}.name"), format!("device `{}` is described twice", d.name)));
+                return Err(c.err(
+                    s.name.span(),
+                    format!("{field}.name"),
+                    format!("device `{}` is described twice", d.name),
+                ));
             }
-            let regions_span = s.placement.as_ref().and_then(|p| p.regions.as_ref()).map_or(s.name.span(), |r| r.span());
+            let regions_span =
+                s.placement.as_ref().and_then(|p| p.regions.as_ref()).map_or(s.name.span(), |r| r.span());
             self.check_region_names(c, &d.placement.regions, regions_span, &format!("{field}.placement.regions"))?;
             let layout_span = s.layout.as_ref().map_or(s.name.span(), |l| l.span());
             let l = &d.layout;
-            for (name, v) in [("pitch_align", l.pitch_align), ("offset_align", l.offset_align), ("height_align", l.height_align), ("size_align", l.size_align)] {
+            for (name, v) in [
+                ("pitch_align", l.pitch_align),
+                ("offset_align", l.offset_align),
+                ("height_align", l.height_align),
+                ("size_align", l.size_align),
+            ] {
                 if v == 0 || v > MAX_LAYOUT_ALIGN {
-                    return Err(c.err(layout_span.clone(), format!("{field}.layout.{name}"), format!("{name} must be 1..={MAX_LAYOUT_ALIGN}, got {v}")));
+                    return Err(c.err(
+                        layout_span.clone(),
+                        format!("{field}.layout.{name}"),
+                        format!("{name} must be 1..={MAX_LAYOUT_ALIGN}, got {v}"),
+                    ));
                 }
             }
             if let Some(f) = l.formats.iter().find(|f| layout::format_info(f.fourcc).is_none()) {
                 let name = layout::fourcc_name(f.fourcc);
-                return Err(c.err(layout_span, format!("{field}.layout.formats"), format!("dmaplace has no layout rule for format {name}")));
+                return Err(c.err(
+                    layout_span,
+                    format!("{field}.layout.formats"),
+                    format!("dmaplace has no layout rule for format {name}"),
+                ));
             }
         }
         Ok(())
@@ -540,7 +583,11 @@ impl RawPlatform {
         for (i, (r, s)) in self.rules.iter().zip(&spans.rule).enumerate() {
             if r.device != "*" && !self.devices.iter().any(|d| d.name == r.device) {
                 let known: Vec<&str> = self.devices.iter().map(|d| d.name.as_str()).collect();
-                return Err(c.err(s.device.span(), format!("rule[{i}].device"), format!("no device `{}`; devices are: {}", r.device, known.join(", "))));
+                return Err(c.err(
+                    s.device.span(),
+                    format!("rule[{i}].device"),
+                    format!("no device `{}`; devices are: {}", r.device, known.join(", ")),
+                ));
             }
             let span = s.regions.as_ref().map_or(s.device.span(), |r| r.span());
             self.check_region_names(c, &r.regions, span, &format!("rule[{i}].regions"))?;
@@ -548,12 +595,22 @@ impl RawPlatform {
         Ok(())
     }
 
-    fn check_region_names(&self, c: &Checker<'_>, names: &[String], span: std::ops::Range<usize>, field: &str) -> Result<(), PlatformError> {
+    fn check_region_names(
+        &self,
+        c: &Checker<'_>,
+        names: &[String],
+        span: std::ops::Range<usize>,
+        field: &str,
+    ) -> Result<(), PlatformError> {
         match names.iter().find(|n| self.memory.region(n).is_none()) {
             None => Ok(()),
             Some(bad) => {
                 let known: Vec<&str> = self.memory.names().collect();
-                Err(c.err(span, field.to_owned(), format!("no memory region `{bad}`; regions are: {}", known.join(", "))))
+                Err(c.err(
+                    span,
+                    field.to_owned(),
+                    format!("no memory region `{bad}`; regions are: {}", known.join(", ")),
+                ))
             }
         }
     }

@@ -170,12 +170,19 @@ impl Requirements {
             pool: Req::from_device(index, &e.pool, e.pool.value.is_some()),
             max_segments: Req::from_device(index, &e.max_segments, e.max_segments.value.is_some()),
             max_segment_size: Req::from_device(index, &e.max_segment_size, e.max_segment_size.value.is_some()),
-            segment_boundary: Req::from_device(index, &e.segment_boundary, e.segment_boundary.value != BoundaryMask::NONE),
+            segment_boundary: Req::from_device(
+                index,
+                &e.segment_boundary,
+                e.segment_boundary.value != BoundaryMask::NONE,
+            ),
             alignment: Req::from_device(index, &e.alignment, e.alignment.value > PageSize::SZ_4K),
             granule: Req::from_device(index, &e.granule, e.granule.value > PageSize::SZ_4K),
             cache_modes: Req::from_device(index, &e.cache_modes, e.cache_modes.value != CacheModes::all()),
             protected: Req::from_device(index, &e.protected, e.protected.value),
-            protected_access: Req { value: e.protected_access, causes: if e.protected_access { DeviceSet::EMPTY } else { DeviceSet::one(index) } },
+            protected_access: Req {
+                value: e.protected_access,
+                causes: if e.protected_access { DeviceSet::EMPTY } else { DeviceSet::one(index) },
+            },
         }
     }
 

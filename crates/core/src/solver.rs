@@ -7,6 +7,7 @@ use std::num::NonZeroU32;
 use drm_fourcc::DrmFourcc;
 use serde::{Deserialize, Serialize};
 
+use crate::Usage;
 use crate::effective::Effective;
 use crate::iommu::{self, PteCounts};
 use crate::layout::{self, Layout, LayoutAlign, LayoutError, MOD_LINEAR};
@@ -15,7 +16,6 @@ use crate::platform::Platform;
 use crate::requirements::{DeviceSet, Field, MAX_DEVICES, Req, Requirements};
 use crate::units::{PageSize, PageSizes, Size, UnitError};
 use crate::window::Window;
-use crate::Usage;
 
 /// Buffers larger than this are rejected as bad input (256 TiB).
 pub const MAX_BUFFER_SIZE: Size = Size::new(1 << 48);
@@ -328,7 +328,9 @@ fn validate(desc: &BufferDesc, requests: &[Request<'_>]) -> Result<(), InvalidRe
     match desc {
         BufferDesc::Size(s) if s.is_zero() => Err(InvalidRequest::ZeroSize),
         BufferDesc::Size(s) if *s > MAX_BUFFER_SIZE => Err(InvalidRequest::TooLarge(*s)),
-        BufferDesc::Image(img) if img.width == 0 || img.height == 0 || img.width > MAX_DIMENSION || img.height > MAX_DIMENSION => {
+        BufferDesc::Image(img)
+            if img.width == 0 || img.height == 0 || img.width > MAX_DIMENSION || img.height > MAX_DIMENSION =>
+        {
             Err(InvalidRequest::BadDimensions { width: img.width, height: img.height })
         }
         BufferDesc::Image(img) if layout::format_info(img.format).is_none() => {
@@ -392,7 +394,16 @@ fn attempt(platform: &Platform, desc: &BufferDesc, requests: &[Request<'_>]) -> 
     let window = req.window.value.intersect(req.pool.value.as_ref().unwrap_or(&platform.memory.general()));
     let placement = check_memory(platform, &effs, &req, window, size)?;
     let preferences = preferences(&effs, &req, size);
-    Ok(Plan { platform: platform.name.clone(), size, requirements: req, placement, cache_mode, preferences, layout, devices: effs })
+    Ok(Plan {
+        platform: platform.name.clone(),
+        size,
+        requirements: req,
+        placement,
+        cache_mode,
+        preferences,
+        layout,
+        devices: effs,
+    })
 }
 
 fn check_protection(effs: &[Effective], req: &Requirements) -> Result<(), Failure> {
@@ -403,7 +414,11 @@ fn check_protection(effs: &[Effective], req: &Requirements) -> Result<(), Failur
         .iter()
         .filter(|e| e.protected.value)
         .map(|e| item(&e.device, "protected", "needs protected memory", e.protected.why.to_string()))
-        .chain(effs.iter().filter(|e| !e.protected_access).map(|e| item(&e.device, "protected_access", "false", "cannot access protected memory")))
+        .chain(
+            effs.iter()
+                .filter(|e| !e.protected_access)
+                .map(|e| item(&e.device, "protected_access", "false", "cannot access protected memory")),
+        )
         .collect();
     fail(ConflictKind::Protected, items)
 }
@@ -414,7 +429,9 @@ fn choose_cache_mode(platform: &Platform, effs: &[Effective], req: &Requirements
         Some(m) => Ok(Req { value: m, causes: req.cache_modes.causes }),
         None => fail(
             ConflictKind::CacheModes,
-            effs.iter().map(|e| item(&e.device, "cache_modes", e.cache_modes.value.to_string(), e.cache_modes.why.to_string())).collect(),
+            effs.iter()
+                .map(|e| item(&e.device, "cache_modes", e.cache_modes.value.to_string(), e.cache_modes.why.to_string()))
+                .collect(),
         ),
     }
 }
@@ -458,7 +475,12 @@ fn segment_items(effs: &[Effective]) -> Vec<ConflictItem> {
             items.push(item(&e.device, "max_segment_size", s.to_string(), e.max_segment_size.why.to_string()));
         }
         if e.segment_boundary.value != crate::units::BoundaryMask::NONE {
-            items.push(item(&e.device, "segment_boundary_mask", e.segment_boundary.value.to_string(), e.segment_boundary.why.to_string()));
+            items.push(item(
+                &e.device,
+                "segment_boundary_mask",
+                e.segment_boundary.value.to_string(),
+                e.segment_boundary.why.to_string(),
+            ));
         }
     }
     items
@@ -467,39 +489,62 @@ fn segment_items(effs: &[Effective]) -> Vec<ConflictItem> {
 /// Checks that the window can hold the buffer under the segment limits, and returns
 /// where the backing must go: the window, narrowed to CMA areas and carveouts when a
 /// segment must be longer than the page allocator's largest block.
-fn check_memory(platform: &Platform, effs: &[Effective], req: &Requirements, placement: Window, size: Size) -> Result<Window, Failure> {
+fn check_memory(
+    platform: &Platform,
+    effs: &[Effective],
+    req: &Requirements,
+    placement: Window,
+    size: Size,
+) -> Result<Window, Failure> {
     let ram = platform.memory.ram();
     if placement.is_empty() {
         return fail(ConflictKind::NoCommonMemory, window_items(effs, &ram));
     }
     let max_segments = req.max_segments.value.map(NonZeroU32::get);
     if let (Some(n), Some(cap)) = (max_segments, req.segment_cap())
-        && u128::from(n) * u128::from(cap) < u128::from(size.bytes()) {
-            return fail(ConflictKind::SegmentLimit { size, max_segments: n, segment_cap: Size::new(cap) }, segment_items(effs));
-        }
+        && u128::from(n) * u128::from(cap) < u128::from(size.bytes())
+    {
+        return fail(
+            ConflictKind::SegmentLimit { size, max_segments: n, segment_cap: Size::new(cap) },
+            segment_items(effs),
+        );
+    }
     let Some(n) = max_segments else {
         let total = placement.total();
         if total < size {
-            return fail(ConflictKind::NoRoom { within: placement, needed: size, contiguous: false, available: total }, window_items(effs, &ram));
+            return fail(
+                ConflictKind::NoRoom { within: placement, needed: size, contiguous: false, available: total },
+                window_items(effs, &ram),
+            );
         }
         return Ok(placement);
     };
     // The longest run needed: with n segments, at least one is size / n long.
     let run = Size::new(size.bytes().div_ceil(u64::from(n))).align_up(PageSize::SZ_4K).map_err(InvalidRequest::from)?;
     let max_block = platform.memory.max_buddy_block;
-    let pool = if run > max_block.size() { placement.intersect(&platform.memory.large_contiguous()) } else { placement.clone() };
+    let pool = if run > max_block.size() {
+        placement.intersect(&platform.memory.large_contiguous())
+    } else {
+        placement.clone()
+    };
     let items = || {
         let mut items = window_items(effs, &ram);
         items.extend(segment_items(effs));
         items
     };
     if pool.is_empty() {
-        return fail(ConflictKind::NoContiguousPool { within: placement, needed: run, max_block: max_block.size() }, items());
+        return fail(
+            ConflictKind::NoContiguousPool { within: placement, needed: run, max_block: max_block.size() },
+            items(),
+        );
     }
     let align = if n == 1 { req.alignment.value } else { PageSize::SZ_4K };
     if pool.first_fit(run, align).is_none() || pool.total() < size {
         let available = if n == 1 { pool.largest().map_or(Size::ZERO, |r| r.len()) } else { pool.total() };
-        return fail(ConflictKind::NoRoom { within: pool, needed: if n == 1 { size } else { run }, contiguous: true, available }, items());
+        return fail(
+            ConflictKind::NoRoom { within: pool, needed: if n == 1 { size } else { run }, contiguous: true, available },
+            items(),
+        );
     }
     Ok(pool)
 }
@@ -511,10 +556,16 @@ fn preferences(effs: &[Effective], req: &Requirements, size: Size) -> Preference
     let chunk_sizes: Vec<ChunkPref> = union
         .iter_desc()
         .filter(|p| *p >= granule && p.get() <= size.bytes())
-        .map(|p| ChunkPref { size: p, devices: mmus().filter(|(_, bm)| bm.contains(p)).fold(DeviceSet::EMPTY, |s, (i, _)| s.union(DeviceSet::one(i))) })
+        .map(|p| ChunkPref {
+            size: p,
+            devices: mmus()
+                .filter(|(_, bm)| bm.contains(p))
+                .fold(DeviceSet::EMPTY, |s, (i, _)| s.union(DeviceSet::one(i))),
+        })
         .collect();
     let alignment = chunk_sizes.first().map_or(req.alignment.value, |c| c.size.max(req.alignment.value));
-    let min_chunk = req.max_segments.value.filter(|n| n.get() > 1).map(|n| Size::new(size.bytes().div_ceil(u64::from(n.get()))));
+    let min_chunk =
+        req.max_segments.value.filter(|n| n.get() > 1).map(|n| Size::new(size.bytes().div_ceil(u64::from(n.get()))));
     let chunks = ideal_chunks(req, &chunk_sizes, size);
     let entries = mmus()
         .filter_map(|(i, bm)| {
@@ -556,7 +607,11 @@ fn ideal_chunks(req: &Requirements, prefs: &[ChunkPref], size: Size) -> Vec<(u64
 }
 
 /// Per-device layout alignments merged by least common multiple.
-fn layout_req(effs: &[Effective], pick: impl Fn(&Effective) -> u32, name: &'static str) -> Result<Req<u32>, InvalidRequest> {
+fn layout_req(
+    effs: &[Effective],
+    pick: impl Fn(&Effective) -> u32,
+    name: &'static str,
+) -> Result<Req<u32>, InvalidRequest> {
     let mut value = 1u64;
     let mut causes = DeviceSet::EMPTY;
     for (i, e) in effs.iter().enumerate() {
@@ -566,12 +621,22 @@ fn layout_req(effs: &[Effective], pick: impl Fn(&Effective) -> u32, name: &'stat
             causes = causes.union(DeviceSet::one(i));
         }
     }
-    let value = u32::try_from(value)
-        .map_err(|_| UnitError::Overflow { lhs_name: name, lhs: value, op: "as", rhs_name: "u32::MAX", rhs: u32::MAX.into() })?;
+    let value = u32::try_from(value).map_err(|_| UnitError::Overflow {
+        lhs_name: name,
+        lhs: value,
+        op: "as",
+        rhs_name: "u32::MAX",
+        rhs: u32::MAX.into(),
+    })?;
     Ok(Req { value, causes })
 }
 
-fn plan_layout(platform: &Platform, requests: &[Request<'_>], effs: &[Effective], img: &ImageDesc) -> Result<LayoutPlan, Failure> {
+fn plan_layout(
+    platform: &Platform,
+    requests: &[Request<'_>],
+    effs: &[Effective],
+    img: &ImageDesc,
+) -> Result<LayoutPlan, Failure> {
     let fmt_name = layout::fourcc_name(img.format);
     let missing: Vec<ConflictItem> = requests
         .iter()
@@ -590,9 +655,18 @@ fn plan_layout(platform: &Platform, requests: &[Request<'_>], effs: &[Effective]
             .iter()
             .map(|r| {
                 let linear_only = r.hints.contains(Usage::LINEAR);
-                let mods: &[u64] = if linear_only { &[MOD_LINEAR] } else { r.device.layout.modifiers_for(img.format).unwrap_or_default() };
+                let mods: &[u64] = if linear_only {
+                    &[MOD_LINEAR]
+                } else {
+                    r.device.layout.modifiers_for(img.format).unwrap_or_default()
+                };
                 let names: Vec<String> = mods.iter().map(|m| platform.modifier_name(*m)).collect();
-                item(&r.device.name, "modifiers", names.join(" "), if linear_only { "LINEAR hint" } else { "layout.formats" })
+                item(
+                    &r.device.name,
+                    "modifiers",
+                    names.join(" "),
+                    if linear_only { "LINEAR hint" } else { "layout.formats" },
+                )
             })
             .collect();
         return fail(ConflictKind::Modifiers { format: fmt_name }, items);
@@ -603,14 +677,21 @@ fn plan_layout(platform: &Platform, requests: &[Request<'_>], effs: &[Effective]
     let offset_align = layout_req(effs, |e| e.layout.offset_align, "offset_align")?;
     let height_align = layout_req(effs, |e| e.layout.height_align, "height_align")?;
     let size_align = layout_req(effs, |e| e.layout.size_align, "size_align")?;
-    let align = LayoutAlign { pitch: pitch_align.value, offset: offset_align.value, height: height_align.value, size: size_align.value };
+    let align = LayoutAlign {
+        pitch: pitch_align.value,
+        offset: offset_align.value,
+        height: height_align.value,
+        size: size_align.value,
+    };
     let mut last_err = None;
     for m in &candidates {
         let Some(info) = platform.modifier_info(*m) else { continue };
         let l = layout::compute(img.format, info, img.width, img.height, align).map_err(InvalidRequest::from)?;
         let widest = l.planes.iter().map(|p| p.pitch).max().unwrap_or(0);
         match check_dimension(effs, "pitch", widest.into(), |e| e.layout.max_pitch) {
-            Ok(()) => return Ok(LayoutPlan { layout: l, candidates, pitch_align, offset_align, height_align, size_align }),
+            Ok(()) => {
+                return Ok(LayoutPlan { layout: l, candidates, pitch_align, offset_align, height_align, size_align });
+            }
             Err(e) => last_err = Some(e),
         }
     }
@@ -627,8 +708,17 @@ fn plan_layout(platform: &Platform, requests: &[Request<'_>], effs: &[Effective]
     }
 }
 
-fn check_dimension(effs: &[Effective], what: &str, value: u64, max: impl Fn(&Effective) -> Option<u32>) -> Result<(), Failure> {
-    let worst = effs.iter().filter_map(|e| max(e).map(|m| (e, u64::from(m)))).filter(|(_, m)| value > *m).min_by_key(|(_, m)| *m);
+fn check_dimension(
+    effs: &[Effective],
+    what: &str,
+    value: u64,
+    max: impl Fn(&Effective) -> Option<u32>,
+) -> Result<(), Failure> {
+    let worst = effs
+        .iter()
+        .filter_map(|e| max(e).map(|m| (e, u64::from(m))))
+        .filter(|(_, m)| value > *m)
+        .min_by_key(|(_, m)| *m);
     match worst {
         None => Ok(()),
         Some((e, m)) => fail(

@@ -78,9 +78,13 @@ pub fn align_up(name: &'static str, value: u64, align_name: &'static str, align:
     if rem == 0 {
         return Ok(value);
     }
-    value
-        .checked_add(align - rem)
-        .ok_or(UnitError::Overflow { lhs_name: name, lhs: value, op: "align_up", rhs_name: align_name, rhs: align })
+    value.checked_add(align - rem).ok_or(UnitError::Overflow {
+        lhs_name: name,
+        lhs: value,
+        op: "align_up",
+        rhs_name: align_name,
+        rhs: align,
+    })
 }
 
 /// Writes `v` as hex with `_` every four digits, the way addresses read in the kernel's
@@ -164,10 +168,13 @@ impl Size {
     }
     /// `self - rhs`, or an overflow error when `rhs > self`.
     pub fn checked_sub(self, rhs: Size) -> Result<Size, UnitError> {
-        self.0
-            .checked_sub(rhs.0)
-            .map(Size)
-            .ok_or(UnitError::Overflow { lhs_name: "size", lhs: self.0, op: "-", rhs_name: "size", rhs: rhs.0 })
+        self.0.checked_sub(rhs.0).map(Size).ok_or(UnitError::Overflow {
+            lhs_name: "size",
+            lhs: self.0,
+            op: "-",
+            rhs_name: "size",
+            rhs: rhs.0,
+        })
     }
     /// `self * n`, or an overflow error naming both.
     pub fn checked_mul(self, n: u64) -> Result<Size, UnitError> {
@@ -189,7 +196,8 @@ impl Size {
 
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(u64, &str); 5] = [(1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB"), (1, "B")];
+        const UNITS: [(u64, &str); 5] =
+            [(1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB"), (1, "B")];
         let b = self.0;
         if b == 0 {
             return f.pad("0 B");
@@ -339,7 +347,11 @@ impl PageSize {
 
     /// A page size, or [`UnitError::NotPowerOfTwo`].
     pub const fn new(v: u64) -> Result<PageSize, UnitError> {
-        if v.is_power_of_two() { Ok(PageSize(v)) } else { Err(UnitError::NotPowerOfTwo { what: "page size", value: v }) }
+        if v.is_power_of_two() {
+            Ok(PageSize(v))
+        } else {
+            Err(UnitError::NotPowerOfTwo { what: "page size", value: v })
+        }
     }
     /// `1 << shift`, for `shift` in 0..64.
     pub const fn from_shift(shift: u32) -> Option<PageSize> {

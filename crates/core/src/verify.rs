@@ -111,32 +111,50 @@ fn verify_device(e: &Effective, b: &Backing) -> Result<(), Violation> {
             return violation(d, "reach", format!("segment {i} at {s} is outside {} ({})", e.reach.value, e.reach.why));
         }
         if let Some(pool) = &e.pool.value
-            && !pool.contains_range(*s) {
-                return violation(d, "regions", format!("segment {i} at {s} is outside {pool} ({})", e.pool.why));
-            }
+            && !pool.contains_range(*s)
+        {
+            return violation(d, "regions", format!("segment {i} at {s} is outside {pool} ({})", e.pool.why));
+        }
         let g = e.granule.value;
         if !s.start().is_aligned(g) || !s.len().is_aligned(g) {
             return violation(d, "granule", format!("segment {i} at {s} is not a multiple of {g} ({})", e.granule.why));
         }
     }
     if let Some(first) = b.segments.first()
-        && !first.start().is_aligned(e.alignment.value) {
-            return violation(d, "alignment", format!("buffer starts at {}, not {}-aligned ({})", first.start(), e.alignment.value, e.alignment.why));
-        }
+        && !first.start().is_aligned(e.alignment.value)
+    {
+        return violation(
+            d,
+            "alignment",
+            format!("buffer starts at {}, not {}-aligned ({})", first.start(), e.alignment.value, e.alignment.why),
+        );
+    }
     if let Some(max) = e.max_segments.value {
         let n = sg_entries(b, e.max_segment_size.value, e.segment_boundary.value);
         if n > u64::from(max.get()) {
-            return violation(d, "max_segments", format!("the backing needs {n} sg entries, over {max} ({})", e.max_segments.why));
+            return violation(
+                d,
+                "max_segments",
+                format!("the backing needs {n} sg entries, over {max} ({})", e.max_segments.why),
+            );
         }
     }
     if !e.cache_modes.value.has(b.cache_mode) {
-        return violation(d, "cache_modes", format!("{} is not in {} ({})", b.cache_mode, e.cache_modes.value, e.cache_modes.why));
+        return violation(
+            d,
+            "cache_modes",
+            format!("{} is not in {} ({})", b.cache_mode, e.cache_modes.value, e.cache_modes.why),
+        );
     }
     if e.protected.value && !b.protected {
         return violation(d, "protected", format!("the backing is not protected memory ({})", e.protected.why));
     }
     if b.protected && !e.protected_access {
-        return violation(d, "protected_access", "the backing is protected memory, which the device cannot access".into());
+        return violation(
+            d,
+            "protected_access",
+            "the backing is protected memory, which the device cannot access".into(),
+        );
     }
     Ok(())
 }
@@ -148,9 +166,13 @@ impl Plan {
         let r: &Requirements = &self.requirements;
         let g: PageSize = r.granule.value;
         b.len() >= self.size
-            && b.segments.iter().all(|s| self.placement.contains_range(*s) && s.start().is_aligned(g) && s.len().is_aligned(g))
+            && b.segments
+                .iter()
+                .all(|s| self.placement.contains_range(*s) && s.start().is_aligned(g) && s.len().is_aligned(g))
             && b.segments.first().is_some_and(|s| s.start().is_aligned(r.alignment.value))
-            && r.max_segments.value.is_none_or(|n| sg_entries(b, r.max_segment_size.value, r.segment_boundary.value) <= u64::from(n.get()))
+            && r.max_segments
+                .value
+                .is_none_or(|n| sg_entries(b, r.max_segment_size.value, r.segment_boundary.value) <= u64::from(n.get()))
             && b.cache_mode == self.cache_mode.value
             && b.protected == r.protected.value
     }

@@ -77,38 +77,54 @@ fn cache_modes() -> impl Strategy<Value = CacheModes> {
 
 fn placement() -> impl Strategy<Value = Placement> {
     (
-        (28u32..=64, prop::option::of(0x2000_0000u64..0x2_0000_0000), prop::sample::subsequence(REGIONS.to_vec(), 0..=2), iommu()),
+        (
+            28u32..=64,
+            prop::option::of(0x2000_0000u64..0x2_0000_0000),
+            prop::sample::subsequence(REGIONS.to_vec(), 0..=2),
+            iommu(),
+        ),
         (
             prop::option::of(1u32..=8),
             prop::option::of(prop::sample::select(vec![Size::kib(64), Size::mib(1), Size::mib(4), Size::mib(64)])),
-            prop::sample::select(vec![BoundaryMask::NONE, BoundaryMask::new(0xffff).unwrap(), BoundaryMask::new(0xff_ffff).unwrap()]),
+            prop::sample::select(vec![
+                BoundaryMask::NONE,
+                BoundaryMask::new(0xffff).unwrap(),
+                BoundaryMask::new(0xff_ffff).unwrap(),
+            ]),
             prop::sample::select(vec![PageSize::SZ_4K, PageSize::SZ_64K, PageSize::SZ_1M, PageSize::SZ_2M]),
         ),
         (cache_modes(), any::<bool>(), prop::bool::weighted(0.05), prop::bool::weighted(0.9)),
     )
-        .prop_map(|((mask, limit, regions, iommu), (segs, seg_size, boundary, align), (cache, coherent, protected, access))| Placement {
-            dma_mask: DmaMask::new(mask).unwrap(),
-            bus_dma_limit: limit,
-            regions: regions.into_iter().map(String::from).collect(),
-            iommu,
-            max_segments: segs.and_then(NonZeroU32::new),
-            max_segment_size: seg_size,
-            segment_boundary_mask: boundary,
-            alignment: align,
-            cache_modes: cache,
-            coherent,
-            protected,
-            protected_access: access,
-        })
+        .prop_map(
+            |(
+                (mask, limit, regions, iommu),
+                (segs, seg_size, boundary, align),
+                (cache, coherent, protected, access),
+            )| Placement {
+                dma_mask: DmaMask::new(mask).unwrap(),
+                bus_dma_limit: limit,
+                regions: regions.into_iter().map(String::from).collect(),
+                iommu,
+                max_segments: segs.and_then(NonZeroU32::new),
+                max_segment_size: seg_size,
+                segment_boundary_mask: boundary,
+                alignment: align,
+                cache_modes: cache,
+                coherent,
+                protected,
+                protected_access: access,
+            },
+        )
 }
 
 fn layout_caps() -> impl Strategy<Value = LayoutCaps> {
     let fmt = prop::sample::select(vec![DrmFourcc::Xrgb8888, DrmFourcc::Nv12, DrmFourcc::Rgb565]);
     let mods = prop::sample::subsequence(vec![MOD_LINEAR, MOD_I915_X_TILED, MOD_I915_Y_TILED], 1..=3);
-    let formats = prop::collection::vec((fmt, mods).prop_map(|(fourcc, modifiers)| FormatCaps { fourcc, modifiers }), 0..3);
+    let formats =
+        prop::collection::vec((fmt, mods).prop_map(|(fourcc, modifiers)| FormatCaps { fourcc, modifiers }), 0..3);
     let align = prop::sample::select(vec![1u32, 16, 64, 256]);
-    (formats, align.clone(), align.clone(), prop::sample::select(vec![1u32, 2, 16]), prop::option::of(1024u32..8192)).prop_map(
-        |(formats, pitch_align, offset_align, height_align, max_width)| LayoutCaps {
+    (formats, align.clone(), align.clone(), prop::sample::select(vec![1u32, 2, 16]), prop::option::of(1024u32..8192))
+        .prop_map(|(formats, pitch_align, offset_align, height_align, max_width)| LayoutCaps {
             formats,
             pitch_align,
             offset_align,
@@ -117,8 +133,7 @@ fn layout_caps() -> impl Strategy<Value = LayoutCaps> {
             max_width,
             max_height: None,
             max_pitch: None,
-        },
-    )
+        })
 }
 
 fn device(i: usize) -> impl Strategy<Value = Device> {
@@ -131,52 +146,62 @@ fn device(i: usize) -> impl Strategy<Value = Device> {
 
 /// A platform with `n` random devices and a few hint rules.
 fn platform(max_devices: usize) -> impl Strategy<Value = Platform> {
-    (1..=max_devices)
-        .prop_flat_map(|n| (0..n).map(device).collect::<Vec<_>>())
-        .prop_map(|devices| {
-            let mut p = base_platform();
-            p.rules = vec![
-                HintRule {
-                    device: "d0".into(),
-                    hints: Usage::SCANOUT,
-                    reason: "test rule".into(),
-                    contiguous: true,
-                    max_segments: None,
-                    dma_bits: Some(DmaMask::BITS_32),
-                    regions: vec![],
-                    cache_modes: None,
-                    alignment: None,
-                    bypass_iommu: true,
-                    protected: false,
-                },
-                HintRule {
-                    device: "*".into(),
-                    hints: Usage::VIDEO_ENCODE,
-                    reason: "test rule".into(),
-                    contiguous: false,
-                    max_segments: NonZeroU32::new(4),
-                    dma_bits: None,
-                    regions: vec![],
-                    cache_modes: Some(CacheModes::WRITE_COMBINED | CacheModes::CACHED),
-                    alignment: Some(PageSize::SZ_64K),
-                    bypass_iommu: false,
-                    protected: false,
-                },
-            ];
-            p.devices = devices;
-            p
-        })
+    (1..=max_devices).prop_flat_map(|n| (0..n).map(device).collect::<Vec<_>>()).prop_map(|devices| {
+        let mut p = base_platform();
+        p.rules = vec![
+            HintRule {
+                device: "d0".into(),
+                hints: Usage::SCANOUT,
+                reason: "test rule".into(),
+                contiguous: true,
+                max_segments: None,
+                dma_bits: Some(DmaMask::BITS_32),
+                regions: vec![],
+                cache_modes: None,
+                alignment: None,
+                bypass_iommu: true,
+                protected: false,
+            },
+            HintRule {
+                device: "*".into(),
+                hints: Usage::VIDEO_ENCODE,
+                reason: "test rule".into(),
+                contiguous: false,
+                max_segments: NonZeroU32::new(4),
+                dma_bits: None,
+                regions: vec![],
+                cache_modes: Some(CacheModes::WRITE_COMBINED | CacheModes::CACHED),
+                alignment: Some(PageSize::SZ_64K),
+                bypass_iommu: false,
+                protected: false,
+            },
+        ];
+        p.devices = devices;
+        p
+    })
 }
 
 fn hints() -> impl Strategy<Value = Usage> {
-    prop::sample::select(vec![Usage::empty(), Usage::SCANOUT, Usage::VIDEO_ENCODE, Usage::RENDERING, Usage::LINEAR, Usage::PROTECTED])
+    prop::sample::select(vec![
+        Usage::empty(),
+        Usage::SCANOUT,
+        Usage::VIDEO_ENCODE,
+        Usage::RENDERING,
+        Usage::LINEAR,
+        Usage::PROTECTED,
+    ])
 }
 
 fn desc() -> impl Strategy<Value = BufferDesc> {
     prop_oneof![
         (1u64..=(64 << 20)).prop_map(|b| BufferDesc::Size(Size::new(b))),
         (1u32..=4096, 1u32..=2160, prop::sample::select(vec![DrmFourcc::Xrgb8888, DrmFourcc::Nv12, DrmFourcc::Rgb565]))
-            .prop_map(|(width, height, format)| BufferDesc::Image(ImageDesc { width, height, format, modifiers: vec![] })),
+            .prop_map(|(width, height, format)| BufferDesc::Image(ImageDesc {
+                width,
+                height,
+                format,
+                modifiers: vec![]
+            })),
     ]
 }
 
@@ -194,7 +219,11 @@ fn requests<'a>(p: &'a Platform, picks: &[(usize, Usage)]) -> Vec<Request<'a>> {
 
 fn reqs_of(p: &Platform, r: &[Request<'_>]) -> Requirements {
     let ram = p.memory.ram();
-    r.iter().enumerate().map(|(i, q)| Requirements::of(&Effective::new(p, q.device, q.hints), i, &ram)).reduce(|a, b| a.merge(&b)).unwrap()
+    r.iter()
+        .enumerate()
+        .map(|(i, q)| Requirements::of(&Effective::new(p, q.device, q.hints), i, &ram))
+        .reduce(|a, b| a.merge(&b))
+        .unwrap()
 }
 
 /// The requirements with causes as sorted device names (indices depend on request order).
@@ -279,7 +308,8 @@ fn adding_a_device_never_loosens() {
                 let small = small.unwrap();
                 // A smaller common modifier set may pick a different (smaller) layout; with
                 // the same modifier, more devices only add alignment.
-                let same_modifier = big.layout.as_ref().map(|l| l.layout.modifier) == small.layout.as_ref().map(|l| l.layout.modifier);
+                let same_modifier =
+                    big.layout.as_ref().map(|l| l.layout.modifier) == small.layout.as_ref().map(|l| l.layout.modifier);
                 prop_assert!(!same_modifier || big.size >= small.size);
                 prop_assert!(big.requirements.hard_window().is_subset_of(&small.requirements.hard_window()));
             }
@@ -338,7 +368,10 @@ fn plan_soundness_admitted_backings_satisfy_every_device() {
         })
         .unwrap();
     let (solved, admitted) = (SOLVED.load(Ordering::Relaxed), ADMITTED.load(Ordering::Relaxed));
-    assert!(solved > 0 && admitted * 4 >= solved, "the property must not be vacuous: {admitted} admitted of {solved} solved");
+    assert!(
+        solved > 0 && admitted * 4 >= solved,
+        "the property must not be vacuous: {admitted} admitted of {solved} solved"
+    );
 }
 
 #[test]
@@ -363,7 +396,11 @@ fn conflicts_name_a_minimal_unsatisfiable_set() {
                     all[i]
                 })
                 .collect();
-            prop_assert!(matches!(solve(&p, &d, &named), Err(SolveError::Conflict(_))), "named set {:?} is satisfiable", c.devices);
+            prop_assert!(
+                matches!(solve(&p, &d, &named), Err(SolveError::Conflict(_))),
+                "named set {:?} is satisfiable",
+                c.devices
+            );
             for i in 0..named.len() {
                 let mut fewer = named.clone();
                 fewer.remove(i);

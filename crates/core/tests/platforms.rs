@@ -6,12 +6,13 @@ use std::path::PathBuf;
 
 use dmaplace_core::builtin;
 use dmaplace_core::layout::{
-    self, MOD_ARM_16X16_BLOCK_U_INTERLEAVED, MOD_BROADCOM_VC4_T_TILED, MOD_I915_4_TILED, MOD_I915_X_TILED, MOD_I915_Y_TILED, MOD_LINEAR,
+    self, MOD_ARM_16X16_BLOCK_U_INTERLEAVED, MOD_BROADCOM_VC4_T_TILED, MOD_I915_4_TILED, MOD_I915_X_TILED,
+    MOD_I915_Y_TILED, MOD_LINEAR,
 };
 use dmaplace_core::solver::ConflictKind;
 use dmaplace_core::{
-    BufferDesc, CacheMode, Conflict, DeviceSet, Effective, Field, ImageDesc, PageSize, Plan, Platform, Request, Size, SolveError, Usage,
-    solve,
+    BufferDesc, CacheMode, Conflict, DeviceSet, Effective, Field, ImageDesc, PageSize, Plan, Platform, Request, Size,
+    SolveError, Usage, solve,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -27,7 +28,12 @@ fn platform(name: &str) -> Platform {
 }
 
 fn requests<'a>(p: &'a Platform, spec: &[(&str, Usage)]) -> Vec<Request<'a>> {
-    spec.iter().map(|(name, hints)| Request { device: p.require_device(name).unwrap_or_else(|e| panic!("{e}")), hints: *hints }).collect()
+    spec.iter()
+        .map(|(name, hints)| Request {
+            device: p.require_device(name).unwrap_or_else(|e| panic!("{e}")),
+            hints: *hints,
+        })
+        .collect()
 }
 
 fn image(width: u32, height: u32, fourcc: &str) -> BufferDesc {
@@ -35,7 +41,12 @@ fn image(width: u32, height: u32, fourcc: &str) -> BufferDesc {
 }
 
 fn image_with(width: u32, height: u32, fourcc: &str, modifiers: &[u64]) -> BufferDesc {
-    BufferDesc::Image(ImageDesc { width, height, format: layout::parse_fourcc(fourcc).unwrap(), modifiers: modifiers.to_vec() })
+    BufferDesc::Image(ImageDesc {
+        width,
+        height,
+        format: layout::parse_fourcc(fourcc).unwrap(),
+        modifiers: modifiers.to_vec(),
+    })
 }
 
 fn bytes(size: Size) -> BufferDesc {
@@ -64,7 +75,10 @@ fn window_causes(plan: &Plan) -> Vec<(String, String)> {
 
 /// `(device, why)` of every device that limits the segment count.
 fn segment_causes(plan: &Plan) -> Vec<(String, String)> {
-    plan.causes(plan.requirements.max_segments.causes, Field::MaxSegments).into_iter().map(|c| (c.device, c.why)).collect()
+    plan.causes(plan.requirements.max_segments.causes, Field::MaxSegments)
+        .into_iter()
+        .map(|c| (c.device, c.why))
+        .collect()
 }
 
 /// The devices in `set`, sorted by name.
@@ -177,7 +191,8 @@ fn every_platform_file_parses_and_is_registered_in_builtin() {
 // omap3 / omap4: the seed thread's example. SCANOUT means contiguous on omap3 only.
 
 /// The reason of omap3's SCANOUT rule, as its file says it.
-const OMAP3_REASON: &str = "no DMM/TILER on OMAP3: omapdrm scans out with dma_alloc_wc (drivers/gpu/drm/omapdrm/omap_gem.c)";
+const OMAP3_REASON: &str =
+    "no DMM/TILER on OMAP3: omapdrm scans out with dma_alloc_wc (drivers/gpu/drm/omapdrm/omap_gem.c)";
 
 #[test]
 fn omap3_dss_scanout_with_sgx_is_contiguous_because_of_the_rule() {
@@ -205,7 +220,11 @@ fn omap3_conflict_scanout_larger_than_cma_names_only_the_dss() {
     let p = platform("omap3");
     let c = conflict(&p, &bytes(Size::mib(96)), &[("sgx", Usage::RENDERING), ("dss", Usage::SCANOUT), ("isp", NONE)]);
     assert_eq!(c.devices, names(&["dss"]));
-    assert!(matches!(&c.kind, ConflictKind::NoRoom { needed, contiguous: true, available, .. } if *needed == Size::mib(96) && *available == Size::mib(64)), "{:?}", c.kind);
+    assert!(
+        matches!(&c.kind, ConflictKind::NoRoom { needed, contiguous: true, available, .. } if *needed == Size::mib(96) && *available == Size::mib(64)),
+        "{:?}",
+        c.kind
+    );
     assert!(c.message.contains("display `dss` (omap3)"), "{}", c.message);
     assert!(c.message.contains("96 MiB of physically contiguous memory"), "{}", c.message);
     assert!(c.message.contains("the longest run there is 64 MiB"), "{}", c.message);
@@ -225,7 +244,10 @@ fn omap4_dss_scanout_with_sgx_is_not_contiguous_thanks_to_the_dmm() {
     assert_eq!(hex_window(&plan), "0x8000_0000..0xb800_0000 ∪ 0xbc00_0000..0xc000_0000");
     // Both map 4 KiB pages: 3 MiB is 768 entries each.
     assert_eq!(chunk_prefs(&plan), vec![(PageSize::SZ_4K, names(&["dss", "sgx"]))]);
-    assert_eq!(ptes(&plan), vec![("dss".to_owned(), vec![(PageSize::SZ_4K, 768)]), ("sgx".to_owned(), vec![(PageSize::SZ_4K, 768)])]);
+    assert_eq!(
+        ptes(&plan),
+        vec![("dss".to_owned(), vec![(PageSize::SZ_4K, 768)]), ("sgx".to_owned(), vec![(PageSize::SZ_4K, 768)])]
+    );
 }
 
 #[test]
@@ -269,7 +291,11 @@ fn rpi4_conflict_scanout_larger_than_cma_names_only_the_hvs() {
     let p = platform("rpi4");
     let c = conflict(&p, &bytes(Size::mib(300)), &[("v3d", Usage::RENDERING), ("hvs", Usage::SCANOUT)]);
     assert_eq!(c.devices, names(&["hvs"]));
-    assert!(matches!(&c.kind, ConflictKind::NoRoom { needed, contiguous: true, available, .. } if *needed == Size::mib(300) && *available == Size::mib(256)), "{:?}", c.kind);
+    assert!(
+        matches!(&c.kind, ConflictKind::NoRoom { needed, contiguous: true, available, .. } if *needed == Size::mib(300) && *available == Size::mib(256)),
+        "{:?}",
+        c.kind
+    );
     assert!(c.message.contains("display `hvs` (rpi4)"), "{}", c.message);
     assert!(c.message.contains("below 0x4000_0000 (bus_dma_limit = 0x3fffffff)"), "{}", c.message);
     assert!(!c.message.contains("`v3d`"), "{}", c.message);
@@ -281,7 +307,8 @@ fn rpi4_conflict_scanout_larger_than_cma_names_only_the_hvs() {
 #[test]
 fn rk3399_vop_gpu_rga_share_a_buffer_through_their_mmus() {
     let p = platform("rk3399");
-    let plan = plan(&p, &image(1920, 1080, "XR24"), &[("vop", Usage::SCANOUT), ("gpu", Usage::RENDERING), ("rga", NONE)]);
+    let plan =
+        plan(&p, &image(1920, 1080, "XR24"), &[("vop", Usage::SCANOUT), ("gpu", Usage::RENDERING), ("rga", NONE)]);
     assert!(!plan.contiguous());
     // rga's MMU reaches only below 4 GiB, but all of a 4 GiB RK3399's RAM is there.
     assert!(window_causes(&plan).is_empty());
@@ -289,7 +316,10 @@ fn rk3399_vop_gpu_rga_share_a_buffer_through_their_mmus() {
     assert_eq!(hex_window(&plan), "0x20_0000..0x840_0000 ∪ 0xa40_0000..0xf800_0000");
     assert_eq!(pitch_align(&plan), (64, names(&["gpu", "rga", "vop"])));
     assert_eq!(layout_of(&plan), (MOD_LINEAR, vec![(0, 7680, 1080)], 8_294_400));
-    assert_eq!(chunk_prefs(&plan), vec![(PageSize::SZ_2M, names(&["gpu"])), (PageSize::SZ_4K, names(&["gpu", "rga", "vop"]))]);
+    assert_eq!(
+        chunk_prefs(&plan),
+        vec![(PageSize::SZ_2M, names(&["gpu"])), (PageSize::SZ_4K, names(&["gpu", "rga", "vop"]))]
+    );
     // 8_294_400 B = 3 x 2 MiB + 489 x 4 KiB for the Mali; 2025 x 4 KiB for the others.
     assert_eq!(
         ptes(&plan),
@@ -308,7 +338,8 @@ fn rk3399_vop_gpu_rga_share_a_buffer_through_their_mmus() {
 fn rk3399_conflict_frame_larger_than_the_rga_mmu_table_names_only_the_rga() {
     let p = platform("rk3399");
     // 4096 x 3072 XR24 = 48 MiB; the RGA MMU table covers 32 MiB.
-    let c = conflict(&p, &image(4096, 3072, "XR24"), &[("vop", Usage::SCANOUT), ("gpu", Usage::RENDERING), ("rga", NONE)]);
+    let c =
+        conflict(&p, &image(4096, 3072, "XR24"), &[("vop", Usage::SCANOUT), ("gpu", Usage::RENDERING), ("rga", NONE)]);
     assert_eq!(c.devices, names(&["rga"]));
     assert_eq!(c.kind, ConflictKind::IovaSpace { size: Size::mib(48), space: Size::mib(32) });
     assert!(c.message.contains("DMA engine `rga`") && c.message.contains("rga-mmu"), "{}", c.message);
@@ -329,7 +360,10 @@ fn kayla_display_with_dgpu_is_contiguous_with_nvidia_pitch() {
     assert_eq!(layout_of(&plan), (MOD_LINEAR, vec![(0, 5504, 768)], 5504 * 768));
     // Contiguous: one run, which the Kepler MMU maps with 128 KiB pages where it can.
     assert_eq!(chunk_prefs(&plan)[0], (PageSize::new(128 << 10).unwrap(), names(&["gk"])));
-    assert_eq!(ptes(&plan), vec![("gk".to_owned(), vec![(PageSize::new(128 << 10).unwrap(), 32), (PageSize::SZ_4K, 8)])]);
+    assert_eq!(
+        ptes(&plan),
+        vec![("gk".to_owned(), vec![(PageSize::new(128 << 10).unwrap(), 32), (PageSize::SZ_4K, 8)])]
+    );
 }
 
 #[test]
@@ -337,7 +371,11 @@ fn kayla_conflict_scanout_larger_than_cma_names_only_the_display() {
     let p = platform("kayla");
     let c = conflict(&p, &bytes(Size::mib(96)), &[("gk", Usage::RENDERING), ("dc", Usage::SCANOUT), ("gr3d", NONE)]);
     assert_eq!(c.devices, names(&["dc"]));
-    assert!(matches!(&c.kind, ConflictKind::NoRoom { needed, contiguous: true, available, .. } if *needed == Size::mib(96) && *available == Size::mib(64)), "{:?}", c.kind);
+    assert!(
+        matches!(&c.kind, ConflictKind::NoRoom { needed, contiguous: true, available, .. } if *needed == Size::mib(96) && *available == Size::mib(64)),
+        "{:?}",
+        c.kind
+    );
     assert!(c.message.contains("display `dc` (kayla)"), "{}", c.message);
     assert!(!c.message.contains("`gk`") && !c.message.contains("`gr3d`"), "{}", c.message);
 }
@@ -369,15 +407,24 @@ fn x86_igpu_and_dgpu_share_256_byte_pitch_and_vtd_chunking() {
 
     // 8 MiB: 2 MiB chunks (1 GiB is larger than the buffer), 4 entries each.
     let plan = self::plan(&p, &bytes(Size::mib(8)), &both);
-    assert_eq!(chunk_prefs(&plan), vec![(PageSize::SZ_2M, names(&["dgpu", "igpu"])), (PageSize::SZ_4K, names(&["dgpu", "igpu"]))]);
+    assert_eq!(
+        chunk_prefs(&plan),
+        vec![(PageSize::SZ_2M, names(&["dgpu", "igpu"])), (PageSize::SZ_4K, names(&["dgpu", "igpu"]))]
+    );
     assert_eq!(plan.preferences.alignment, PageSize::SZ_2M);
-    assert_eq!(ptes(&plan), vec![("igpu".to_owned(), vec![(PageSize::SZ_2M, 4)]), ("dgpu".to_owned(), vec![(PageSize::SZ_2M, 4)])]);
+    assert_eq!(
+        ptes(&plan),
+        vec![("igpu".to_owned(), vec![(PageSize::SZ_2M, 4)]), ("dgpu".to_owned(), vec![(PageSize::SZ_2M, 4)])]
+    );
 
     // 4 GiB: 1 GiB chunks, 4 entries each.
     let plan = self::plan(&p, &bytes(Size::gib(4)), &both);
     assert_eq!(chunk_prefs(&plan)[0], (PageSize::SZ_1G, names(&["dgpu", "igpu"])));
     assert_eq!(plan.preferences.alignment, PageSize::SZ_1G);
-    assert_eq!(ptes(&plan), vec![("igpu".to_owned(), vec![(PageSize::SZ_1G, 4)]), ("dgpu".to_owned(), vec![(PageSize::SZ_1G, 4)])]);
+    assert_eq!(
+        ptes(&plan),
+        vec![("igpu".to_owned(), vec![(PageSize::SZ_1G, 4)]), ("dgpu".to_owned(), vec![(PageSize::SZ_1G, 4)])]
+    );
 }
 
 #[test]
@@ -423,9 +470,17 @@ fn x86_capture_card_without_iommu_keeps_the_buffer_below_4gib() {
 #[test]
 fn x86_conflict_4gib_for_the_capture_card_names_only_the_card() {
     let p = platform("x86-desktop");
-    let c = conflict(&p, &bytes(Size::gib(4)), &[("igpu", NONE), ("capture", Usage::CAMERA_WRITE), ("dgpu", Usage::RENDERING)]);
+    let c = conflict(
+        &p,
+        &bytes(Size::gib(4)),
+        &[("igpu", NONE), ("capture", Usage::CAMERA_WRITE), ("dgpu", Usage::RENDERING)],
+    );
     assert_eq!(c.devices, names(&["capture"]));
-    assert!(matches!(&c.kind, ConflictKind::NoRoom { needed, contiguous: false, available, .. } if *needed == Size::gib(4) && *available == Size::mib(3008)), "{:?}", c.kind);
+    assert!(
+        matches!(&c.kind, ConflictKind::NoRoom { needed, contiguous: false, available, .. } if *needed == Size::gib(4) && *available == Size::mib(3008)),
+        "{:?}",
+        c.kind
+    );
     assert!(c.message.contains("capture `capture` (x86-desktop)"), "{}", c.message);
     assert!(c.message.contains("below 0x1_0000_0000 (dma_mask = 32-bit)"), "{}", c.message);
     assert!(c.message.contains("3008 MiB"), "{}", c.message);
@@ -454,7 +509,8 @@ fn refsoc_memory_map_is_the_documented_one() {
     assert_eq!(banks, why_pairs(&[("dram-low", "0x0..0x8000_0000"), ("dram-high", "0x1_0000_0000..0x2_0000_0000")]));
     let cma: Vec<(String, String)> = m.cma.iter().map(|r| (r.name.clone(), r.range().to_string())).collect();
     assert_eq!(cma, why_pairs(&[("cma-dma30", "0x3000_0000..0x3800_0000"), ("cma", "0x7000_0000..0x8000_0000")]));
-    let carveouts: Vec<(String, String, bool)> = m.carveouts.iter().map(|c| (c.name.clone(), c.range().to_string(), c.protected)).collect();
+    let carveouts: Vec<(String, String, bool)> =
+        m.carveouts.iter().map(|c| (c.name.clone(), c.range().to_string(), c.protected)).collect();
     assert_eq!(
         carveouts,
         vec![
@@ -495,7 +551,10 @@ fn refsoc_adding_venc_narrows_the_window_below_1gib() {
     let plan = plan(&p, &image(1920, 1080, "NV12"), &spec);
     assert!(plan.contiguous());
     assert_eq!(hex_window(&plan), "0x0..0x4000_0000");
-    assert_eq!(window_causes(&plan), why_pairs(&[("dpu", "dma_mask = 32-bit"), ("venc", "bus_dma_limit = 0x3fffffff")]));
+    assert_eq!(
+        window_causes(&plan),
+        why_pairs(&[("dpu", "dma_mask = 32-bit"), ("venc", "bus_dma_limit = 0x3fffffff")])
+    );
     assert_rule_cause(&segment_causes(&plan), &[("dpu", REFSOC_REASON), ("venc", "max_segments = 1")]);
     // Venus-like: lcm(64, 64, 128) = 128 B pitch, 1080 -> 1088 rows.
     assert_eq!(pitch_align(&plan), (128, names(&["dpu", "gpu", "venc"])));
@@ -508,7 +567,11 @@ fn refsoc_adding_venc_narrows_the_window_below_1gib() {
     // the 256 MiB cma area).
     let c = conflict(&p, &bytes(Size::mib(200)), &spec);
     assert_eq!(c.devices, names(&["venc"]));
-    assert!(matches!(&c.kind, ConflictKind::NoRoom { needed, contiguous: true, available, .. } if *needed == Size::mib(200) && *available == Size::mib(128)), "{:?}", c.kind);
+    assert!(
+        matches!(&c.kind, ConflictKind::NoRoom { needed, contiguous: true, available, .. } if *needed == Size::mib(200) && *available == Size::mib(128)),
+        "{:?}",
+        c.kind
+    );
     assert!(c.message.contains("below 0x4000_0000 (bus_dma_limit = 0x3fffffff)"), "{}", c.message);
 }
 
@@ -522,7 +585,11 @@ fn plan_4k(p: &Platform, spec: &[(&str, Usage)]) {
 fn refsoc_dpu_scanout_with_isp_conflicts_naming_exactly_those_two() {
     let p = platform("refsoc");
     // The gpu is irrelevant: it must not be named.
-    let c = conflict(&p, &image(1920, 1080, "NV12"), &[("dpu", Usage::SCANOUT), ("gpu", Usage::RENDERING), ("isp", Usage::CAMERA_WRITE)]);
+    let c = conflict(
+        &p,
+        &image(1920, 1080, "NV12"),
+        &[("dpu", Usage::SCANOUT), ("gpu", Usage::RENDERING), ("isp", Usage::CAMERA_WRITE)],
+    );
     assert_eq!(c.devices, names(&["dpu", "isp"]));
     assert_eq!(c.kind, ConflictKind::NoCommonMemory);
     let why = refsoc_dpu_scanout_why(&p);
@@ -544,7 +611,11 @@ fn refsoc_dpu_scanout_with_isp_conflicts_naming_exactly_those_two() {
 fn refsoc_protected_video_goes_to_secure_video_and_the_dpu_cannot_reach_it() {
     let p = platform("refsoc");
     // With the gpu (protected_access = true by default, any address): the secure carveout.
-    let plan = plan(&p, &image(1920, 1080, "NV12"), &[("vdec", Usage::VIDEO_DECODE | Usage::PROTECTED), ("gpu", Usage::TEXTURING)]);
+    let plan = plan(
+        &p,
+        &image(1920, 1080, "NV12"),
+        &[("vdec", Usage::VIDEO_DECODE | Usage::PROTECTED), ("gpu", Usage::TEXTURING)],
+    );
     assert_eq!(hex_window(&plan), "0x1_fc00_0000..0x2_0000_0000");
     assert!(plan.requirements.protected.value);
     assert!(plan.contiguous());
@@ -610,7 +681,10 @@ fn refsoc_g2d_and_gpu_chunk_for_both_page_size_sets() {
         ]
     );
     // Two 16 MiB chunks: one SMMU entry each; the GPU maps each with eight 2 MiB blocks.
-    assert_eq!(ptes(&plan), vec![("g2d".to_owned(), vec![(PageSize::SZ_16M, 2)]), ("gpu".to_owned(), vec![(PageSize::SZ_2M, 16)])]);
+    assert_eq!(
+        ptes(&plan),
+        vec![("g2d".to_owned(), vec![(PageSize::SZ_16M, 2)]), ("gpu".to_owned(), vec![(PageSize::SZ_2M, 16)])]
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -764,6 +838,12 @@ fn malformed_shipped_file_reports_its_own_path_and_line() {
     let line = text.lines().position(|l| l == "dma_mask = 32").expect("refsoc has a 32-bit device") + 1;
     let bad = text.replacen("dma_mask = 32\n", "dma_mask = 65\n", 1);
     let e = Platform::from_toml("platforms/refsoc.toml", &bad).unwrap_err();
-    assert_eq!((e.file.as_str(), e.line, e.field.as_str()), ("platforms/refsoc.toml", line, "device[0].placement.dma_mask"));
-    assert!(e.to_string().starts_with(&format!("platforms/refsoc.toml:{line}:12: field `device[0].placement.dma_mask`: ")), "{e}");
+    assert_eq!(
+        (e.file.as_str(), e.line, e.field.as_str()),
+        ("platforms/refsoc.toml", line, "device[0].placement.dma_mask")
+    );
+    assert!(
+        e.to_string().starts_with(&format!("platforms/refsoc.toml:{line}:12: field `device[0].placement.dma_mask`: ")),
+        "{e}"
+    );
 }

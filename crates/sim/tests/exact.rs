@@ -6,13 +6,8 @@ use dmaplace_core::{BufferDesc, Plan, Platform, Request, Usage, solve, verify};
 use dmaplace_sim::{AccessPattern, Iotlb, Machine, SimConfig, SyntheticPlatform};
 
 fn plan(p: &Platform, size: Size, devices: &[(&str, Usage)]) -> Plan {
-    let reqs: Vec<Request<'_>> = devices
-        .iter()
-        .map(|(d, hints)| Request {
-            device: p.device(d).unwrap(),
-            hints: *hints,
-        })
-        .collect();
+    let reqs: Vec<Request<'_>> =
+        devices.iter().map(|(d, hints)| Request { device: p.device(d).unwrap(), hints: *hints }).collect();
     solve(p, &BufferDesc::Size(size), &reqs).unwrap()
 }
 
@@ -20,21 +15,14 @@ fn plan(p: &Platform, size: Size, devices: &[(&str, Usage)]) -> Plan {
 fn eight_mib_on_4k_2m_1g_is_four_ptes_and_on_4k_only_2048() {
     let p = SyntheticPlatform::new(Size::gib(1)).build();
     // Shared by the GPU (4K/2M/1G SMMU) and V3D (4K-only MMU).
-    let plan = plan(
-        &p,
-        Size::mib(8),
-        &[("gpu", Usage::RENDERING), ("v3d", Usage::TEXTURING)],
-    );
+    let plan = plan(&p, Size::mib(8), &[("gpu", Usage::RENDERING), ("v3d", Usage::TEXTURING)]);
     let mut m = Machine::new(&p, SimConfig::seeded(1)).unwrap();
     let b = m.allocate(&plan, "frame").unwrap();
     let backing = m.describe(&b).unwrap();
     verify(&plan, &plan.devices, &backing).unwrap();
     // Every chunk is 2 MiB aligned: the backing is a 2 MiB-aligned 8 MiB backing.
     assert!(
-        backing
-            .segments
-            .iter()
-            .all(|s| s.start().is_aligned(PageSize::SZ_2M) && s.len().is_aligned(PageSize::SZ_2M)),
+        backing.segments.iter().all(|s| s.start().is_aligned(PageSize::SZ_2M) && s.len().is_aligned(PageSize::SZ_2M)),
         "{backing:?}"
     );
     assert_eq!(backing.len(), Size::mib(8));
@@ -66,11 +54,7 @@ fn eight_mib_on_4k_2m_1g_is_four_ptes_and_on_4k_only_2048() {
 #[test]
 fn contiguous_8_mib_is_2m_aligned_for_the_gpu() {
     let p = SyntheticPlatform::new(Size::gib(1)).build();
-    let plan = plan(
-        &p,
-        Size::mib(8),
-        &[("display", Usage::SCANOUT), ("gpu", Usage::RENDERING)],
-    );
+    let plan = plan(&p, Size::mib(8), &[("display", Usage::SCANOUT), ("gpu", Usage::RENDERING)]);
     assert!(plan.contiguous());
     let mut m = Machine::new(&p, SimConfig::seeded(2)).unwrap();
     let b = m.allocate(&plan, "scanout").unwrap();
@@ -84,10 +68,7 @@ fn contiguous_8_mib_is_2m_aligned_for_the_gpu() {
     let display = plan.devices.iter().find(|e| e.device == "display").unwrap();
     let (dm, dsg) = m.map(display, &b).unwrap();
     assert_eq!(dsg.entries.len(), 1);
-    assert_eq!(
-        dsg.entries[0].dma_addr.get(),
-        backing.segments[0].start().get()
-    );
+    assert_eq!(dsg.entries[0].dma_addr.get(), backing.segments[0].start().get());
     assert!(dm.iommu().is_none());
     m.unmap(gpu, gm);
     m.unmap(display, dm);
@@ -121,13 +102,7 @@ fn iotlb_misses_match_hand_computation() {
     let b = m.allocate(&plan, "texture").unwrap();
     let (vm, _) = m.map(&plan.devices[0], &b).unwrap();
     assert_eq!(vm.ptes().total(), 16);
-    let tiled = AccessPattern::Tiled {
-        pitch: 8192,
-        rows: 8,
-        tile_width: 2048,
-        tile_height: 4,
-        burst: 64,
-    };
+    let tiled = AccessPattern::Tiled { pitch: 8192, rows: 8, tile_width: 2048, tile_height: 4, burst: 64 };
     let run = |entries: usize| {
         let mut tlb = Iotlb::new(entries);
         vm.replay(tiled, &mut tlb).unwrap()
@@ -139,18 +114,10 @@ fn iotlb_misses_match_hand_computation() {
     assert_eq!(run(1).misses, 32);
     // Linear scan: 16 lookups, 16 misses, whatever the size.
     let mut tlb = Iotlb::new(2);
-    let lin = vm
-        .replay(AccessPattern::Linear { burst: 64 }, &mut tlb)
-        .unwrap();
+    let lin = vm.replay(AccessPattern::Linear { burst: 64 }, &mut tlb).unwrap();
     assert_eq!((lin.accesses, lin.lookups, lin.misses), (1024, 16, 16));
     // A pattern larger than the mapping is refused.
-    let too_big = AccessPattern::Tiled {
-        pitch: 8192,
-        rows: 9,
-        tile_width: 2048,
-        tile_height: 4,
-        burst: 64,
-    };
+    let too_big = AccessPattern::Tiled { pitch: 8192, rows: 9, tile_width: 2048, tile_height: 4, burst: 64 };
     assert!(m.replay(&vm, too_big).is_err());
     m.unmap(&plan.devices[0], vm);
     m.free(b);

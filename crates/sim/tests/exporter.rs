@@ -6,10 +6,10 @@ use std::rc::Rc;
 
 use dmaplace_core::backend::CpuAccess;
 use dmaplace_core::exporter::{
-    AllocationTime, AttachHow, BusyPolicy, Event, ExportError, Exporter, ExporterConfig, MoveNotice,
+    AllocationTime, AttachHow, BusyPolicy, Event, ExportError, Exporter, ExporterConfig, MoveNotice, MoveNotify,
 };
 use dmaplace_core::layout::parse_fourcc;
-use dmaplace_core::{builtin, BufferDesc, ImageDesc, Platform, Size, Usage};
+use dmaplace_core::{BufferDesc, ImageDesc, Platform, Size, Usage, builtin};
 use dmaplace_sim::{BackgroundLoad, Machine, SimConfig};
 
 const GIB: u64 = 1 << 30;
@@ -44,7 +44,7 @@ fn segments(e: &Exporter<Machine>, b: dmaplace_core::exporter::BufferId) -> Vec<
 
 type Notices = Rc<RefCell<Vec<MoveNotice>>>;
 
-fn recorder() -> (Notices, Box<dyn FnMut(&MoveNotice)>) {
+fn recorder() -> (Notices, MoveNotify) {
     let log: Notices = Rc::default();
     let sink = log.clone();
     (log, Box::new(move |n: &MoveNotice| sink.borrow_mut().push(n.clone())))
@@ -207,7 +207,13 @@ fn an_impossible_device_is_refused_with_the_solvers_explanation() {
 #[test]
 fn alloc_for_a_list_of_devices_allocates_once() {
     let mut e = exporter();
-    let a = e.alloc_for(&[("gpu", Usage::RENDERING), ("dpu", Usage::SCANOUT), ("venc", Usage::VIDEO_ENCODE)], frame(), "frame").unwrap();
+    let a = e
+        .alloc_for(
+            &[("gpu", Usage::RENDERING), ("dpu", Usage::SCANOUT), ("venc", Usage::VIDEO_ENCODE)],
+            frame(),
+            "frame",
+        )
+        .unwrap();
     assert_eq!((a.attachments.len(), a.tables.len()), (3, 3));
     assert_eq!((e.stats().allocations, e.stats().migrations), (1, 0));
     let segs = segments(&e, a.buffer);
@@ -215,7 +221,11 @@ fn alloc_for_a_list_of_devices_allocates_once() {
     check(&e);
     // A failing device unwinds everything acquired so far.
     let free = e.backend().free_report();
-    let err = e.alloc_for(&[("gpu", Usage::RENDERING), ("dpu", Usage::SCANOUT), ("isp", Usage::CAMERA_WRITE)], frame(), "bad");
+    let err = e.alloc_for(
+        &[("gpu", Usage::RENDERING), ("dpu", Usage::SCANOUT), ("isp", Usage::CAMERA_WRITE)],
+        frame(),
+        "bad",
+    );
     assert!(matches!(err, Err(ExportError::Conflict { .. })));
     assert_eq!(e.buffers().count(), 1);
     assert!(e.backend().free_report().same_free(&free));

@@ -10,14 +10,17 @@
 //! the suite; the proof ran 1,000,000: see the closing note).
 
 use dmaplace_core::backend::CpuAccess;
-use dmaplace_core::exporter::{AttachmentId, BufferId, BusyPolicy, ExportError, Exporter, ExporterConfig, FenceId, MappingId};
+use dmaplace_core::exporter::{
+    AttachmentId, BufferId, BusyPolicy, ExportError, Exporter, ExporterConfig, FenceId, MappingId,
+};
 use dmaplace_core::layout::parse_fourcc;
-use dmaplace_core::{builtin, BufferDesc, ImageDesc, Size, Usage};
+use dmaplace_core::{BufferDesc, ImageDesc, Size, Usage, builtin};
 use dmaplace_sim::{BackgroundLoad, Machine, SimConfig};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
-const HINTS: [Usage; 6] = [Usage::empty(), Usage::SCANOUT, Usage::RENDERING, Usage::VIDEO_ENCODE, Usage::CAMERA_WRITE, Usage::LINEAR];
+const HINTS: [Usage; 6] =
+    [Usage::empty(), Usage::SCANOUT, Usage::RENDERING, Usage::VIDEO_ENCODE, Usage::CAMERA_WRITE, Usage::LINEAR];
 const FORMATS: [&str; 3] = ["NV12", "XR24", "AR24"];
 
 /// Other users hold 30% of memory in 4 KiB-1 MiB blocks, after filling 60% and freeing at
@@ -64,7 +67,12 @@ impl World {
             BufferDesc::Size(Size::new(self.rng.random_range(1..=(24u64 << 20))))
         } else {
             let format = parse_fourcc(FORMATS[self.rng.random_range(0..FORMATS.len())]).unwrap();
-            BufferDesc::Image(ImageDesc { width: self.rng.random_range(16..=2560), height: self.rng.random_range(16..=1600), format, modifiers: vec![] })
+            BufferDesc::Image(ImageDesc {
+                width: self.rng.random_range(16..=2560),
+                height: self.rng.random_range(16..=1600),
+                format,
+                modifiers: vec![],
+            })
         }
     }
 
@@ -81,7 +89,11 @@ impl World {
                 }
             }
             1 | 2 => {
-                let (Some(b), Some(i)) = (self.pick(&self.buffers.clone()), self.pick(&(0..self.devices.len()).collect::<Vec<_>>())) else { return };
+                let (Some(b), Some(i)) =
+                    (self.pick(&self.buffers.clone()), self.pick(&(0..self.devices.len()).collect::<Vec<_>>()))
+                else {
+                    return;
+                };
                 let hints = HINTS[self.rng.random_range(0..HINTS.len())];
                 let dev = self.devices[i].clone();
                 if let Ok(a) = self.e.attach(b, &dev, hints) {

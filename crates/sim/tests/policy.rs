@@ -6,18 +6,12 @@ use dmaplace_core::units::{PageSize, PhysAddr, PhysRange, Size};
 use dmaplace_core::window::Window;
 use dmaplace_core::{Backing, BufferDesc, Plan, Platform, Request, Usage, solve, verify};
 use dmaplace_sim::{
-    BackgroundLoad, ContentMode, InvariantViolation, Machine, SimConfig, SimError,
-    SyntheticPlatform, Zone,
+    BackgroundLoad, ContentMode, InvariantViolation, Machine, SimConfig, SimError, SyntheticPlatform, Zone,
 };
 
 fn plan(p: &Platform, size: Size, devices: &[(&str, Usage)]) -> Plan {
-    let reqs: Vec<Request<'_>> = devices
-        .iter()
-        .map(|(d, hints)| Request {
-            device: p.device(d).unwrap(),
-            hints: *hints,
-        })
-        .collect();
+    let reqs: Vec<Request<'_>> =
+        devices.iter().map(|(d, hints)| Request { device: p.device(d).unwrap(), hints: *hints }).collect();
     solve(p, &BufferDesc::Size(size), &reqs).unwrap()
 }
 
@@ -39,44 +33,22 @@ fn fragmentation_defeats_contiguity_until_cma_migrates_borrowers() {
     let load = BackgroundLoad::FRAGMENTING;
 
     // Without CMA: half the memory is free, but in holes; no 4 MiB block is left.
-    let p = SyntheticPlatform::new(Size::mib(256))
-        .with_cma(Size::ZERO)
-        .build();
+    let p = SyntheticPlatform::new(Size::mib(256)).with_cma(Size::ZERO).build();
     let mut m = Machine::new(&p, SimConfig::seeded(11).with_background(load)).unwrap();
     let report = m.free_report();
     let dma32 = report.pool("DMA32").unwrap();
     assert!(dma32.free >= Size::mib(100), "{report}");
     assert!(dma32.largest < Size::mib(4), "{report}");
     let err = m.allocate(&scanout(&p), "fb").unwrap_err();
-    assert!(
-        matches!(
-            err,
-            SimError::OutOfMemory {
-                contiguous: true,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert!(
-        err.to_string()
-            .contains("buffer `fb`: out of memory for 4 MiB contiguous"),
-        "{err}"
-    );
+    assert!(matches!(err, SimError::OutOfMemory { contiguous: true, .. }), "{err}");
+    assert!(err.to_string().contains("buffer `fb`: out of memory for 4 MiB contiguous"), "{err}");
     // A scattered buffer of the same size still fits.
-    let spread = m
-        .allocate(
-            &plan(&p, Size::mib(4), &[("cpu", Usage::RENDERING)]),
-            "spread",
-        )
-        .unwrap();
+    let spread = m.allocate(&plan(&p, Size::mib(4), &[("cpu", Usage::RENDERING)]), "spread").unwrap();
     m.free(spread);
     m.check().unwrap();
 
     // With a 64 MiB CMA area lent to movable pages: the claim migrates them out.
-    let p = SyntheticPlatform::new(Size::mib(256))
-        .with_cma(Size::mib(64))
-        .build();
+    let p = SyntheticPlatform::new(Size::mib(256)).with_cma(Size::mib(64)).build();
     let mut m = Machine::new(&p, SimConfig::seeded(11).with_background(load)).unwrap();
     let (_, in_cma) = m.background_bytes();
     assert!(in_cma > 0, "the background load borrows CMA");
@@ -98,18 +70,12 @@ fn fragmentation_defeats_contiguity_until_cma_migrates_borrowers() {
     m.check().unwrap();
     // Borrowers moved inside the region, so every pool's free count is back.
     assert_eq!(c.cma_migrations_to_zones, 0);
-    assert!(
-        m.free_report().same_free(&start),
-        "{}\nvs\n{start}",
-        m.free_report()
-    );
+    assert!(m.free_report().same_free(&start), "{}\nvs\n{start}", m.free_report());
 }
 
 #[test]
 fn contiguous_over_the_largest_block_comes_from_cma() {
-    let p = SyntheticPlatform::new(Size::mib(512))
-        .with_cma(Size::mib(64))
-        .build();
+    let p = SyntheticPlatform::new(Size::mib(512)).with_cma(Size::mib(64)).build();
     let mut m = Machine::new(&p, SimConfig::seeded(5)).unwrap();
     assert_eq!(m.max_order(), 10);
     let big = plan(&p, Size::mib(24), &[("display", Usage::SCANOUT)]);
@@ -138,10 +104,7 @@ fn zones_prefer_normal_and_keep_dma32_for_devices_that_need_it() {
     let dma32 = plan(&p, Size::mib(16), &[("capture", Usage::CAMERA_WRITE)]);
 
     let b = m.allocate(&any, "any").unwrap();
-    assert!(
-        inside(&m.describe(&b).unwrap(), &high),
-        "unconstrained buffers go to Normal first"
-    );
+    assert!(inside(&m.describe(&b).unwrap(), &high), "unconstrained buffers go to Normal first");
     let c = m.allocate(&dma32, "capture").unwrap();
     assert!(inside(&m.describe(&c).unwrap(), &low));
     // Fill Normal (4 GiB): 15 more 256 MiB buffers.
@@ -162,10 +125,7 @@ fn zones_prefer_normal_and_keep_dma32_for_devices_that_need_it() {
     m.free(c);
     m.check().unwrap();
     assert_eq!(m.free_report().pool("Normal").unwrap().free, Size::gib(4));
-    assert!(matches!(
-        m.free_report().pools[0].kind,
-        dmaplace_sim::PoolKind::Zone(Zone::Normal)
-    ));
+    assert!(matches!(m.free_report().pools[0].kind, dmaplace_sim::PoolKind::Zone(Zone::Normal)));
 }
 
 #[test]
@@ -185,10 +145,7 @@ fn carveouts_are_used_only_when_named() {
     let mut held = Vec::new();
     while let Ok(b) = m.allocate(&any, "filler") {
         let backing = m.describe(&b).unwrap();
-        assert!(
-            !overlaps(&backing, isp) && !overlaps(&backing, secure),
-            "{backing:?}"
-        );
+        assert!(!overlaps(&backing, isp) && !overlaps(&backing, secure), "{backing:?}");
         held.push(b);
     }
     assert!(held.len() >= 28, "{} buffers", held.len());
@@ -217,14 +174,8 @@ fn carveouts_are_used_only_when_named() {
 }
 
 fn run_script(seed: u64) -> (Vec<Backing>, dmaplace_sim::Counters, u64) {
-    let p = SyntheticPlatform::new(Size::mib(256))
-        .with_cma(Size::mib(64))
-        .build();
-    let mut m = Machine::new(
-        &p,
-        SimConfig::seeded(seed).with_background(BackgroundLoad::FRAGMENTING),
-    )
-    .unwrap();
+    let p = SyntheticPlatform::new(Size::mib(256)).with_cma(Size::mib(64)).build();
+    let mut m = Machine::new(&p, SimConfig::seeded(seed).with_background(BackgroundLoad::FRAGMENTING)).unwrap();
     let plans = [
         plan(&p, Size::mib(3), &[("cpu", Usage::RENDERING)]),
         plan(&p, Size::mib(8), &[("display", Usage::SCANOUT)]),
@@ -234,9 +185,7 @@ fn run_script(seed: u64) -> (Vec<Backing>, dmaplace_sim::Counters, u64) {
     let mut out = Vec::new();
     let mut held = Vec::new();
     for i in 0..24 {
-        let b = m
-            .allocate(&plans[i % plans.len()], &format!("b{i}"))
-            .unwrap();
+        let b = m.allocate(&plans[i % plans.len()], &format!("b{i}")).unwrap();
         out.push(m.describe(&b).unwrap());
         held.push(b);
         if i % 3 == 2 {
@@ -274,27 +223,21 @@ fn content_survives_copy_to_a_different_layout() {
     let sum = m.checksum(&a).unwrap();
     let b = m.allocate(&contiguous, "b").unwrap();
     assert_ne!(m.checksum(&b).unwrap(), sum);
-    assert_eq!(m.copy(&a, &b).unwrap(), Size::mib(2));
+    assert_eq!(m.copy(&a, &b, Size::mib(2)).unwrap(), Size::mib(2));
     assert_eq!(m.checksum(&b).unwrap(), sum);
     assert_eq!(m.read(&b, 10, 5).unwrap(), b"hello");
-    assert!(matches!(
-        m.write(&b, (2 << 20) - 2, b"xyz"),
-        Err(SimError::OutOfBounds { .. })
-    ));
+    assert!(matches!(m.write(&b, (2 << 20) - 2, b"xyz"), Err(SimError::OutOfBounds { .. })));
     m.free(a);
     m.free(b);
     assert_eq!(m.content_frames(), 0, "freed frames forget their content");
 
     // Checksum mode: no bytes, same guarantees.
-    let cfg = SimConfig {
-        content: ContentMode::Checksum,
-        ..SimConfig::seeded(1)
-    };
+    let cfg = SimConfig { content: ContentMode::Checksum, ..SimConfig::seeded(1) };
     let mut m = Machine::new(&p, cfg).unwrap();
     let a = m.allocate(&scattered, "a").unwrap();
     m.fill(&a, 99).unwrap();
     let b = m.allocate(&contiguous, "b").unwrap();
-    m.copy(&a, &b).unwrap();
+    m.copy(&a, &b, Size::mib(2)).unwrap();
     assert_eq!(m.checksum(&a).unwrap(), m.checksum(&b).unwrap());
     assert!(matches!(m.read(&a, 0, 1), Err(SimError::NoBytes { .. })));
     m.free(a);
@@ -307,45 +250,18 @@ fn cache_maintenance_follows_the_documented_rule() {
     let p = SyntheticPlatform::new(Size::mib(256)).build();
     let mut m = Machine::new(&p, SimConfig::seeded(1)).unwrap();
     // Cached (the synthetic platform prefers cached), V3D is not coherent, cpu is.
-    let cached = plan(
-        &p,
-        Size::mib(1),
-        &[("v3d", Usage::TEXTURING), ("cpu", Usage::RENDERING)],
-    );
+    let cached = plan(&p, Size::mib(1), &[("v3d", Usage::TEXTURING), ("cpu", Usage::RENDERING)]);
     assert_eq!(cached.cache_mode.value, dmaplace_core::CacheMode::Cached);
     let b = m.allocate(&cached, "tex").unwrap();
     let runs = m.describe(&b).unwrap().runs().len() as u64;
     let devs: Vec<&dmaplace_core::Effective> = cached.devices.iter().collect();
-    assert_eq!(
-        m.cpu_sync(&b, &devs, CpuAccess::Read, true).unwrap(),
-        runs,
-        "begin read: invalidate, V3D only"
-    );
-    assert_eq!(
-        m.cpu_sync(&b, &devs, CpuAccess::Write, true).unwrap(),
-        runs,
-        "begin write: clean"
-    );
-    assert_eq!(
-        m.cpu_sync(&b, &devs, CpuAccess::ReadWrite, true).unwrap(),
-        2 * runs
-    );
-    assert_eq!(
-        m.cpu_sync(&b, &devs, CpuAccess::Read, false).unwrap(),
-        runs,
-        "end: clean"
-    );
-    assert_eq!(
-        m.cpu_sync(&b, &devs[1..], CpuAccess::ReadWrite, true)
-            .unwrap(),
-        0,
-        "coherent device: nothing"
-    );
+    assert_eq!(m.cpu_sync(&b, &devs, CpuAccess::Read, true).unwrap(), runs, "begin read: invalidate, V3D only");
+    assert_eq!(m.cpu_sync(&b, &devs, CpuAccess::Write, true).unwrap(), runs, "begin write: clean");
+    assert_eq!(m.cpu_sync(&b, &devs, CpuAccess::ReadWrite, true).unwrap(), 2 * runs);
+    assert_eq!(m.cpu_sync(&b, &devs, CpuAccess::Read, false).unwrap(), runs, "end: clean");
+    assert_eq!(m.cpu_sync(&b, &devs[1..], CpuAccess::ReadWrite, true).unwrap(), 0, "coherent device: nothing");
     let c = m.counters().clone();
-    assert_eq!(
-        (c.cache_cleans, c.cache_invalidates, c.wc_flushes),
-        (3 * runs, 2 * runs, 0)
-    );
+    assert_eq!((c.cache_cleans, c.cache_invalidates, c.wc_flushes), (3 * runs, 2 * runs, 0));
 
     // Write-combined (the display asks for it): one WC flush at the end of a write.
     let wc = plan(&p, Size::mib(1), &[("display", Usage::SCANOUT)]);
@@ -392,11 +308,7 @@ fn unreachable_and_segment_limits_fail_the_map() {
     let cap = plan(&p, Size::mib(8), &[("capture", Usage::CAMERA_WRITE)]);
     let err = m.map(&cap.devices[0], &b).unwrap_err();
     assert!(matches!(err, SimError::Unreachable { .. }), "{err}");
-    assert!(
-        err.to_string()
-            .contains("device `capture` cannot reach segment"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("device `capture` cannot reach segment"), "{err}");
     // Its own buffer maps with sg entries split at 1 MiB.
     let c = m.allocate(&cap, "cap").unwrap();
     let (cm, sg) = m.map(&cap.devices[0], &c).unwrap();

@@ -11,9 +11,7 @@ use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
 fn platforms() -> Vec<Platform> {
-    let mut v: Vec<Platform> = builtin::names()
-        .map(|n| builtin::load(n).unwrap().unwrap())
-        .collect();
+    let mut v: Vec<Platform> = builtin::names().map(|n| builtin::load(n).unwrap().unwrap()).collect();
     v.push(
         SyntheticPlatform::new(Size::mib(256))
             .with_carveout("isp", Size::mib(16), false)
@@ -36,13 +34,7 @@ const HINTS: [Usage; 8] = [
 ];
 
 /// A light background load for big machines (large blocks keep the record count low).
-const LIGHT: BackgroundLoad = BackgroundLoad {
-    fill: 0.3,
-    prefill: 0.6,
-    movable: 0.7,
-    cma_share: 0.5,
-    max_order: 9,
-};
+const LIGHT: BackgroundLoad = BackgroundLoad { fill: 0.3, prefill: 0.6, movable: 0.7, cma_share: 0.5, max_order: 9 };
 
 fn random_plan(p: &Platform, rng: &mut Xoshiro256PlusPlus) -> Option<Plan> {
     let n = rng.random_range(1..=3usize.min(p.devices.len()));
@@ -74,8 +66,7 @@ struct Live {
 fn run(p: &Platform, seed: u64, ops: usize, load: BackgroundLoad, churn: bool) -> (u64, u64) {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x5eed);
     let mut m = Machine::new(p, SimConfig::seeded(seed).with_background(load)).unwrap();
-    m.check()
-        .unwrap_or_else(|v| panic!("{}: after construction: {v}", p.name));
+    m.check().unwrap_or_else(|v| panic!("{}: after construction: {v}", p.name));
     let start = m.free_report();
     let mut live: Vec<Live> = Vec::new();
     let (mut ok, mut failed) = (0, 0);
@@ -90,17 +81,12 @@ fn run(p: &Platform, seed: u64, ops: usize, load: BackgroundLoad, churn: bool) -
                 match m.allocate(&plan, &format!("buf{op}")) {
                     Ok(b) => {
                         let backing = m.describe(&b).unwrap();
-                        verify(&plan, &plan.devices, &backing)
-                            .unwrap_or_else(|v| panic!("{ctx}: {v}"));
-                        assert!(
-                            plan.admits(&backing),
-                            "{ctx}: plan does not admit {backing:?}"
-                        );
+                        verify(&plan, &plan.devices, &backing).unwrap_or_else(|v| panic!("{ctx}: {v}"));
+                        assert!(plan.admits(&backing), "{ctx}: plan does not admit {backing:?}");
                         // Every device in the plan can map it.
                         for e in &plan.devices {
-                            let (map, sg) = m
-                                .map(e, &b)
-                                .unwrap_or_else(|err| panic!("{ctx}: map for {}: {err}", e.device));
+                            let (map, sg) =
+                                m.map(e, &b).unwrap_or_else(|err| panic!("{ctx}: map for {}: {err}", e.device));
                             assert_eq!(sg.len(), backing.len(), "{ctx}");
                             m.unmap(e, map);
                         }
@@ -124,7 +110,7 @@ fn run(p: &Platform, seed: u64, ops: usize, load: BackgroundLoad, churn: bool) -
                 m.fill(&live[i].b, op as u64).unwrap();
                 let sum = m.checksum(&live[i].b).unwrap();
                 if let Ok(nb) = m.allocate(&live[i].plan, "migrated") {
-                    m.copy(&live[i].b, &nb).unwrap();
+                    m.copy(&live[i].b, &nb, live[i].plan.size).unwrap();
                     assert_eq!(m.checksum(&nb).unwrap(), sum, "{ctx}: copy lost content");
                     let old = std::mem::replace(&mut live[i].b, nb);
                     m.free(old);
@@ -135,8 +121,7 @@ fn run(p: &Platform, seed: u64, ops: usize, load: BackgroundLoad, churn: bool) -
                 let l = &live[rng.random_range(0..live.len())];
                 let devs: Vec<_> = l.plan.devices.iter().collect();
                 m.cpu_sync(&l.b, &devs, CpuAccess::ReadWrite, true).unwrap();
-                m.cpu_sync(&l.b, &devs, CpuAccess::ReadWrite, false)
-                    .unwrap();
+                m.cpu_sync(&l.b, &devs, CpuAccess::ReadWrite, false).unwrap();
             }
             _ if churn => {
                 m.background_step(8);
@@ -148,28 +133,14 @@ fn run(p: &Platform, seed: u64, ops: usize, load: BackgroundLoad, churn: bool) -
     for l in live.drain(..) {
         m.free(l.b);
     }
-    m.check()
-        .unwrap_or_else(|v| panic!("{}: after release: {v}", p.name));
-    eprintln!(
-        "{} seed {seed}: {ok} ok, {failed} failed, {:?}",
-        p.name,
-        m.counters()
-    );
+    m.check().unwrap_or_else(|v| panic!("{}: after release: {v}", p.name));
+    eprintln!("{} seed {seed}: {ok} ok, {failed} failed, {:?}", p.name, m.counters());
     assert_eq!(m.live_mappings(), 0);
     if !churn {
         let end = m.free_report();
-        assert_eq!(
-            end.free(),
-            start.free(),
-            "{}: free memory did not return\n{end}\nvs\n{start}",
-            p.name
-        );
+        assert_eq!(end.free(), start.free(), "{}: free memory did not return\n{end}\nvs\n{start}", p.name);
         if m.counters().cma_migrations_to_zones == 0 {
-            assert!(
-                end.same_free(&start),
-                "{}: per-pool free memory did not return\n{end}\nvs\n{start}",
-                p.name
-            );
+            assert!(end.same_free(&start), "{}: per-pool free memory did not return\n{end}\nvs\n{start}", p.name);
         }
     }
     (ok, failed)
@@ -179,11 +150,7 @@ fn run(p: &Platform, seed: u64, ops: usize, load: BackgroundLoad, churn: bool) -
 fn seeded_runs_on_every_platform() {
     for p in platforms() {
         let big = p.memory.ram().total() > Size::gib(2);
-        let load = if big {
-            LIGHT
-        } else {
-            BackgroundLoad::FRAGMENTING
-        };
+        let load = if big { LIGHT } else { BackgroundLoad::FRAGMENTING };
         let (ok, _) = run(&p, 1, 60, BackgroundLoad::NONE, false);
         assert!(ok > 0, "{}: nothing was allocated", p.name);
         run(&p, 2, 60, load, false);
