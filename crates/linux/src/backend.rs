@@ -5,9 +5,7 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 
 use dmaplace_core::backend::{Backend, CpuAccess, SgEntry, SgTable};
-use dmaplace_core::{
-    Backing, BoundaryMask, CacheMode, DmaAddr, Effective, PhysRange, Plan, Size, verify,
-};
+use dmaplace_core::{Backing, BoundaryMask, CacheMode, DmaAddr, Effective, PhysRange, Plan, Size, verify};
 use rustix::fs::{Mode, OFlags};
 
 use crate::buffer::Buffer;
@@ -52,13 +50,7 @@ impl LinuxBackend {
 
     /// A backend using `inventory` (what a caller already probed).
     pub fn with_inventory(inventory: Inventory) -> LinuxBackend {
-        LinuxBackend {
-            inventory,
-            heaps: HashMap::new(),
-            udmabuf: None,
-            allow_memfd: false,
-            track_cma: false,
-        }
+        LinuxBackend { inventory, heaps: HashMap::new(), udmabuf: None, allow_memfd: false, track_cma: false }
     }
 
     /// Allows the memfd fallback: CPU memory that is not a dma-buf, neither pinned nor
@@ -89,12 +81,7 @@ impl LinuxBackend {
 
     /// Allocates `plan`'s buffer from `source`, after checking that the source's promise
     /// meets the plan.
-    pub fn allocate_from(
-        &mut self,
-        source: &Source,
-        plan: &Plan,
-        name: &str,
-    ) -> Result<Buffer, LinuxError> {
+    pub fn allocate_from(&mut self, source: &Source, plan: &Plan, name: &str) -> Result<Buffer, LinuxError> {
         let promise = choose::check_source(&self.inventory, plan, source, self.allow_memfd)?;
         self.allocate_promised(&promise, name)
     }
@@ -103,19 +90,10 @@ impl LinuxBackend {
         let size = p.alloc_size;
         let mut buf = match &p.source {
             Source::Heap(heap) => self.heap_alloc(heap, size, name)?,
-            Source::Udmabuf | Source::UdmabufHuge => {
-                self.udmabuf_alloc(p.source == Source::UdmabufHuge, size, name)?
-            }
+            Source::Udmabuf | Source::UdmabufHuge => self.udmabuf_alloc(p.source == Source::UdmabufHuge, size, name)?,
             Source::Memfd => {
                 let fd = udmabuf::sealed_memfd(name, size.bytes(), false)?;
-                Buffer {
-                    fd,
-                    memfd: None,
-                    size,
-                    source: Source::Memfd,
-                    name: name.to_owned(),
-                    recorded: None,
-                }
+                Buffer { fd, memfd: None, size, source: Source::Memfd, name: name.to_owned(), recorded: None }
             }
         };
         buf.set_name(name)?;
@@ -146,36 +124,27 @@ impl LinuxBackend {
         };
         let (fd, recorded) = match debugfs {
             Some(area) => {
-                let _serial = phys::CMA_LOCK
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let _serial = phys::CMA_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 let before = phys::cma_bitmap(&area);
                 let fd = alloc(dev)?;
                 let after = phys::cma_bitmap(&area);
                 let recorded = match (before, after) {
-                    (Ok(b), Ok(a)) => {
-                        phys::cma_allocated(&area, &b, &a, size.bytes() / phys::PAGE).ok()
-                    }
+                    (Ok(b), Ok(a)) => phys::cma_allocated(&area, &b, &a, size.bytes() / phys::PAGE).ok(),
                     _ => None,
                 };
                 (fd, recorded)
             }
             None => (alloc(dev)?, None),
         };
-        Ok(Buffer {
-            fd,
-            memfd: None,
-            size,
-            source: Source::Heap(heap.to_owned()),
-            name: name.to_owned(),
-            recorded,
-        })
+        Ok(Buffer { fd, memfd: None, size, source: Source::Heap(heap.to_owned()), name: name.to_owned(), recorded })
     }
 
     fn udmabuf_alloc(&mut self, huge: bool, size: Size, name: &str) -> Result<Buffer, LinuxError> {
-        let info = self.inventory.udmabuf.clone().ok_or_else(|| {
-            LinuxError::Invalid(format!("no {} on this kernel", inventory::UDMABUF_DEV))
-        })?;
+        let info = self
+            .inventory
+            .udmabuf
+            .clone()
+            .ok_or_else(|| LinuxError::Invalid(format!("no {} on this kernel", inventory::UDMABUF_DEV)))?;
         if huge {
             let needed = size.bytes().div_ceil(udmabuf::HUGE_PAGE);
             let free = inventory::free_huge_2m().unwrap_or(0);
@@ -189,25 +158,16 @@ impl LinuxBackend {
         }
         let dev = self.udmabuf.as_ref().expect("opened above");
         let fd = udmabuf::create(dev.as_fd(), memfd.as_fd(), 0, size.bytes(), info.size_limit)?;
-        let source = if huge {
-            Source::UdmabufHuge
-        } else {
-            Source::Udmabuf
-        };
-        Ok(Buffer {
-            fd,
-            memfd: Some(memfd),
-            size,
-            source,
-            name: name.to_owned(),
-            recorded: None,
-        })
+        let source = if huge { Source::UdmabufHuge } else { Source::Udmabuf };
+        Ok(Buffer { fd, memfd: Some(memfd), size, source, name: name.to_owned(), recorded: None })
     }
 
     /// Observes where `buf` lies with one method.
     pub fn observe(&self, buf: &Buffer, method: Method) -> Result<Vec<PhysRange>, String> {
         match method {
-            Method::CmaBitmap => buf.recorded.clone().ok_or_else(|| "no CMA bitmap record (not a CMA heap buffer, not root, or no debugfs cma directory)".into()),
+            Method::CmaBitmap => buf.recorded.clone().ok_or_else(|| {
+                "no CMA bitmap record (not a CMA heap buffer, not root, or no debugfs cma directory)".into()
+            }),
             Method::Pagemap => {
                 let map = match buf.map_memfd() {
                     Some(m) => m,
@@ -231,8 +191,7 @@ impl LinuxBackend {
         if !self.inventory.root {
             return Err(LinuxError::NotRoot {
                 what: format!("seeing where `{}` lies in physical memory", buf.name),
-                why: "pagemap shows frame numbers, and debugfs and /proc/kcore open, only for root"
-                    .into(),
+                why: "pagemap shows frame numbers, and debugfs and /proc/kcore open, only for root".into(),
             });
         }
         let mut why = Vec::new();
@@ -261,24 +220,15 @@ impl LinuxBackend {
 /// Splits physical runs into the sg entries a device without an IOMMU is given: runs cut
 /// at `max_segment_size` and at segment boundaries (`dma_map_sgtable` on a direct-mapped
 /// device, without bounce buffers).
-pub fn physical_sg(
-    runs: &[PhysRange],
-    max_segment_size: Option<Size>,
-    boundary: BoundaryMask,
-) -> SgTable {
+pub fn physical_sg(runs: &[PhysRange], max_segment_size: Option<Size>, boundary: BoundaryMask) -> SgTable {
     let cap = max_segment_size.map_or(u64::MAX, Size::bytes).max(1);
     let mut entries = Vec::new();
     for r in runs {
         let (mut start, end) = (r.start().get(), r.end().get());
         while start < end {
             let boundary_end = (start | boundary.get()).saturating_add(1);
-            let piece_end = end
-                .min(start.saturating_add(cap))
-                .min(boundary_end.max(start + 1));
-            entries.push(SgEntry {
-                dma_addr: DmaAddr::new(start),
-                len: Size::new(piece_end - start),
-            });
+            let piece_end = end.min(start.saturating_add(cap)).min(boundary_end.max(start + 1));
+            entries.push(SgEntry { dma_addr: DmaAddr::new(start), len: Size::new(piece_end - start) });
             start = piece_end;
         }
     }
@@ -324,11 +274,7 @@ impl Backend for LinuxBackend {
     fn describe(&self, buf: &Buffer) -> Result<Backing, LinuxError> {
         let (segments, _) = self.placement(buf)?;
         // Heaps, udmabuf and memfds map cached on every kernel dmaplace knows.
-        Ok(Backing {
-            segments,
-            cache_mode: CacheMode::Cached,
-            protected: false,
-        })
+        Ok(Backing { segments, cache_mode: CacheMode::Cached, protected: false })
     }
 
     fn copy(&mut self, from: &Buffer, to: &Buffer, len: Size) -> Result<Size, LinuxError> {
@@ -350,11 +296,7 @@ impl Backend for LinuxBackend {
 
     /// Devices without an IOMMU get the physical sg table (observed, so root only).
     /// Behind an IOMMU the IOVAs live in kernel page tables userspace cannot read.
-    fn map(
-        &mut self,
-        device: &Effective,
-        buf: &Buffer,
-    ) -> Result<(LinuxMapping, SgTable), LinuxError> {
+    fn map(&mut self, device: &Effective, buf: &Buffer) -> Result<(LinuxMapping, SgTable), LinuxError> {
         if let Some(mmu) = &device.iommu {
             return Err(LinuxError::Unsupported(format!(
                 "`{}` is behind the IOMMU `{}`: its IOVAs are in kernel page tables that userspace cannot see; import the dma-buf through the device's driver (DRM PRIME, V4L2 DMABUF) instead",
@@ -368,17 +310,8 @@ impl Backend for LinuxBackend {
             )));
         }
         let backing = self.describe(buf)?;
-        let sg = physical_sg(
-            &backing.runs(),
-            device.max_segment_size.value,
-            device.segment_boundary.value,
-        );
-        Ok((
-            LinuxMapping {
-                device: device.device.clone(),
-            },
-            sg,
-        ))
+        let sg = physical_sg(&backing.runs(), device.max_segment_size.value, device.segment_boundary.value);
+        Ok((LinuxMapping { device: device.device.clone() }, sg))
     }
 
     fn unmap(&mut self, _device: &Effective, _mapping: LinuxMapping) {}
@@ -425,21 +358,11 @@ mod tests {
         let sg = physical_sg(&runs, Some(Size::kib(64)), BoundaryMask::NONE);
         assert_eq!(sg.entries.len(), 5);
         assert_eq!(sg.len(), Size::new(0x41000));
-        let b = Backing {
-            segments: runs.to_vec(),
-            cache_mode: CacheMode::Cached,
-            protected: false,
-        };
+        let b = Backing { segments: runs.to_vec(), cache_mode: CacheMode::Cached, protected: false };
         let n = dmaplace_core::verify::sg_entries(&b, Some(Size::kib(64)), BoundaryMask::NONE);
         assert_eq!(n, 5);
         let sg = physical_sg(&runs, None, BoundaryMask::new(0xffff).unwrap());
-        assert_eq!(
-            sg.entries[0],
-            SgEntry {
-                dma_addr: DmaAddr::new(0x1000),
-                len: Size::new(0xf000)
-            }
-        );
+        assert_eq!(sg.entries[0], SgEntry { dma_addr: DmaAddr::new(0x1000), len: Size::new(0xf000) });
     }
 
     #[test]
@@ -455,31 +378,21 @@ mod tests {
 
     #[test]
     fn the_memfd_fallback_allocates_on_any_kernel() {
-        let p = dmaplace_core::builtin::load("x86-desktop")
-            .unwrap()
-            .unwrap();
+        let p = dmaplace_core::builtin::load("x86-desktop").unwrap().unwrap();
         let plan = dmaplace_core::solve(
             &p,
             &dmaplace_core::BufferDesc::Size(Size::kib(64)),
-            &[dmaplace_core::Request {
-                device: p.device("dgpu").unwrap(),
-                hints: dmaplace_core::Usage::RENDERING,
-            }],
+            &[dmaplace_core::Request { device: p.device("dgpu").unwrap(), hints: dmaplace_core::Usage::RENDERING }],
         )
         .unwrap();
         let mut be = LinuxBackend::new().allow_memfd(true);
-        let buf = be
-            .allocate_from(&Source::Memfd, &plan, "memfd-test")
-            .unwrap();
+        let buf = be.allocate_from(&Source::Memfd, &plan, "memfd-test").unwrap();
         assert!(!buf.is_dma_buf());
         be.fill(&buf, 3).unwrap();
         let mut expect = vec![0u8; 64 << 10];
         fill_pattern(&mut expect, 3);
         assert_eq!(be.checksum(&buf, Size::kib(64)).unwrap(), digest(&expect));
-        assert_eq!(
-            be.checksum(&buf, Size::kib(4)).unwrap(),
-            digest(&expect[..4096])
-        );
+        assert_eq!(be.checksum(&buf, Size::kib(4)).unwrap(), digest(&expect[..4096]));
         assert_eq!(be.cpu_sync(&buf, &[], CpuAccess::Read, true).unwrap(), 0);
         let e = be.map(&plan.devices[0], &buf).unwrap_err();
         assert!(e.to_string().contains("VT-d"), "{e}");

@@ -14,9 +14,7 @@ use dmaplace_core::{PhysRange, Size};
 
 use crate::choose::Source;
 use crate::error::{LinuxError, sys};
-use crate::sys::ioctl::{
-    self, DMA_BUF_NAME_LEN, DMA_BUF_SYNC_END, DMA_BUF_SYNC_READ, DMA_BUF_SYNC_WRITE,
-};
+use crate::sys::ioctl::{self, DMA_BUF_NAME_LEN, DMA_BUF_SYNC_END, DMA_BUF_SYNC_READ, DMA_BUF_SYNC_WRITE};
 use crate::sys::map::RawMap;
 
 /// A buffer placed by a Linux backend.
@@ -82,9 +80,7 @@ impl Buffer {
 
     /// The dma-buf's inode number, as `bufinfo` lists it.
     pub fn inode(&self) -> Result<u64, LinuxError> {
-        rustix::fs::fstat(&self.fd)
-            .map(|s| s.st_ino)
-            .map_err(sys("fstat", self.name.clone()))
+        rustix::fs::fstat(&self.fd).map(|s| s.st_ino).map_err(sys("fstat", self.name.clone()))
     }
 
     /// Names the buffer (`DMA_BUF_SET_NAME`): the name shows in
@@ -97,9 +93,8 @@ impl Buffer {
             cut.pop();
         }
         if self.is_dma_buf() {
-            let c = CString::new(cut.clone()).map_err(|_| {
-                LinuxError::Invalid(format!("buffer name {name:?} holds a NUL byte"))
-            })?;
+            let c = CString::new(cut.clone())
+                .map_err(|_| LinuxError::Invalid(format!("buffer name {name:?} holds a NUL byte")))?;
             ioctl::dma_buf_set_name(self.fd.as_fd(), &c).map_err(|errno| LinuxError::Sys {
                 op: "DMA_BUF_SET_NAME",
                 what: format!("{cut:?}"),
@@ -127,11 +122,7 @@ impl Buffer {
         }
         ioctl::dma_buf_sync(self.fd.as_fd(), flags).map_err(|errno| LinuxError::Sys {
             op: "DMA_BUF_IOCTL_SYNC",
-            what: format!(
-                "`{}` {access:?} {}",
-                self.name,
-                if begin { "start" } else { "end" }
-            ),
+            what: format!("`{}` {access:?} {}", self.name, if begin { "start" } else { "end" }),
             errno,
         })?;
         Ok(1)
@@ -139,15 +130,11 @@ impl Buffer {
 
     /// Maps the whole buffer, shared and writable. The mapping borrows the buffer.
     pub fn map(&self) -> Result<Mapping<'_>, LinuxError> {
-        let len = usize::try_from(self.size.bytes()).map_err(|_| {
-            LinuxError::Invalid(format!("{} does not fit the address space", self.size))
-        })?;
+        let len = usize::try_from(self.size.bytes())
+            .map_err(|_| LinuxError::Invalid(format!("{} does not fit the address space", self.size)))?;
         let map = RawMap::shared(self.fd.as_fd(), len, 0, true)
             .map_err(sys("mmap", format!("`{}` ({})", self.name, self.size)))?;
-        Ok(Mapping {
-            map,
-            _buffer: PhantomData,
-        })
+        Ok(Mapping { map, _buffer: PhantomData })
     }
 
     /// Maps the memfd behind a udmabuf (whose own mapping hides its pages from
@@ -157,10 +144,7 @@ impl Buffer {
         let len = usize::try_from(self.size.bytes()).ok()?;
         Some(
             RawMap::shared(memfd.as_fd(), len, 0, true)
-                .map(|map| Mapping {
-                    map,
-                    _buffer: PhantomData,
-                })
+                .map(|map| Mapping { map, _buffer: PhantomData })
                 .map_err(sys("mmap", format!("memfd of `{}`", self.name))),
         )
     }
@@ -168,11 +152,7 @@ impl Buffer {
     /// Runs `f` on the buffer's bytes between `DMA_BUF_IOCTL_SYNC` start and end; the
     /// mapping lives only for the call. (If `f` panics the end is skipped; the kernel keeps
     /// no per-process sync state, so the next start recovers.)
-    pub fn cpu_access<R>(
-        &self,
-        access: CpuAccess,
-        f: impl FnOnce(&mut [u8]) -> R,
-    ) -> Result<R, LinuxError> {
+    pub fn cpu_access<R>(&self, access: CpuAccess, f: impl FnOnce(&mut [u8]) -> R) -> Result<R, LinuxError> {
         let mut map = self.map()?;
         self.sync(access, true)?;
         let r = f(&mut map);

@@ -15,9 +15,7 @@
 use std::fmt;
 
 use dmaplace_core::verify::sg_entries;
-use dmaplace_core::{
-    Backing, CacheMode, Cause, Field, PageSize, PhysAddr, PhysRange, Plan, Size, Window,
-};
+use dmaplace_core::{Backing, CacheMode, Cause, Field, PageSize, PhysAddr, PhysRange, Plan, Size, Window};
 
 use crate::inventory::{HeapKind, Inventory};
 
@@ -114,17 +112,8 @@ impl fmt::Display for NoFit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "nothing on this kernel can provide {}", self.requirement)?;
         if !self.causes.is_empty() {
-            let who: Vec<String> = self
-                .causes
-                .iter()
-                .map(|c| format!("`{}` ({})", c.device, c.why))
-                .collect();
-            write!(
-                f,
-                ", which {} need{}",
-                who.join(" and "),
-                if who.len() == 1 { "s" } else { "" }
-            )?;
+            let who: Vec<String> = self.causes.iter().map(|c| format!("`{}` ({})", c.device, c.why)).collect();
+            write!(f, ", which {} need{}", who.join(" and "), if who.len() == 1 { "s" } else { "" })?;
         }
         writeln!(f)?;
         if self.rejected.is_empty() {
@@ -161,14 +150,7 @@ pub fn promise(inv: &Inventory, source: &Source, size: Size) -> Promise {
         cache_mode: CacheMode::Cached,
         pinned: true,
     };
-    let udmabuf_cap = || {
-        inv.udmabuf.as_ref().map(|u| {
-            (
-                u.size_limit,
-                format!("udmabuf size_limit_mb ({})", u.source),
-            )
-        })
-    };
+    let udmabuf_cap = || inv.udmabuf.as_ref().map(|u| (u.size_limit, format!("udmabuf size_limit_mb ({})", u.source)));
     match source {
         Source::Heap(name) => match inv.heap(name).map(|h| &h.kind) {
             Some(HeapKind::Cma(area)) => {
@@ -176,31 +158,14 @@ pub fn promise(inv: &Inventory, source: &Source, size: Size) -> Promise {
                 let align = PageSize::covering(size.bytes())
                     .unwrap_or(CMA_MAX_ALIGNMENT)
                     .clamp(PageSize::SZ_4K, CMA_MAX_ALIGNMENT);
-                let range = area
-                    .range
-                    .map(|r| Window::from_ranges([r]))
-                    .ok_or_else(|| area.source.clone());
-                let cap = area
-                    .range
-                    .map(|r| (r.len(), format!("CMA area `{}` size", area.name)));
+                let range = area.range.map(|r| Window::from_ranges([r])).ok_or_else(|| area.source.clone());
+                let cap = area.range.map(|r| (r.len(), format!("CMA area `{}` size", area.name)));
                 base(Shape::Contiguous, align, range, cap, size)
             }
             // The system heap (and, were it used, anything else) takes buddy pages.
-            _ => base(
-                Shape::Chunks(PageSize::SZ_4K),
-                PageSize::SZ_4K,
-                ram(),
-                None,
-                size,
-            ),
+            _ => base(Shape::Chunks(PageSize::SZ_4K), PageSize::SZ_4K, ram(), None, size),
         },
-        Source::Udmabuf => base(
-            Shape::Chunks(PageSize::SZ_4K),
-            PageSize::SZ_4K,
-            ram(),
-            udmabuf_cap(),
-            size,
-        ),
+        Source::Udmabuf => base(Shape::Chunks(PageSize::SZ_4K), PageSize::SZ_4K, ram(), udmabuf_cap(), size),
         Source::UdmabufHuge => {
             let alloc = size.align_up(SZ_2M).unwrap_or(size);
             let huge = inv.huge_2m.map(|h| {
@@ -218,13 +183,7 @@ pub fn promise(inv: &Inventory, source: &Source, size: Size) -> Promise {
         Source::Memfd => Promise {
             dma_buf: false,
             pinned: false,
-            ..base(
-                Shape::Chunks(PageSize::SZ_4K),
-                PageSize::SZ_4K,
-                ram(),
-                None,
-                size,
-            )
+            ..base(Shape::Chunks(PageSize::SZ_4K), PageSize::SZ_4K, ram(), None, size)
         },
     }
 }
@@ -237,15 +196,7 @@ pub fn worst_entries(promise: &Promise, plan: &Plan) -> u64 {
     let entries_of = |start: u64, len: u64| {
         let seg = PhysRange::from_start_size(PhysAddr::new(start), Size::new(len));
         seg.map_or(u64::MAX, |s| {
-            sg_entries(
-                &Backing {
-                    segments: vec![s],
-                    cache_mode: CacheMode::Cached,
-                    protected: false,
-                },
-                cap,
-                boundary,
-            )
+            sg_entries(&Backing { segments: vec![s], cache_mode: CacheMode::Cached, protected: false }, cap, boundary)
         })
     };
     let size = promise.alloc_size.bytes();
@@ -270,38 +221,20 @@ pub fn worst_entries(promise: &Promise, plan: &Plan) -> u64 {
 /// Checks the plan's hard requirements against a promise.
 pub fn check(plan: &Plan, p: &Promise, allow_memfd: bool) -> Result<(), Rejection> {
     let r = &plan.requirements;
-    let reject = |field: Option<Field>, reason: String| {
-        Err(Rejection {
-            source: p.source.clone(),
-            field,
-            reason,
-        })
-    };
+    let reject = |field: Option<Field>, reason: String| Err(Rejection { source: p.source.clone(), field, reason });
     if !p.dma_buf && !allow_memfd {
         return reject(None, "not a dma-buf: no device can import it, and its pages are neither pinned nor placed (allow the memfd fallback for CPU-only use)".into());
     }
     if r.protected.value {
-        return reject(
-            Some(Field::Protected),
-            "gives ordinary memory; this kernel exposes no protected heap".into(),
-        );
+        return reject(Some(Field::Protected), "gives ordinary memory; this kernel exposes no protected heap".into());
     }
     if !r.cache_modes.value.has(p.cache_mode) {
-        return reject(
-            Some(Field::CacheModes),
-            format!("maps {} only, not in {}", p.cache_mode, r.cache_modes.value),
-        );
+        return reject(Some(Field::CacheModes), format!("maps {} only, not in {}", p.cache_mode, r.cache_modes.value));
     }
     if let Some((cap, why)) = &p.capacity
         && p.alloc_size > *cap
     {
-        return reject(
-            None,
-            format!(
-                "holds at most {cap} ({why}), under the {} needed",
-                p.alloc_size
-            ),
-        );
+        return reject(None, format!("holds at most {cap} ({why}), under the {} needed", p.alloc_size));
     }
     if let Some(n) = r.max_segments.value {
         let worst = worst_entries(p, plan);
@@ -312,20 +245,14 @@ pub fn check(plan: &Plan, p: &Promise, allow_memfd: bool) -> Result<(), Rejectio
             };
             return reject(
                 Some(Field::MaxSegments),
-                format!(
-                    "gives {what}: up to {worst} segments for {}, over max_segments = {n}",
-                    p.alloc_size
-                ),
+                format!("gives {what}: up to {worst} segments for {}, over max_segments = {n}", p.alloc_size),
             );
         }
     }
     if r.alignment.value > p.alignment {
         return reject(
             Some(Field::Alignment),
-            format!(
-                "aligns to {} at best, under the {} required",
-                p.alignment, r.alignment.value
-            ),
+            format!("aligns to {} at best, under the {} required", p.alignment, r.alignment.value),
         );
     }
     let unit = match p.shape {
@@ -335,10 +262,7 @@ pub fn check(plan: &Plan, p: &Promise, allow_memfd: bool) -> Result<(), Rejectio
     if r.granule.value > unit {
         return reject(
             Some(Field::Granule),
-            format!(
-                "places {unit} pieces, under the {} granule required",
-                r.granule.value
-            ),
+            format!("places {unit} pieces, under the {} granule required", r.granule.value),
         );
     }
     let window = &r.window.value;
@@ -354,10 +278,7 @@ pub fn check(plan: &Plan, p: &Promise, allow_memfd: bool) -> Result<(), Rejectio
             if let Some(pool) = pool
                 && !range.is_subset_of(pool)
             {
-                return reject(
-                    Some(Field::Pool),
-                    format!("places pages in {range}, outside the required pool {pool}"),
-                );
+                return reject(Some(Field::Pool), format!("places pages in {range}, outside the required pool {pool}"));
             }
         }
         Err(why) => {
@@ -365,17 +286,13 @@ pub fn check(plan: &Plan, p: &Promise, allow_memfd: bool) -> Result<(), Rejectio
             if !everything.is_subset_of(window) {
                 return reject(
                     Some(Field::Window),
-                    format!(
-                        "cannot show its pages lie within {window}: its range is unknown ({why})"
-                    ),
+                    format!("cannot show its pages lie within {window}: its range is unknown ({why})"),
                 );
             }
             if pool.is_some() {
                 return reject(
                     Some(Field::Pool),
-                    format!(
-                        "cannot show its pages lie in the required pool: its range is unknown ({why})"
-                    ),
+                    format!("cannot show its pages lie in the required pool: its range is unknown ({why})"),
                 );
             }
         }
@@ -387,23 +304,12 @@ pub fn check(plan: &Plan, p: &Promise, allow_memfd: bool) -> Result<(), Rejectio
 /// are only ever rejected).
 pub fn candidates(inv: &Inventory, plan: &Plan) -> Vec<Source> {
     let heaps_of = |want: fn(&HeapKind) -> bool| -> Vec<Source> {
-        inv.heaps
-            .iter()
-            .filter(|h| want(&h.kind))
-            .map(|h| Source::Heap(h.name.clone()))
-            .collect()
+        inv.heaps.iter().filter(|h| want(&h.kind)).map(|h| Source::Heap(h.name.clone())).collect()
     };
     let cma = heaps_of(|k| matches!(k, HeapKind::Cma(_)));
     let system = heaps_of(|k| matches!(k, HeapKind::System));
     let (udmabuf, huge) = match &inv.udmabuf {
-        Some(_) => (
-            vec![Source::Udmabuf],
-            if inv.huge_2m.is_some() {
-                vec![Source::UdmabufHuge]
-            } else {
-                vec![]
-            },
-        ),
+        Some(_) => (vec![Source::Udmabuf], if inv.huge_2m.is_some() { vec![Source::UdmabufHuge] } else { vec![] }),
         None => (vec![], vec![]),
     };
     let max_segments = plan.requirements.max_segments.value;
@@ -419,12 +325,7 @@ pub fn candidates(inv: &Inventory, plan: &Plan) -> Vec<Source> {
         None => vec![system, udmabuf, cma, huge],
     };
     let mut out: Vec<Source> = order.into_iter().flatten().collect();
-    out.extend(
-        inv.heaps
-            .iter()
-            .filter(|h| h.kind == HeapKind::Unknown)
-            .map(|h| Source::Heap(h.name.clone())),
-    );
+    out.extend(inv.heaps.iter().filter(|h| h.kind == HeapKind::Unknown).map(|h| Source::Heap(h.name.clone())));
     out.push(Source::Memfd);
     out
 }
@@ -436,7 +337,11 @@ pub fn choose(inv: &Inventory, plan: &Plan, allow_memfd: bool) -> Result<Promise
         if let Source::Heap(name) = &source
             && inv.heap(name).is_some_and(|h| h.kind == HeapKind::Unknown)
         {
-            rejected.push(Rejection { source, field: None, reason: "a heap dmaplace does not know: what it promises is unknown, so it is never used".into() });
+            rejected.push(Rejection {
+                source,
+                field: None,
+                reason: "a heap dmaplace does not know: what it promises is unknown, so it is never used".into(),
+            });
             continue;
         }
         let p = promise(inv, &source, plan.size);
@@ -449,12 +354,7 @@ pub fn choose(inv: &Inventory, plan: &Plan, allow_memfd: bool) -> Result<Promise
 }
 
 /// Checks one named source against the plan (to allocate from a chosen heap).
-pub fn check_source(
-    inv: &Inventory,
-    plan: &Plan,
-    source: &Source,
-    allow_memfd: bool,
-) -> Result<Promise, NoFit> {
+pub fn check_source(inv: &Inventory, plan: &Plan, source: &Source, allow_memfd: bool) -> Result<Promise, NoFit> {
     let exists = match source {
         Source::Heap(n) => inv.heap(n).is_some_and(|h| h.kind != HeapKind::Unknown),
         Source::Udmabuf => inv.udmabuf.is_some(),
@@ -465,11 +365,7 @@ pub fn check_source(
     let result = if exists {
         check(plan, &p, allow_memfd)
     } else {
-        Err(Rejection {
-            source: source.clone(),
-            field: None,
-            reason: "not on this kernel".into(),
-        })
+        Err(Rejection { source: source.clone(), field: None, reason: "not on this kernel".into() })
     };
     result.map(|()| p).map_err(|r| no_fit(inv, plan, vec![r]))
 }
@@ -480,20 +376,14 @@ fn no_fit(inv: &Inventory, plan: &Plan, rejected: Vec<Rejection>) -> NoFit {
     let field = rejected.iter().find_map(|x| x.field);
     let requirement = match field {
         Some(Field::MaxSegments) => match r.max_segments.value {
-            Some(n) if n.get() == 1 => format!(
-                "{} of physically contiguous memory (max_segments = 1)",
-                plan.size
-            ),
+            Some(n) if n.get() == 1 => format!("{} of physically contiguous memory (max_segments = 1)", plan.size),
             Some(n) => format!("{} in at most {n} physical segments", plan.size),
             None => "the segment limits".into(),
         },
         Some(Field::Window) => format!("memory within {}", r.window.value),
         Some(Field::Pool) => format!(
             "memory from the pool {}",
-            r.pool
-                .value
-                .as_ref()
-                .map_or_else(|| "(none)".into(), ToString::to_string)
+            r.pool.value.as_ref().map_or_else(|| "(none)".into(), ToString::to_string)
         ),
         Some(Field::Alignment) => format!("{} alignment", r.alignment.value),
         Some(Field::Granule) => format!("{} pages", r.granule.value),
@@ -513,20 +403,12 @@ fn no_fit(inv: &Inventory, plan: &Plan, rejected: Vec<Rejection>) -> NoFit {
     };
     let hint = if !inv.has_dma_buf() {
         Some("this kernel exposes no dma-buf exporter (no /dev/dma_heap, no /dev/udmabuf); run the qemu rig (vm/test-linux.sh) to try real kernels".into())
-    } else if field == Some(Field::MaxSegments)
-        && !inv.heaps.iter().any(|h| matches!(h.kind, HeapKind::Cma(_)))
-    {
+    } else if field == Some(Field::MaxSegments) && !inv.heaps.iter().any(|h| matches!(h.kind, HeapKind::Cma(_))) {
         Some("this kernel has no CMA heap (CONFIG_DMABUF_HEAPS_CMA and a cma= area); 2 MiB huge pages help only buffers whose segments fit in 2 MiB".into())
     } else {
         None
     };
-    NoFit {
-        requirement,
-        field,
-        causes,
-        rejected,
-        hint,
-    }
+    NoFit { requirement, field, causes, rejected, hint }
 }
 
 #[cfg(test)]
@@ -557,22 +439,11 @@ mod tests {
                     path: "/dev/dma_heap/reserved".into(),
                     kind: HeapKind::Cma(area.clone()),
                 },
-                HeapInfo {
-                    name: "system".into(),
-                    path: "/dev/dma_heap/system".into(),
-                    kind: HeapKind::System,
-                },
+                HeapInfo { name: "system".into(), path: "/dev/dma_heap/system".into(), kind: HeapKind::System },
             ],
-            udmabuf: Some(UdmabufInfo {
-                size_limit: Size::mib(64),
-                list_limit: 1024,
-                source: "fixture".into(),
-            }),
+            udmabuf: Some(UdmabufInfo { size_limit: Size::mib(64), list_limit: 1024, source: "fixture".into() }),
             huge_2m: Some(HugePages { total: 8, free: 8 }),
-            ram: Ok(Window::from_ranges([
-                range(0x1000, 0x9e000),
-                range(0x10_0000, 0x3fee_0000),
-            ])),
+            ram: Ok(Window::from_ranges([range(0x1000, 0x9e000), range(0x10_0000, 0x3fee_0000)])),
             cma_areas: vec![area],
             drm: vec![],
             kcore: true,
@@ -590,13 +461,8 @@ mod tests {
 
     fn plan(platform: &str, devices: &[(&str, Usage)], size: Size) -> Plan {
         let p = dmaplace_core::builtin::load(platform).unwrap().unwrap();
-        let reqs: Vec<Request<'_>> = devices
-            .iter()
-            .map(|(d, h)| Request {
-                device: p.device(d).unwrap(),
-                hints: *h,
-            })
-            .collect();
+        let reqs: Vec<Request<'_>> =
+            devices.iter().map(|(d, h)| Request { device: p.device(d).unwrap(), hints: *h }).collect();
         solve(&p, &BufferDesc::Size(size), &reqs).unwrap()
     }
 
@@ -615,11 +481,14 @@ mod tests {
         assert_eq!(e.field, Some(Field::MaxSegments));
         let text = e.to_string();
         assert!(text.starts_with("nothing on this kernel can provide 4 MiB of physically contiguous memory (max_segments = 1), which `unicam` (max_segments = 1) needs"), "{text}");
-        assert!(text.contains("dma-heap `system`: gives 4 KiB chunks: up to 1024 segments for 4 MiB, over max_segments = 1"), "{text}");
         assert!(
             text.contains(
-                "udmabuf (2 MiB hugetlb memfd): holds at most 0 B (free 2 MiB huge pages (0 of 0))"
+                "dma-heap `system`: gives 4 KiB chunks: up to 1024 segments for 4 MiB, over max_segments = 1"
             ),
+            "{text}"
+        );
+        assert!(
+            text.contains("udmabuf (2 MiB hugetlb memfd): holds at most 0 B (free 2 MiB huge pages (0 of 0))"),
             "{text}"
         );
         assert!(text.contains("memfd (no dma-buf): not a dma-buf"), "{text}");
@@ -633,47 +502,24 @@ mod tests {
         let p = plan("rpi4", &[("unicam", Usage::CAMERA_WRITE)], Size::mib(2));
         assert_eq!(choose(&inv, &p, false).unwrap().source, Source::UdmabufHuge);
         let p = plan("rpi4", &[("unicam", Usage::CAMERA_WRITE)], Size::mib(3));
-        assert_eq!(
-            choose(&inv, &p, false).unwrap_err().field,
-            Some(Field::MaxSegments)
-        );
+        assert_eq!(choose(&inv, &p, false).unwrap_err().field, Some(Field::MaxSegments));
     }
 
     #[test]
     fn plain_and_iommu_plans_take_the_system_heap() {
-        let p = plan(
-            "x86-desktop",
-            &[("igpu", Usage::RENDERING), ("dgpu", Usage::TEXTURING)],
-            Size::mib(8),
-        );
-        assert_eq!(
-            choose(&custom_guest(), &p, false).unwrap().source,
-            Source::Heap("system".into())
-        );
-        assert_eq!(
-            choose(&debian_guest(), &p, false).unwrap().source,
-            Source::Heap("system".into())
-        );
+        let p = plan("x86-desktop", &[("igpu", Usage::RENDERING), ("dgpu", Usage::TEXTURING)], Size::mib(8));
+        assert_eq!(choose(&custom_guest(), &p, false).unwrap().source, Source::Heap("system".into()));
+        assert_eq!(choose(&debian_guest(), &p, false).unwrap().source, Source::Heap("system".into()));
     }
 
     #[test]
     fn address_limits_need_a_range_that_fits() {
         // The capture card reaches the bottom 4 GiB.
-        let p = plan(
-            "x86-desktop",
-            &[("capture", Usage::CAMERA_WRITE)],
-            Size::mib(4),
-        );
-        assert_eq!(
-            choose(&custom_guest(), &p, false).unwrap().source,
-            Source::Heap("system".into())
-        );
+        let p = plan("x86-desktop", &[("capture", Usage::CAMERA_WRITE)], Size::mib(4));
+        assert_eq!(choose(&custom_guest(), &p, false).unwrap().source, Source::Heap("system".into()));
         // With RAM above 4 GiB, only the CMA heap (below 1 GiB) can promise it.
         let mut big = custom_guest();
-        big.ram = Ok(Window::from_ranges([
-            range(0x10_0000, 0xbff0_0000),
-            range(0x1_0000_0000, 0x1_0000_0000),
-        ]));
+        big.ram = Ok(Window::from_ranges([range(0x10_0000, 0xbff0_0000), range(0x1_0000_0000, 0x1_0000_0000)]));
         let got = choose(&big, &p, false).unwrap();
         assert_eq!(got.source, Source::Heap("reserved".into()));
         // Without CMA, nothing can; the error names the capture card's mask.
@@ -691,16 +537,9 @@ mod tests {
         let mut inv = custom_guest();
         inv.ram = Err("not root".into());
         inv.heaps.retain(|h| h.name == "system");
-        let p = plan(
-            "x86-desktop",
-            &[("capture", Usage::CAMERA_WRITE)],
-            Size::mib(4),
-        );
+        let p = plan("x86-desktop", &[("capture", Usage::CAMERA_WRITE)], Size::mib(4));
         let e = choose(&inv, &p, false).unwrap_err();
-        assert!(
-            e.to_string().contains("its range is unknown (not root)"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("its range is unknown (not root)"), "{e}");
     }
 
     #[test]
@@ -716,15 +555,15 @@ mod tests {
     fn cma_capacity_and_udmabuf_limits() {
         let p = plan("rpi4", &[("unicam", Usage::CAMERA_WRITE)], Size::mib(128));
         let e = choose(&custom_guest(), &p, false).unwrap_err();
-        assert!(e.to_string().contains("dma-heap `reserved`: holds at most 64 MiB (CMA area `reserved` size), under the 128 MiB needed"), "{e}");
+        assert!(
+            e.to_string().contains(
+                "dma-heap `reserved`: holds at most 64 MiB (CMA area `reserved` size), under the 128 MiB needed"
+            ),
+            "{e}"
+        );
         let p = plan("x86-desktop", &[("dgpu", Usage::RENDERING)], Size::mib(96));
         let promise = promise(&custom_guest(), &Source::Udmabuf, p.size);
-        assert!(
-            check(&p, &promise, false)
-                .unwrap_err()
-                .reason
-                .contains("udmabuf size_limit_mb")
-        );
+        assert!(check(&p, &promise, false).unwrap_err().reason.contains("udmabuf size_limit_mb"));
     }
 
     #[test]
@@ -739,11 +578,7 @@ mod tests {
         inv.udmabuf = None;
         let p = plan("x86-desktop", &[("dgpu", Usage::RENDERING)], Size::mib(1));
         let e = choose(&inv, &p, false).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("dma-heap `secure`: a heap dmaplace does not know"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("dma-heap `secure`: a heap dmaplace does not know"), "{e}");
         // The memfd fallback is there when asked for, and says what it is.
         let got = choose(&inv, &p, true).unwrap();
         assert_eq!(got.source, Source::Memfd);
@@ -764,21 +599,11 @@ mod tests {
     fn worst_case_segments_follow_boundaries() {
         let inv = custom_guest();
         let mut p = plan("x86-desktop", &[("dgpu", Usage::RENDERING)], Size::mib(4));
-        p.requirements.segment_boundary.value =
-            dmaplace_core::BoundaryMask::new((1 << 20) - 1).unwrap();
+        p.requirements.segment_boundary.value = dmaplace_core::BoundaryMask::new((1 << 20) - 1).unwrap();
         // 4 MiB contiguous at 1 MiB alignment crosses 1 MiB boundaries: 4 pieces.
-        assert_eq!(
-            worst_entries(&promise(&inv, &Source::Heap("reserved".into()), p.size), &p),
-            4
-        );
+        assert_eq!(worst_entries(&promise(&inv, &Source::Heap("reserved".into()), p.size), &p), 4);
         // 2 MiB huge pages, each cut at 1 MiB: 4 pieces.
-        assert_eq!(
-            worst_entries(&promise(&inv, &Source::UdmabufHuge, p.size), &p),
-            4
-        );
-        assert_eq!(
-            worst_entries(&promise(&inv, &Source::Heap("system".into()), p.size), &p),
-            1024
-        );
+        assert_eq!(worst_entries(&promise(&inv, &Source::UdmabufHuge, p.size), &p), 4);
+        assert_eq!(worst_entries(&promise(&inv, &Source::Heap("system".into()), p.size), &p), 1024);
     }
 }

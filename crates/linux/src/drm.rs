@@ -28,13 +28,9 @@ impl DrmCard {
     pub fn open(path: &Path) -> Result<DrmCard, LinuxError> {
         let fd = rustix::fs::open(path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
             .map_err(sys("open", path.display().to_string()))?;
-        let driver = ioctl::drm_driver_name(fd.as_fd())
-            .map_err(sys("DRM_IOCTL_VERSION", path.display().to_string()))?;
-        Ok(DrmCard {
-            fd,
-            path: path.to_owned(),
-            driver,
-        })
+        let driver =
+            ioctl::drm_driver_name(fd.as_fd()).map_err(sys("DRM_IOCTL_VERSION", path.display().to_string()))?;
+        Ok(DrmCard { fd, path: path.to_owned(), driver })
     }
 
     /// Opens the first `/dev/dri/card*` whose driver is one of `drivers`.
@@ -44,10 +40,7 @@ impl DrmCard {
             .map(|rd| {
                 rd.filter_map(Result::ok)
                     .map(|e| e.path())
-                    .filter(|p| {
-                        p.file_name()
-                            .is_some_and(|n| n.to_string_lossy().starts_with("card"))
-                    })
+                    .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("card")))
                     .collect()
             })
             .unwrap_or_default();
@@ -62,11 +55,7 @@ impl DrmCard {
         Err(LinuxError::Invalid(format!(
             "no DRM card with driver {} (found: {})",
             drivers.join(" or "),
-            if seen.is_empty() {
-                "none".into()
-            } else {
-                seen.join(", ")
-            }
+            if seen.is_empty() { "none".into() } else { seen.join(", ") }
         )))
     }
 
@@ -83,10 +72,8 @@ impl DrmCard {
     /// Imports a dma-buf (`DRM_IOCTL_PRIME_FD_TO_HANDLE`); the handle is closed on drop.
     #[doc(alias = "DRM_IOCTL_PRIME_FD_TO_HANDLE")]
     pub fn import(&self, buf: &impl AsFd) -> Result<GemHandle<'_>, LinuxError> {
-        let handle = ioctl::drm_prime_fd_to_handle(self.fd.as_fd(), buf.as_fd()).map_err(sys(
-            "DRM_IOCTL_PRIME_FD_TO_HANDLE",
-            format!("into {} ({})", self.driver, self.path.display()),
-        ))?;
+        let handle = ioctl::drm_prime_fd_to_handle(self.fd.as_fd(), buf.as_fd())
+            .map_err(sys("DRM_IOCTL_PRIME_FD_TO_HANDLE", format!("into {} ({})", self.driver, self.path.display())))?;
         Ok(GemHandle { card: self, handle })
     }
 }
@@ -109,16 +96,9 @@ impl GemHandle<'_> {
     #[doc(alias = "DRM_IOCTL_VGEM_FENCE_ATTACH")]
     pub fn vgem_fence(&self, write: bool) -> Result<VgemFence<'_>, LinuxError> {
         let flags = if write { ioctl::VGEM_FENCE_WRITE } else { 0 };
-        let id =
-            ioctl::vgem_fence_attach(self.card.fd.as_fd(), self.handle, flags).map_err(sys(
-                "DRM_IOCTL_VGEM_FENCE_ATTACH",
-                format!("handle {} on {}", self.handle, self.card.driver),
-            ))?;
-        Ok(VgemFence {
-            card: self.card,
-            id,
-            signalled: false,
-        })
+        let id = ioctl::vgem_fence_attach(self.card.fd.as_fd(), self.handle, flags)
+            .map_err(sys("DRM_IOCTL_VGEM_FENCE_ATTACH", format!("handle {} on {}", self.handle, self.card.driver)))?;
+        Ok(VgemFence { card: self.card, id, signalled: false })
     }
 }
 
@@ -141,10 +121,8 @@ impl VgemFence<'_> {
     #[doc(alias = "DRM_IOCTL_VGEM_FENCE_SIGNAL")]
     pub fn signal(mut self) -> Result<(), LinuxError> {
         self.signalled = true;
-        ioctl::vgem_fence_signal(self.card.fd.as_fd(), self.id).map_err(sys(
-            "DRM_IOCTL_VGEM_FENCE_SIGNAL",
-            format!("fence {}", self.id),
-        ))
+        ioctl::vgem_fence_signal(self.card.fd.as_fd(), self.id)
+            .map_err(sys("DRM_IOCTL_VGEM_FENCE_SIGNAL", format!("fence {}", self.id)))
     }
 
     /// The fence's id.

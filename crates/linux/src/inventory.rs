@@ -135,9 +135,7 @@ impl Inventory {
         let cma_areas = read_cma_areas(root);
         let heaps = read_heaps(&cma_areas);
         Inventory {
-            release: fs::read_to_string("/proc/sys/kernel/osrelease")
-                .map(|s| s.trim().to_owned())
-                .unwrap_or_default(),
+            release: fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_default(),
             root,
             heaps,
             udmabuf: read_udmabuf(),
@@ -171,22 +169,16 @@ impl fmt::Display for Inventory {
             f,
             "kernel {}{}",
             self.release,
-            if self.root {
-                " (running as root)"
-            } else {
-                " (not root: physical addresses are hidden)"
-            }
+            if self.root { " (running as root)" } else { " (not root: physical addresses are hidden)" }
         )?;
         if self.heaps.is_empty() {
             writeln!(f, "  dma-heaps: none ({HEAP_DIR} is absent or empty)")?;
         }
         for h in &self.heaps {
             match &h.kind {
-                HeapKind::System => writeln!(
-                    f,
-                    "  dma-heap {:<12} system: 1 MiB/64 KiB/4 KiB chunks anywhere in RAM",
-                    h.name
-                )?,
+                HeapKind::System => {
+                    writeln!(f, "  dma-heap {:<12} system: 1 MiB/64 KiB/4 KiB chunks anywhere in RAM", h.name)?
+                }
                 HeapKind::Cma(a) => match a.range {
                     Some(r) => writeln!(
                         f,
@@ -202,19 +194,13 @@ impl fmt::Display for Inventory {
                         h.name, a.name, a.source
                     )?,
                 },
-                HeapKind::Unknown => writeln!(
-                    f,
-                    "  dma-heap {:<12} unknown kind: reported, never used",
-                    h.name
-                )?,
+                HeapKind::Unknown => writeln!(f, "  dma-heap {:<12} unknown kind: reported, never used", h.name)?,
             }
         }
         match &self.udmabuf {
-            Some(u) => writeln!(
-                f,
-                "  udmabuf: size limit {}, list limit {} ({})",
-                u.size_limit, u.list_limit, u.source
-            )?,
+            Some(u) => {
+                writeln!(f, "  udmabuf: size limit {}, list limit {} ({})", u.size_limit, u.list_limit, u.source)?
+            }
             None => writeln!(f, "  udmabuf: absent ({UDMABUF_DEV})")?,
         }
         match self.huge_2m {
@@ -247,19 +233,14 @@ fn read_u64(p: impl AsRef<Path>) -> Option<u64> {
 
 fn list_dir(p: &str) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(p)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
+        .map(|rd| rd.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
     v.sort();
     v
 }
 
 fn read_ram(root: bool) -> Result<Window, String> {
-    let text =
-        fs::read_to_string("/proc/iomem").map_err(|e| format!("cannot read /proc/iomem: {e}"))?;
+    let text = fs::read_to_string("/proc/iomem").map_err(|e| format!("cannot read /proc/iomem: {e}"))?;
     let m = parse::iomem(&text);
     if m.hidden {
         // Memory blocks (memory hotplug sysfs) are readable by anyone: a superset of RAM.
@@ -289,9 +270,7 @@ fn memory_blocks() -> Option<Window> {
         .iter()
         .filter_map(|n| n.strip_prefix("memory")?.parse::<u64>().ok())
         .filter(|n| read_trim(format!("{dir}/memory{n}/state")).as_deref() == Some("online"))
-        .filter_map(|n| {
-            PhysRange::from_start_size(PhysAddr::new(n.checked_mul(block)?), Size::new(block)).ok()
-        })
+        .filter_map(|n| PhysRange::from_start_size(PhysAddr::new(n.checked_mul(block)?), Size::new(block)).ok())
         .collect();
     (!ranges.is_empty()).then(|| Window::from_ranges(ranges))
 }
@@ -349,30 +328,15 @@ fn read_cma_areas(root: bool) -> Vec<CmaArea> {
         .map(|name| {
             let debugfs = read_cma_debugfs(&name);
             if let Some(d) = &debugfs {
-                let range = PhysRange::from_start_size(
-                    PhysAddr::new(d.base_pfn << 12),
-                    Size::new(d.count << 12),
-                )
-                .ok();
-                return CmaArea {
-                    source: format!("{}/base_pfn and count", d.dir.display()),
-                    range,
-                    name,
-                    debugfs,
-                };
+                let range = PhysRange::from_start_size(PhysAddr::new(d.base_pfn << 12), Size::new(d.count << 12)).ok();
+                return CmaArea { source: format!("{}/base_pfn and count", d.dir.display()), range, name, debugfs };
             }
-            let iomem = iomem.get_or_insert_with(|| {
-                parse::iomem(&fs::read_to_string("/proc/iomem").unwrap_or_default())
-            });
+            let iomem =
+                iomem.get_or_insert_with(|| parse::iomem(&fs::read_to_string("/proc/iomem").unwrap_or_default()));
             if !iomem.hidden
                 && let Some((_, r)) = iomem.cma().into_iter().find(|(n, _)| *n == name)
             {
-                return CmaArea {
-                    name,
-                    range: Some(r),
-                    source: "/proc/iomem".into(),
-                    debugfs,
-                };
+                return CmaArea { name, range: Some(r), source: "/proc/iomem".into(), debugfs };
             }
             // The boot log names no area; it is unambiguous only when there is one.
             let log = log.get_or_insert_with(read_kernel_log);
@@ -380,24 +344,14 @@ fn read_cma_areas(root: bool) -> Vec<CmaArea> {
                 && let Some(text) = log
                 && let [one] = parse::log_cma(text).as_slice()
             {
-                return CmaArea {
-                    name,
-                    range: Some(one.range),
-                    source: format!("boot log: {}", one.line),
-                    debugfs,
-                };
+                return CmaArea { name, range: Some(one.range), source: format!("boot log: {}", one.line), debugfs };
             }
             let why = if root {
                 "no debugfs cma directory, /proc/iomem line or unambiguous boot-log line"
             } else {
                 "not root: debugfs, /proc/iomem addresses and the boot log are hidden"
             };
-            CmaArea {
-                name,
-                range: None,
-                source: why.into(),
-                debugfs,
-            }
+            CmaArea { name, range: None, source: why.into(), debugfs }
         })
         .collect()
 }
@@ -440,9 +394,7 @@ fn read_udmabuf() -> Option<UdmabufInfo> {
         "module defaults (no /sys/module/udmabuf/parameters)".into()
     };
     Some(UdmabufInfo {
-        size_limit: size.map_or(UDMABUF_DEFAULT_SIZE_LIMIT, |mb| {
-            Size::new(mb.saturating_mul(1 << 20))
-        }),
+        size_limit: size.map_or(UDMABUF_DEFAULT_SIZE_LIMIT, |mb| Size::new(mb.saturating_mul(1 << 20))),
         list_limit: list.unwrap_or(UDMABUF_DEFAULT_LIST_LIMIT),
         source,
     })
@@ -450,10 +402,7 @@ fn read_udmabuf() -> Option<UdmabufInfo> {
 
 fn read_huge_2m() -> Option<HugePages> {
     let d = Path::new("/sys/kernel/mm/hugepages/hugepages-2048kB");
-    Some(HugePages {
-        total: read_u64(d.join("nr_hugepages"))?,
-        free: read_u64(d.join("free_hugepages"))?,
-    })
+    Some(HugePages { total: read_u64(d.join("nr_hugepages"))?, free: read_u64(d.join("free_hugepages"))? })
 }
 
 fn read_drm() -> Vec<DrmCard> {
@@ -462,11 +411,7 @@ fn read_drm() -> Vec<DrmCard> {
         .filter(|n| n.starts_with("card"))
         .filter_map(|n| {
             let path = Path::new("/dev/dri").join(&n);
-            let f = fs::File::options()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .ok()?;
+            let f = fs::File::options().read(true).write(true).open(&path).ok()?;
             let driver = crate::sys::ioctl::drm_driver_name(std::os::fd::AsFd::as_fd(&f)).ok()?;
             Some(DrmCard { path, driver })
         })

@@ -29,11 +29,7 @@ pub struct Iomem {
 impl Iomem {
     /// The top-level `System RAM` ranges.
     pub fn system_ram(&self) -> Vec<PhysRange> {
-        self.entries
-            .iter()
-            .filter(|e| e.depth == 0 && e.name == "System RAM")
-            .map(|e| e.range)
-            .collect()
+        self.entries.iter().filter(|e| e.depth == 0 && e.name == "System RAM").map(|e| e.range).collect()
     }
 
     /// Lines naming a CMA area (`linux,cma`, `cma`, ... at any depth), as `(name, range)`.
@@ -60,10 +56,7 @@ pub fn iomem(text: &str) -> Iomem {
         let Some((a, b)) = span.split_once('-') else {
             continue;
         };
-        let (Ok(start), Ok(last)) = (
-            u64::from_str_radix(a.trim(), 16),
-            u64::from_str_radix(b.trim(), 16),
-        ) else {
+        let (Ok(start), Ok(last)) = (u64::from_str_radix(a.trim(), 16), u64::from_str_radix(b.trim(), 16)) else {
             continue;
         };
         if start != 0 || last != 0 {
@@ -75,16 +68,9 @@ pub fn iomem(text: &str) -> Iomem {
         let Ok(range) = PhysRange::new(PhysAddr::new(start), PhysAddr::new(end)) else {
             continue;
         };
-        entries.push(IomemEntry {
-            depth,
-            range,
-            name: name.trim().to_owned(),
-        });
+        entries.push(IomemEntry { depth, range, name: name.trim().to_owned() });
     }
-    Iomem {
-        hidden: all_zero && !text.trim().is_empty(),
-        entries,
-    }
+    Iomem { hidden: all_zero && !text.trim().is_empty(), entries }
 }
 
 /// A CMA reservation found in the boot log.
@@ -119,10 +105,7 @@ pub fn log_cma(text: &str) -> Vec<LogCma> {
         if let Some((base, size)) = found
             && let Ok(range) = PhysRange::from_start_size(PhysAddr::new(base), size)
         {
-            out.push(LogCma {
-                range,
-                line: line.trim().to_owned(),
-            });
+            out.push(LogCma { range, line: line.trim().to_owned() });
         }
     }
     out
@@ -153,19 +136,12 @@ fn hex(s: &str) -> Option<u64> {
 /// Parses a CMA debugfs bitmap (`/sys/kernel/debug/cma/<area>/bitmap`): u32 words in
 /// decimal, separated by whitespace; bit `b` of word `w` is bitmap bit `32 * w + b`.
 pub fn cma_bitmap(text: &str) -> Option<Vec<u32>> {
-    text.split_whitespace()
-        .map(|w| w.parse::<u32>().ok())
-        .collect()
+    text.split_whitespace().map(|w| w.parse::<u32>().ok()).collect()
 }
 
 /// Runs of bits set in `after` but not in `before`, as `(first pfn, pages)`, given the
 /// area's `base_pfn` and `order_per_bit` (each bit stands for `2^order_per_bit` pages).
-pub fn cma_new_runs(
-    before: &[u32],
-    after: &[u32],
-    base_pfn: u64,
-    order_per_bit: u32,
-) -> Vec<(u64, u64)> {
+pub fn cma_new_runs(before: &[u32], after: &[u32], base_pfn: u64, order_per_bit: u32) -> Vec<(u64, u64)> {
     let per_bit = 1u64 << order_per_bit.min(20);
     let mut runs: Vec<(u64, u64)> = Vec::new();
     for (w, &a) in after.iter().enumerate() {
@@ -273,12 +249,10 @@ fn le_u16(b: &[u8], at: usize) -> Option<u16> {
     b.get(at..at + 2).map(|s| u16::from_le_bytes([s[0], s[1]]))
 }
 fn le_u32(b: &[u8], at: usize) -> Option<u32> {
-    b.get(at..at + 4)
-        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    b.get(at..at + 4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 fn le_u64(b: &[u8], at: usize) -> Option<u64> {
-    b.get(at..at + 8)
-        .map(|s| u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]))
+    b.get(at..at + 8).map(|s| u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]))
 }
 
 /// Where the program headers are and how many: `(e_phoff, e_phnum, e_phentsize)` of an
@@ -301,11 +275,7 @@ pub fn kcore_phdr_table(elf_header: &[u8]) -> Result<(u64, u16, u16), KcoreError
 
 /// The `PT_LOAD` segments that map physical memory (`p_paddr` is `-1` for vmalloc,
 /// modules and vmemmap), from the program header table `phdrs`.
-pub fn kcore_segments(
-    phdrs: &[u8],
-    phnum: u16,
-    phentsize: u16,
-) -> Result<Vec<KcoreSegment>, KcoreError> {
+pub fn kcore_segments(phdrs: &[u8], phnum: u16, phentsize: u16) -> Result<Vec<KcoreSegment>, KcoreError> {
     const PT_LOAD: u32 = 1;
     let mut out = Vec::new();
     for i in 0..usize::from(phnum) {
@@ -317,12 +287,7 @@ pub fn kcore_segments(
         let paddr = le_u64(phdrs, at + 24).ok_or(short.clone())?;
         let size = le_u64(phdrs, at + 32).ok_or(short)?;
         if p_type == PT_LOAD && paddr != u64::MAX && size > 0 {
-            out.push(KcoreSegment {
-                offset,
-                vaddr,
-                paddr,
-                size,
-            });
+            out.push(KcoreSegment { offset, vaddr, paddr, size });
         }
     }
     Ok(out)
@@ -377,19 +342,9 @@ fffc0000-ffffffff : Reserved
     fn iomem_system_ram_is_the_top_level_ram() {
         let m = iomem(IOMEM_ROOT);
         assert!(!m.hidden);
-        assert_eq!(
-            m.system_ram(),
-            vec![r(0x1000, 0x9fc00), r(0x10_0000, 0x3ffe_0000)]
-        );
+        assert_eq!(m.system_ram(), vec![r(0x1000, 0x9fc00), r(0x10_0000, 0x3ffe_0000)]);
         assert!(m.cma().is_empty());
-        assert_eq!(
-            m.entries[5],
-            IomemEntry {
-                depth: 1,
-                range: r(0xf0000, 0x10_0000),
-                name: "System ROM".into()
-            }
-        );
+        assert_eq!(m.entries[5], IomemEntry { depth: 1, range: r(0xf0000, 0x10_0000), name: "System ROM".into() });
     }
 
     #[test]
@@ -405,11 +360,9 @@ fffc0000-ffffffff : Reserved
 
     #[test]
     fn iomem_names_cma_areas_on_device_tree_machines() {
-        let text = "40000000-fbffffff : System RAM\n  40210000-41ffffff : Kernel code\n  ec000000-fbffffff : linux,cma\n";
-        assert_eq!(
-            iomem(text).cma(),
-            vec![("linux,cma".to_owned(), r(0xec00_0000, 0xfc00_0000))]
-        );
+        let text =
+            "40000000-fbffffff : System RAM\n  40210000-41ffffff : Kernel code\n  ec000000-fbffffff : linux,cma\n";
+        assert_eq!(iomem(text).cma(), vec![("linux,cma".to_owned(), r(0xec00_0000, 0xfc00_0000))]);
     }
 
     #[test]
@@ -424,11 +377,7 @@ fffc0000-ffffffff : Reserved
         let found = log_cma(log);
         assert_eq!(
             found.iter().map(|c| c.range).collect::<Vec<_>>(),
-            vec![
-                r(0x3b80_0000, 0x3f80_0000),
-                r(0x3800_0000, 0x4000_0000),
-                r(0x100_0000, 0x200_0000)
-            ]
+            vec![r(0x3b80_0000, 0x3f80_0000), r(0x3800_0000, 0x4000_0000), r(0x100_0000, 0x200_0000)]
         );
         assert!(found[0].line.ends_with("on node -1"));
     }
@@ -438,14 +387,8 @@ fffc0000-ffffffff : Reserved
         let before = cma_bitmap("0 0 4294967295\n").unwrap();
         let after = cma_bitmap("15 3221225472 4294967295 1\n").unwrap();
         // word 0: bits 0-3 new; word 1: bits 30-31 new; word 3: bit 0 new.
-        assert_eq!(
-            cma_new_runs(&before, &after, 0x3b800, 0),
-            vec![(0x3b800, 4), (0x3b800 + 62, 2), (0x3b800 + 96, 1)]
-        );
-        assert_eq!(
-            cma_new_runs(&before, &after, 0, 2),
-            vec![(0, 16), (248, 8), (384, 4)]
-        );
+        assert_eq!(cma_new_runs(&before, &after, 0x3b800, 0), vec![(0x3b800, 4), (0x3b800 + 62, 2), (0x3b800 + 96, 1)]);
+        assert_eq!(cma_new_runs(&before, &after, 0, 2), vec![(0, 16), (248, 8), (384, 4)]);
         assert_eq!(cma_bitmap("1 x 2"), None);
     }
 
@@ -512,36 +455,15 @@ Total 2 objects, 1114112 bytes
         ehdr[56..58].copy_from_slice(&4u16.to_le_bytes());
         assert_eq!(kcore_phdr_table(&ehdr), Ok((64, 4, 56)));
         let mut table = phdr(4, 0, 0, 0, 0); // PT_NOTE
-        table.extend(phdr(
-            1,
-            0x1000,
-            0xffff_ffff_8100_0000,
-            0x100_0000,
-            0x20_0000,
-        )); // kernel text
-        table.extend(phdr(
-            1,
-            0x8000_0000,
-            0xffff_8880_0010_0000,
-            0x10_0000,
-            0x3fee_0000,
-        )); // direct map
-        table.extend(phdr(
-            1,
-            0x9000_0000,
-            0xffff_c900_0000_0000,
-            u64::MAX,
-            0x1000,
-        )); // vmalloc
+        table.extend(phdr(1, 0x1000, 0xffff_ffff_8100_0000, 0x100_0000, 0x20_0000)); // kernel text
+        table.extend(phdr(1, 0x8000_0000, 0xffff_8880_0010_0000, 0x10_0000, 0x3fee_0000)); // direct map
+        table.extend(phdr(1, 0x9000_0000, 0xffff_c900_0000_0000, u64::MAX, 0x1000)); // vmalloc
         let segs = kcore_segments(&table, 4, 56).unwrap();
         assert_eq!(segs.len(), 2);
         let cover = kcore_physical_cover(&segs);
         // The text's physical pages lie inside the direct map: read once, from the direct map.
         assert_eq!(cover, vec![(0x10_0000, 0x3fee_0000, 0x8000_0000)]);
-        assert_eq!(
-            kcore_phdr_table(b"\x7fELF\x01\x01"),
-            Err(KcoreError("not ELF64 little-endian"))
-        );
+        assert_eq!(kcore_phdr_table(b"\x7fELF\x01\x01"), Err(KcoreError("not ELF64 little-endian")));
         assert!(kcore_segments(&table[..100], 4, 56).is_err());
     }
 }

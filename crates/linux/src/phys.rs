@@ -63,9 +63,7 @@ pub fn runs(pfns: &[u64]) -> Vec<PhysRange> {
         }
     }
     out.into_iter()
-        .filter_map(|(pfn, n)| {
-            PhysRange::from_start_size(PhysAddr::new(pfn * PAGE), Size::new(n * PAGE)).ok()
-        })
+        .filter_map(|(pfn, n)| PhysRange::from_start_size(PhysAddr::new(pfn * PAGE), Size::new(n * PAGE)).ok())
         .collect()
 }
 
@@ -73,21 +71,17 @@ pub fn runs(pfns: &[u64]) -> Vec<PhysRange> {
 /// must have been touched. Fails when a page is absent (a `VM_PFNMAP` mapping) or when
 /// frames read as zero (not root).
 pub fn pagemap(addr: usize, len: usize) -> Result<Vec<u64>, String> {
-    let f = File::open("/proc/self/pagemap")
-        .map_err(|e| format!("cannot open /proc/self/pagemap: {e}"))?;
+    let f = File::open("/proc/self/pagemap").map_err(|e| format!("cannot open /proc/self/pagemap: {e}"))?;
     let pages = len.div_ceil(PAGE_USIZE);
     let mut raw = vec![0u8; pages * 8];
     // CAST: usize fits u64 on every Linux target.
     let offset = (addr / PAGE_USIZE) as u64 * 8;
-    f.read_exact_at(&mut raw, offset)
-        .map_err(|e| format!("reading /proc/self/pagemap: {e}"))?;
+    f.read_exact_at(&mut raw, offset).map_err(|e| format!("reading /proc/self/pagemap: {e}"))?;
     let mut pfns = Vec::with_capacity(pages);
     for (i, chunk) in raw.chunks_exact(8).enumerate() {
         let e = PagemapEntry(u64::from_ne_bytes(chunk.try_into().expect("8-byte chunk")));
         if !e.present() {
-            return Err(format!(
-                "page {i} is not in pagemap (the exporter maps it VM_PFNMAP, which pagemap skips)"
-            ));
+            return Err(format!("page {i} is not in pagemap (the exporter maps it VM_PFNMAP, which pagemap skips)"));
         }
         if e.pfn() == 0 {
             return Err("pagemap shows frame numbers only to root (CAP_SYS_ADMIN)".into());
@@ -99,11 +93,7 @@ pub fn pagemap(addr: usize, len: usize) -> Result<Vec<u64>, String> {
 
 /// Touches every page of a mapping (reads one byte per page), so that pagemap sees them.
 pub fn touch(bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .step_by(PAGE_USIZE)
-        .map(|b| u64::from(std::hint::black_box(*b)))
-        .sum()
+    bytes.iter().step_by(PAGE_USIZE).map(|b| u64::from(std::hint::black_box(*b))).sum()
 }
 
 // ------------------------------------------------------------------ CMA bitmap
@@ -114,18 +104,12 @@ pub(crate) static CMA_LOCK: Mutex<()> = Mutex::new(());
 /// Reads a CMA area's allocation bitmap.
 pub fn cma_bitmap(area: &CmaDebugfs) -> Result<Vec<u32>, String> {
     let path = area.dir.join("bitmap");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     parse::cma_bitmap(&text).ok_or_else(|| format!("{} does not parse", path.display()))
 }
 
 /// The run that appeared between two bitmaps, which must be exactly `pages` pages.
-pub fn cma_allocated(
-    area: &CmaDebugfs,
-    before: &[u32],
-    after: &[u32],
-    pages: u64,
-) -> Result<Vec<PhysRange>, String> {
+pub fn cma_allocated(area: &CmaDebugfs, before: &[u32], after: &[u32], pages: u64) -> Result<Vec<PhysRange>, String> {
     let new = parse::cma_new_runs(before, after, area.base_pfn, area.order_per_bit);
     let total: u64 = new.iter().map(|r| r.1).sum();
     let per_bit = 1u64 << area.order_per_bit;
@@ -173,33 +157,23 @@ pub fn kcore(buf: &Buffer) -> Result<Vec<u64>, String> {
     let kcore = File::open("/proc/kcore")
         .map_err(|e| format!("cannot open /proc/kcore: {e} (needs root and CONFIG_PROC_KCORE)"))?;
     let mut head = vec![0u8; 64];
-    kcore
-        .read_exact_at(&mut head, 0)
-        .map_err(|e| format!("reading /proc/kcore: {e}"))?;
+    kcore.read_exact_at(&mut head, 0).map_err(|e| format!("reading /proc/kcore: {e}"))?;
     let (phoff, phnum, phentsize) = parse::kcore_phdr_table(&head).map_err(|e| e.to_string())?;
     let mut table = vec![0u8; usize::from(phnum) * usize::from(phentsize)];
-    kcore
-        .read_exact_at(&mut table, phoff)
-        .map_err(|e| format!("reading /proc/kcore program headers: {e}"))?;
-    let cover = parse::kcore_physical_cover(
-        &parse::kcore_segments(&table, phnum, phentsize).map_err(|e| e.to_string())?,
-    );
+    kcore.read_exact_at(&mut table, phoff).map_err(|e| format!("reading /proc/kcore program headers: {e}"))?;
+    let cover =
+        parse::kcore_physical_cover(&parse::kcore_segments(&table, phnum, phentsize).map_err(|e| e.to_string())?);
 
     let mut map = buf.map().map_err(|e| e.to_string())?;
     let pages = map.len() / PAGE_USIZE;
-    let saved: Vec<[u8; 16]> = map
-        .chunks(PAGE_USIZE)
-        .map(|p| p[..16].try_into().expect("pages hold 16 bytes"))
-        .collect();
+    let saved: Vec<[u8; 16]> =
+        map.chunks(PAGE_USIZE).map(|p| p[..16].try_into().expect("pages hold 16 bytes")).collect();
     let restore = |map: &mut [u8]| {
         for (page, head) in map.chunks_mut(PAGE_USIZE).zip(&saved) {
             page[..16].copy_from_slice(head);
         }
     };
-    let sync = |begin| {
-        buf.sync(CpuAccess::ReadWrite, begin)
-            .map_err(|e| e.to_string())
-    };
+    let sync = |begin| buf.sync(CpuAccess::ReadWrite, begin).map_err(|e| e.to_string());
 
     // Phase 1: tag with nonce 1 and read all of RAM.
     let first = nonce();
@@ -208,8 +182,7 @@ pub fn kcore(buf: &Buffer) -> Result<Vec<u64>, String> {
     sync(false)?;
     let result = (|| {
         const CHUNK: usize = 1 << 20;
-        let mut scratch =
-            RawMap::anonymous_locked(CHUNK).map_err(|e| format!("scratch buffer: {e}"))?;
+        let mut scratch = RawMap::anonymous_locked(CHUNK).map_err(|e| format!("scratch buffer: {e}"))?;
         let mut candidates: Vec<Vec<u64>> = vec![Vec::new(); pages];
         for &(paddr, len, offset) in &cover {
             let mut done = 0u64;
@@ -223,9 +196,7 @@ pub fn kcore(buf: &Buffer) -> Result<Vec<u64>, String> {
                 }
                 for (i, page) in data.chunks(PAGE_USIZE).enumerate() {
                     if let Some(idx) = tag_of(page, first)
-                        && let Some(c) = usize::try_from(idx)
-                            .ok()
-                            .and_then(|i| candidates.get_mut(i))
+                        && let Some(c) = usize::try_from(idx).ok().and_then(|i| candidates.get_mut(i))
                     {
                         c.push((paddr + done) / PAGE + i as u64);
                     }
@@ -240,10 +211,7 @@ pub fn kcore(buf: &Buffer) -> Result<Vec<u64>, String> {
         write_tags(&mut map, second);
         sync(false)?;
         let phys_offset = |pfn: u64| {
-            cover
-                .iter()
-                .find(|(p, l, _)| pfn * PAGE >= *p && pfn * PAGE < p + l)
-                .map(|(p, _, o)| o + (pfn * PAGE - p))
+            cover.iter().find(|(p, l, _)| pfn * PAGE >= *p && pfn * PAGE < p + l).map(|(p, _, o)| o + (pfn * PAGE - p))
         };
         let mut pfns = Vec::with_capacity(pages);
         for (i, cands) in candidates.iter().enumerate() {
@@ -289,10 +257,7 @@ mod tests {
     fn adjacent_frames_merge() {
         let r = runs(&[10, 11, 12, 40, 41, 7]);
         assert_eq!(r.len(), 3);
-        assert_eq!(
-            r[0],
-            PhysRange::from_start_size(PhysAddr::new(10 * PAGE), Size::new(3 * PAGE)).unwrap()
-        );
+        assert_eq!(r[0], PhysRange::from_start_size(PhysAddr::new(10 * PAGE), Size::new(3 * PAGE)).unwrap());
         assert_eq!(r[2].start(), PhysAddr::new(7 * PAGE));
     }
 

@@ -49,9 +49,7 @@ pub enum UdmabufError {
         limit: Size,
     },
     /// Not a shmem or hugetlbfs file.
-    #[error(
-        "udmabuf: the fd is not a memfd (filesystem magic {magic:#x}; udmabuf takes shmem or hugetlbfs memfds)"
-    )]
+    #[error("udmabuf: the fd is not a memfd (filesystem magic {magic:#x}; udmabuf takes shmem or hugetlbfs memfds)")]
     NotMemfd {
         /// `statfs.f_type`.
         magic: u64,
@@ -71,9 +69,7 @@ pub enum UdmabufError {
         seals: SealFlags,
     },
     /// The range lies past the end of the memfd.
-    #[error(
-        "udmabuf: offset {offset:#x} + size {size:#x} is past the memfd's end ({file_size:#x})"
-    )]
+    #[error("udmabuf: offset {offset:#x} + size {size:#x} is past the memfd's end ({file_size:#x})")]
     OutOfRange {
         /// Offset.
         offset: u64,
@@ -96,29 +92,17 @@ pub enum UdmabufError {
 
 /// Checks udmabuf's preconditions for `size` bytes at `offset` of `memfd`, given the
 /// module's `size_limit`.
-pub fn check(
-    memfd: BorrowedFd<'_>,
-    offset: u64,
-    size: u64,
-    size_limit: Size,
-) -> Result<(), UdmabufError> {
+pub fn check(memfd: BorrowedFd<'_>, offset: u64, size: u64, size_limit: Size) -> Result<(), UdmabufError> {
     if size == 0 {
         return Err(UdmabufError::ZeroSize);
     }
     for (what, value) in [("offset", offset), ("size", size)] {
         if value % PAGE != 0 {
-            return Err(UdmabufError::Unaligned {
-                what,
-                value,
-                page: PAGE,
-            });
+            return Err(UdmabufError::Unaligned { what, value, page: PAGE });
         }
     }
     if size > size_limit.bytes() {
-        return Err(UdmabufError::TooLarge {
-            size: Size::new(size),
-            limit: size_limit,
-        });
+        return Err(UdmabufError::TooLarge { size: Size::new(size), limit: size_limit });
     }
     let magic = rustix::fs::fstatfs(memfd).map_or(0, |s| u64::try_from(s.f_type).unwrap_or(0));
     if magic != TMPFS_MAGIC && magic != HUGETLBFS_MAGIC {
@@ -136,11 +120,7 @@ pub fn check(
     }
     let file_size = rustix::fs::fstat(memfd).map_or(0, |s| u64::try_from(s.st_size).unwrap_or(0));
     if offset.checked_add(size).is_none_or(|end| end > file_size) {
-        return Err(UdmabufError::OutOfRange {
-            offset,
-            size,
-            file_size,
-        });
+        return Err(UdmabufError::OutOfRange { offset, size, file_size });
     }
     Ok(())
 }
@@ -153,12 +133,8 @@ pub fn sealed_memfd(name: &str, size: u64, huge: bool) -> Result<OwnedFd, LinuxE
     if huge {
         flags |= MemfdFlags::HUGETLB | MemfdFlags::HUGE_2MB;
     }
-    let label = format!(
-        "memfd `{name}` ({size:#x} bytes{})",
-        if huge { ", hugetlb" } else { "" }
-    );
-    let fd = rustix::fs::memfd_create(name.replace('\0', "?"), flags)
-        .map_err(sys("memfd_create", label.clone()))?;
+    let label = format!("memfd `{name}` ({size:#x} bytes{})", if huge { ", hugetlb" } else { "" });
+    let fd = rustix::fs::memfd_create(name.replace('\0', "?"), flags).map_err(sys("memfd_create", label.clone()))?;
     rustix::fs::ftruncate(&fd, size).map_err(sys("ftruncate", label.clone()))?;
     rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
         .map_err(sys("F_ADD_SEALS", label))?;
@@ -180,11 +156,7 @@ pub fn create(
         op: "UDMABUF_CREATE",
         what: format!(
             "{size:#x} bytes at {offset:#x}{}",
-            if errno == Errno::NOMEM {
-                " (out of memory, or huge pages ran out)"
-            } else {
-                ""
-            }
+            if errno == Errno::NOMEM { " (out of memory, or huge pages ran out)" } else { "" }
         ),
         errno,
     })
@@ -212,8 +184,7 @@ mod tests {
     const LIMIT: Size = Size::mib(64);
 
     fn memfd(size: u64, seals: SealFlags) -> OwnedFd {
-        let fd =
-            rustix::fs::memfd_create("t", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+        let fd = rustix::fs::memfd_create("t", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
         rustix::fs::ftruncate(&fd, size).unwrap();
         if !seals.is_empty() {
             rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
@@ -235,56 +206,29 @@ mod tests {
         assert_eq!(check(fd.as_fd(), 0, 0, LIMIT), Err(UdmabufError::ZeroSize));
         assert_eq!(
             check(fd.as_fd(), 100, 4096, LIMIT),
-            Err(UdmabufError::Unaligned {
-                what: "offset",
-                value: 100,
-                page: 4096
-            })
+            Err(UdmabufError::Unaligned { what: "offset", value: 100, page: 4096 })
         );
         assert_eq!(
             check(fd.as_fd(), 0, 5000, LIMIT),
-            Err(UdmabufError::Unaligned {
-                what: "size",
-                value: 5000,
-                page: 4096
-            })
+            Err(UdmabufError::Unaligned { what: "size", value: 5000, page: 4096 })
         );
         assert_eq!(
             check(fd.as_fd(), 0, 2 << 20, LIMIT),
-            Err(UdmabufError::OutOfRange {
-                offset: 0,
-                size: 2 << 20,
-                file_size: 1 << 20
-            })
+            Err(UdmabufError::OutOfRange { offset: 0, size: 2 << 20, file_size: 1 << 20 })
         );
         assert_eq!(
             check(fd.as_fd(), 0, 128 << 20, LIMIT),
-            Err(UdmabufError::TooLarge {
-                size: Size::mib(128),
-                limit: LIMIT
-            })
+            Err(UdmabufError::TooLarge { size: Size::mib(128), limit: LIMIT })
         );
         let unsealed = memfd(1 << 20, SealFlags::empty());
-        assert_eq!(
-            check(unsealed.as_fd(), 0, 4096, LIMIT),
-            Err(UdmabufError::NotSealedShrink)
-        );
+        assert_eq!(check(unsealed.as_fd(), 0, 4096, LIMIT), Err(UdmabufError::NotSealedShrink));
         let write_sealed = memfd(1 << 20, SealFlags::SHRINK | SealFlags::WRITE);
-        assert!(matches!(
-            check(write_sealed.as_fd(), 0, 4096, LIMIT),
-            Err(UdmabufError::SealedWrite { .. })
-        ));
+        assert!(matches!(check(write_sealed.as_fd(), 0, 4096, LIMIT), Err(UdmabufError::SealedWrite { .. })));
         let no_sealing = rustix::fs::memfd_create("t", MemfdFlags::CLOEXEC).unwrap();
         rustix::fs::ftruncate(&no_sealing, 4096).unwrap();
-        assert_eq!(
-            check(no_sealing.as_fd(), 0, 4096, LIMIT),
-            Err(UdmabufError::NotSealable)
-        );
+        assert_eq!(check(no_sealing.as_fd(), 0, 4096, LIMIT), Err(UdmabufError::NotSealable));
         let proc_file = std::fs::File::open("/proc/self/stat").unwrap();
-        assert!(matches!(
-            check(proc_file.as_fd(), 0, 4096, LIMIT),
-            Err(UdmabufError::NotMemfd { .. })
-        ));
+        assert!(matches!(check(proc_file.as_fd(), 0, 4096, LIMIT), Err(UdmabufError::NotMemfd { .. })));
     }
 
     #[test]
@@ -294,12 +238,9 @@ mod tests {
             "udmabuf: the memfd is not sealed against shrinking (add F_SEAL_SHRINK)"
         );
         assert!(
-            UdmabufError::TooLarge {
-                size: Size::mib(128),
-                limit: LIMIT
-            }
-            .to_string()
-            .contains("size_limit_mb of 64 MiB")
+            UdmabufError::TooLarge { size: Size::mib(128), limit: LIMIT }
+                .to_string()
+                .contains("size_limit_mb of 64 MiB")
         );
     }
 }

@@ -25,15 +25,7 @@ const GOAL: f64 = 1.05;
 
 fn plan(platform: &str, device: &str, hints: Usage) -> Plan {
     let p = dmaplace_core::builtin::load(platform).unwrap().unwrap();
-    solve(
-        &p,
-        &BufferDesc::Size(SIZE),
-        &[Request {
-            device: p.device(device).unwrap(),
-            hints,
-        }],
-    )
-    .unwrap()
+    solve(&p, &BufferDesc::Size(SIZE), &[Request { device: p.device(device).unwrap(), hints }]).unwrap()
 }
 
 fn median(v: &mut [Duration]) -> Duration {
@@ -65,12 +57,7 @@ fn duel(mut a: impl FnMut() -> Duration, mut b: impl FnMut() -> Duration) -> (Du
 }
 
 fn raw(heap: &str) -> impl FnMut() -> Duration {
-    let dev = rustix::fs::open(
-        format!("/dev/dma_heap/{heap}"),
-        OFlags::RDWR | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .unwrap();
+    let dev = rustix::fs::open(format!("/dev/dma_heap/{heap}"), OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()).unwrap();
     move || {
         let t = Instant::now();
         let fd = dma_heap_alloc(dev.as_fd(), SIZE.bytes()).unwrap();
@@ -90,31 +77,18 @@ fn main() {
     let kernel = std::env::var("DMAPLACE_KERNEL").unwrap_or_default();
     let mut be = LinuxBackend::new();
     let inv = be.inventory().clone();
-    println!(
-        "bench: kernel {kernel} ({}), {SAMPLES} samples of {SIZE} after {WARMUP} warm-up, medians",
-        inv.release
-    );
-    println!(
-        "bench: {:<48} {:>12} {:>12} {:>8}",
-        "contenders (a vs b)", "a median", "b median", "b / a"
-    );
+    println!("bench: kernel {kernel} ({}), {SAMPLES} samples of {SIZE} after {WARMUP} warm-up, medians", inv.release);
+    println!("bench: {:<48} {:>12} {:>12} {:>8}", "contenders (a vs b)", "a median", "b median", "b / a");
     let mut rows = Vec::new();
     let mut row = |what: String, a: Duration, b: Duration| {
         let ratio = b.as_secs_f64() / a.as_secs_f64();
-        println!(
-            "bench: {what:<48} {:>10.0}us {:>10.0}us {ratio:>8.3}",
-            us(a),
-            us(b)
-        );
+        println!("bench: {what:<48} {:>10.0}us {:>10.0}us {ratio:>8.3}", us(a), us(b));
         rows.push((what, ratio));
         ratio
     };
 
     let plain = plan("x86-desktop", "dgpu", Usage::RENDERING);
-    assert_eq!(
-        be.choose(&plain).unwrap().source,
-        Source::Heap("system".into())
-    );
+    assert_eq!(be.choose(&plain).unwrap().source, Source::Heap("system".into()));
     let (a, b) = duel(raw("system"), || {
         let t = Instant::now();
         let buf = be.allocate(&plain, "bench").unwrap();
@@ -141,22 +115,10 @@ fn main() {
         name_times.push(t.elapsed());
     }
     be.free(named);
-    println!(
-        "bench: {:<48} {:>10.0}us",
-        "  of which choose() (pure)",
-        us(median(&mut choose_times))
-    );
-    println!(
-        "bench: {:<48} {:>10.0}us",
-        "  of which DMA_BUF_SET_NAME (one ioctl)",
-        us(median(&mut name_times))
-    );
+    println!("bench: {:<48} {:>10.0}us", "  of which choose() (pure)", us(median(&mut choose_times)));
+    println!("bench: {:<48} {:>10.0}us", "  of which DMA_BUF_SET_NAME (one ioctl)", us(median(&mut name_times)));
 
-    let cma = inv
-        .heaps
-        .iter()
-        .find(|h| matches!(h.kind, HeapKind::Cma(_)))
-        .map(|h| h.name.clone());
+    let cma = inv.heaps.iter().find(|h| matches!(h.kind, HeapKind::Cma(_))).map(|h| h.name.clone());
     let mut cma_overhead = None;
     if let Some(cma) = cma {
         let contiguous = plan("rpi4", "unicam", Usage::CAMERA_WRITE);
@@ -169,11 +131,7 @@ fn main() {
             be.free(buf);
             d
         });
-        cma_overhead = Some(row(
-            format!("{cma} (CMA): raw ioctl vs dmaplace allocate"),
-            a,
-            b,
-        ));
+        cma_overhead = Some(row(format!("{cma} (CMA): raw ioctl vs dmaplace allocate"), a, b));
         // Opt-in: recording the placement through the CMA bitmap (two debugfs reads).
         let mut tracked = LinuxBackend::with_inventory(inv.clone()).track_cma(true);
         let (a2, b2) = duel(raw(&cma), || {
@@ -183,17 +141,10 @@ fn main() {
             tracked.free(buf);
             d
         });
-        row(
-            format!("{cma} (CMA): raw vs dmaplace + bitmap record"),
-            a2,
-            b2,
-        );
+        row(format!("{cma} (CMA): raw vs dmaplace + bitmap record"), a2, b2);
         let (s, c) = duel(raw("system"), raw(&cma));
         row(format!("raw ioctl: system vs {cma} (CMA)"), s, c);
-        println!(
-            "bench: system heap raw median this run: {:.0}us",
-            us(system_raw)
-        );
+        println!("bench: system heap raw median this run: {:.0}us", us(system_raw));
     } else {
         println!("bench: no CMA heap on this kernel: system vs CMA not measured");
     }
@@ -208,10 +159,7 @@ fn main() {
     if let Some(o) = cma_overhead
         && o > GOAL
     {
-        println!(
-            "bench: FAIL: dmaplace's CMA allocation is {:.1}% over the raw ioctl (goal <= 5%)",
-            (o - 1.0) * 100.0
-        );
+        println!("bench: FAIL: dmaplace's CMA allocation is {:.1}% over the raw ioctl (goal <= 5%)", (o - 1.0) * 100.0);
         fail = true;
     }
     if fail {

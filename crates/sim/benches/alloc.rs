@@ -28,30 +28,18 @@ fn plans(p: &Platform, device: &str, seed: u64) -> Vec<Plan> {
     (0..512)
         .map(|_| {
             let shift = rng.random_range(16..25u32);
-            let bytes =
-                ((1u64 << shift) + rng.random_range(0..(1u64 << shift))).min(32 << 20) & !0xfff;
-            solve(
-                p,
-                &BufferDesc::Size(Size::new(bytes)),
-                &[Request {
-                    device: dev,
-                    hints: Usage::RENDERING,
-                }],
-            )
-            .expect("solvable")
+            let bytes = ((1u64 << shift) + rng.random_range(0..(1u64 << shift))).min(32 << 20) & !0xfff;
+            solve(p, &BufferDesc::Size(Size::new(bytes)), &[Request { device: dev, hints: Usage::RENDERING }])
+                .expect("solvable")
         })
         .collect()
 }
 
 fn run(bencher: Bencher, gib: u64, device: &str, load: BackgroundLoad) {
-    let p = SyntheticPlatform::new(Size::gib(gib))
-        .with_cma(Size::mib(256))
-        .build();
+    let p = SyntheticPlatform::new(Size::gib(gib)).with_cma(Size::mib(256)).build();
     let mut m = Machine::new(&p, SimConfig::seeded(1).with_background(load)).expect("machine");
     let plans = plans(&p, device, 7);
-    let mut live: VecDeque<SimBacking> = (0..LIVE)
-        .map(|i| m.allocate(&plans[i], "warm").expect("fits"))
-        .collect();
+    let mut live: VecDeque<SimBacking> = (0..LIVE).map(|i| m.allocate(&plans[i], "warm").expect("fits")).collect();
     let mut i = LIVE;
     bencher.bench_local(|| {
         let b = m.allocate(&plans[i % plans.len()], "bench").expect("fits");
@@ -80,16 +68,5 @@ fn alloc_free_mixed_iommu(bencher: Bencher, gib: u64) {
 /// The same with a background load holding 30% of memory in scattered blocks.
 #[divan::bench(args = [4, 64], sample_count = 500, sample_size = 200)]
 fn alloc_free_mixed_loaded(bencher: Bencher, gib: u64) {
-    run(
-        bencher,
-        gib,
-        "cpu",
-        BackgroundLoad {
-            fill: 0.3,
-            prefill: 0.6,
-            movable: 0.7,
-            cma_share: 0.5,
-            max_order: 9,
-        },
-    );
+    run(bencher, gib, "cpu", BackgroundLoad { fill: 0.3, prefill: 0.6, movable: 0.7, cma_share: 0.5, max_order: 9 });
 }

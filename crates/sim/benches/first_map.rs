@@ -16,7 +16,8 @@ fn main() {
 
 /// Synthetic devices that can share one 8 MiB buffer, round robin: two behind IOMMUs
 /// (4K/2M/1G and 4K only), a 32-bit display that scans out contiguous memory, and the CPU.
-const CAST: [(&str, Usage); 4] = [("gpu", Usage::RENDERING), ("v3d", Usage::RENDERING), ("display", Usage::SCANOUT), ("cpu", Usage::CPU_READ_OFTEN)];
+const CAST: [(&str, Usage); 4] =
+    [("gpu", Usage::RENDERING), ("v3d", Usage::RENDERING), ("display", Usage::SCANOUT), ("cpu", Usage::CPU_READ_OFTEN)];
 
 fn setup(n: usize) -> (Exporter<Machine>, BufferId, Vec<AttachmentId>) {
     let p = SyntheticPlatform::new(Size::gib(1)).with_cma(Size::mib(64)).build();

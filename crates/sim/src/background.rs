@@ -45,17 +45,9 @@ pub(crate) struct Background {
 
 /// `fraction` of `total`, clamped to `0..=total`.
 fn share(total: u64, fraction: f64) -> u64 {
-    let f = if fraction.is_nan() {
-        0.0
-    } else {
-        fraction.clamp(0.0, 1.0)
-    };
+    let f = if fraction.is_nan() { 0.0 } else { fraction.clamp(0.0, 1.0) };
     // CAST: f in 0..=1, so the product lies in 0..=total and converts without loss of range.
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
     let v = (total as f64 * f) as u64;
     v.min(total)
 }
@@ -63,8 +55,7 @@ fn share(total: u64, fraction: f64) -> u64 {
 impl Machine {
     /// Frames managed by the buddy allocators, CMA included.
     pub(crate) fn buddy_pages(&self) -> u64 {
-        self.areas.iter().map(|a| a.area.pages()).sum::<u64>()
-            + self.cma.iter().map(|c| c.area.pages()).sum::<u64>()
+        self.areas.iter().map(|a| a.area.pages()).sum::<u64>() + self.cma.iter().map(|c| c.area.pages()).sum::<u64>()
     }
 
     /// Fills memory to `prefill`, then frees random blocks down to `fill`.
@@ -81,9 +72,7 @@ impl Machine {
                 break;
             }
         }
-        while self.background.used_pages > self.background.target_pages
-            && !self.background.live.is_empty()
-        {
+        while self.background.used_pages > self.background.target_pages && !self.background.live.is_empty() {
             self.background_free_random();
         }
     }
@@ -94,14 +83,11 @@ impl Machine {
     pub fn background_step(&mut self, steps: u32) -> u64 {
         let mut n = 0;
         for _ in 0..steps {
-            if self.background.used_pages >= self.background.target_pages
-                && !self.background.live.is_empty()
-            {
+            if self.background.used_pages >= self.background.target_pages && !self.background.live.is_empty() {
                 self.background_free_random();
                 n += 1;
             }
-            if self.background.used_pages < self.background.target_pages && self.background_alloc()
-            {
+            if self.background.used_pages < self.background.target_pages && self.background_alloc() {
                 n += 1;
             }
         }
@@ -110,52 +96,30 @@ impl Machine {
 
     /// Bytes the other users hold, and how many of them sit in CMA regions.
     pub fn background_bytes(&self) -> (u64, u64) {
-        let cma: u64 = self
-            .background
-            .blocks
-            .values()
-            .filter(|b| matches!(b.home, Home::Cma(_)))
-            .map(|b| 1u64 << b.order)
-            .sum();
+        let cma: u64 =
+            self.background.blocks.values().filter(|b| matches!(b.home, Home::Cma(_))).map(|b| 1u64 << b.order).sum();
         (self.background.used_pages * PAGE, cma * PAGE)
     }
 
     /// A digest of every background block's (address-independent) content: unchanged by
     /// migration.
     pub fn background_digest(&self) -> u64 {
-        let mut tags: Vec<(u64, u32)> = self
-            .background
-            .blocks
-            .values()
-            .map(|b| (b.tag, b.order))
-            .collect();
+        let mut tags: Vec<(u64, u32)> = self.background.blocks.values().map(|b| (b.tag, b.order)).collect();
         tags.sort_unstable();
-        tags.iter()
-            .fold(0, |h, (t, o)| mix(mix(h, *t), u64::from(*o)))
+        tags.iter().fold(0, |h, (t, o)| mix(mix(h, *t), u64::from(*o)))
     }
 
     fn background_alloc(&mut self) -> bool {
         let cfg = self.config.background;
         let order = self.rng.random_range(0..=cfg.max_order.min(self.max_order));
         let movable = self.rng.random_bool(cfg.movable.clamp(0.0, 1.0));
-        let to_cma =
-            movable && !self.cma.is_empty() && self.rng.random_bool(cfg.cma_share.clamp(0.0, 1.0));
+        let to_cma = movable && !self.cma.is_empty() && self.rng.random_bool(cfg.cma_share.clamp(0.0, 1.0));
         let tag: u64 = self.rng.random();
         let general = |m: &mut Machine| {
-            (0..m.areas.len()).find_map(|i| {
-                m.areas[i]
-                    .area
-                    .alloc(order, 0, Pfn::MAX)
-                    .map(|p| (p, Home::Area(i)))
-            })
+            (0..m.areas.len()).find_map(|i| m.areas[i].area.alloc(order, 0, Pfn::MAX).map(|p| (p, Home::Area(i))))
         };
         let cma = |m: &mut Machine| {
-            (0..m.cma.len()).find_map(|i| {
-                m.cma[i]
-                    .area
-                    .alloc(order, 0, Pfn::MAX)
-                    .map(|p| (p, Home::Cma(i)))
-            })
+            (0..m.cma.len()).find_map(|i| m.cma[i].area.alloc(order, 0, Pfn::MAX).map(|p| (p, Home::Cma(i))))
         };
         let placed = if to_cma {
             cma(self).or_else(|| general(self))
@@ -169,16 +133,7 @@ impl Machine {
         };
         let slot = self.background.live.len();
         self.background.live.push(pfn);
-        self.background.blocks.insert(
-            pfn,
-            BgBlock {
-                order,
-                movable,
-                tag,
-                home,
-                slot,
-            },
-        );
+        self.background.blocks.insert(pfn, BgBlock { order, movable, tag, home, slot });
         self.background.used_pages += 1 << order;
         self.counters.background_allocs += 1;
         true
@@ -188,17 +143,9 @@ impl Machine {
         let i = self.rng.random_range(0..self.background.live.len());
         let pfn = self.background.live.swap_remove(i);
         if let Some(&moved) = self.background.live.get(i) {
-            self.background
-                .blocks
-                .get_mut(&moved)
-                .expect("live block is recorded")
-                .slot = i;
+            self.background.blocks.get_mut(&moved).expect("live block is recorded").slot = i;
         }
-        let b = self
-            .background
-            .blocks
-            .remove(&pfn)
-            .expect("live block is recorded");
+        let b = self.background.blocks.remove(&pfn).expect("live block is recorded");
         match b.home {
             Home::Area(a) => self.areas[a].area.free_block(pfn, b.order),
             Home::Cma(c) => self.cma[c].area.free_block(pfn, b.order),
@@ -233,12 +180,8 @@ impl Machine {
                 .or_else(|| region.area.alloc(b.order, hi, re))
                 .map(|p| (p, Home::Cma(r)));
             let dest = inside.or_else(|| {
-                (0..self.areas.len()).find_map(|i| {
-                    self.areas[i]
-                        .area
-                        .alloc(b.order, 0, Pfn::MAX)
-                        .map(|p| (p, Home::Area(i)))
-                })
+                (0..self.areas.len())
+                    .find_map(|i| self.areas[i].area.alloc(b.order, 0, Pfn::MAX).map(|p| (p, Home::Area(i))))
             });
             let Some((to, home)) = dest else {
                 return Err(end);

@@ -35,24 +35,11 @@ impl Area {
     /// [`Area::free_range`] to hand frames to it).
     pub(crate) fn new(start: Pfn, end: Pfn, max_order: u32) -> Area {
         assert!(start < end, "empty area {start:#x}..{end:#x}");
-        assert!(
-            max_order <= ORDER_LIMIT,
-            "max_order {max_order} over {ORDER_LIMIT}"
-        );
+        assert!(max_order <= ORDER_LIMIT, "max_order {max_order} over {ORDER_LIMIT}");
         let base = start & !((1u64 << max_order) - 1);
         let span = end - base;
-        let free = (0..=max_order)
-            .map(|k| HBitmap::new(span.div_ceil(1 << k)))
-            .collect();
-        Area {
-            start,
-            end,
-            base,
-            max_order,
-            free,
-            nonempty: 0,
-            free_pages: 0,
-        }
+        let free = (0..=max_order).map(|k| HBitmap::new(span.div_ceil(1 << k))).collect();
+        Area { start, end, base, max_order, free, nonempty: 0, free_pages: 0 }
     }
 
     /// First frame.
@@ -110,9 +97,7 @@ impl Area {
     }
 
     fn is_free_block(&self, pfn: Pfn, order: u32) -> bool {
-        pfn >= self.start
-            && pfn + (1 << order) <= self.end
-            && self.free[order as usize].test(self.index(pfn, order))
+        pfn >= self.start && pfn + (1 << order) <= self.end && self.free[order as usize].test(self.index(pfn, order))
     }
 
     /// Takes the free block at `s` of order `j` and splits it until the order-`k` block at
@@ -171,10 +156,7 @@ impl Area {
 
     /// Frees the order-`order` block at `pfn`, merging with free buddies.
     pub(crate) fn free_block(&mut self, pfn: Pfn, order: u32) {
-        debug_assert!(
-            pfn >= self.start && pfn + (1 << order) <= self.end,
-            "block {pfn:#x} outside area"
-        );
+        debug_assert!(pfn >= self.start && pfn + (1 << order) <= self.end, "block {pfn:#x} outside area");
         let (mut pfn, mut k) = (pfn, order);
         while k < self.max_order {
             let buddy = pfn ^ (1 << k);
@@ -190,9 +172,7 @@ impl Area {
 
     /// The largest aligned block starting at `pfn` within `pages` frames.
     fn block_at(&self, pfn: Pfn, pages: u64) -> u32 {
-        pfn.trailing_zeros()
-            .min(63 - pages.leading_zeros())
-            .min(self.max_order)
+        pfn.trailing_zeros().min(63 - pages.leading_zeros()).min(self.max_order)
     }
 
     /// Frees `pages` frames at `pfn` (any alignment).
@@ -242,11 +222,7 @@ impl Area {
 
     /// Every free block as `(pfn, order)`, by order then address.
     pub(crate) fn free_blocks(&self) -> impl Iterator<Item = (Pfn, u32)> + '_ {
-        (0..=self.max_order).flat_map(move |k| {
-            self.free[k as usize]
-                .iter()
-                .map(move |i| (self.base + (i << k), k))
-        })
+        (0..=self.max_order).flat_map(move |k| self.free[k as usize].iter().map(move |i| (self.base + (i << k), k)))
     }
 }
 

@@ -57,11 +57,7 @@ impl FreeReport {
     /// Whether every pool has the same free bytes as in `other`.
     pub fn same_free(&self, other: &FreeReport) -> bool {
         self.pools.len() == other.pools.len()
-            && self
-                .pools
-                .iter()
-                .zip(&other.pools)
-                .all(|(a, b)| a.name == b.name && a.free == b.free)
+            && self.pools.iter().zip(&other.pools).all(|(a, b)| a.name == b.name && a.free == b.free)
     }
 
     /// The pool called `name`.
@@ -178,17 +174,13 @@ enum Owner {
 }
 
 fn range(lo: Pfn, hi: Pfn) -> PhysRange {
-    PhysRange::new(PhysAddr::new(lo * PAGE), PhysAddr::new(hi * PAGE))
-        .expect("non-empty frame range")
+    PhysRange::new(PhysAddr::new(lo * PAGE), PhysAddr::new(hi * PAGE)).expect("non-empty frame range")
 }
 
 impl Machine {
     fn pool_name(&self, src: Src) -> String {
         match src {
-            Src::Area(i) => format!(
-                "zone {} (bank `{}`)",
-                self.areas[i].zone, self.areas[i].bank
-            ),
+            Src::Area(i) => format!("zone {} (bank `{}`)", self.areas[i].zone, self.areas[i].bank),
             Src::Cma(i) => format!("CMA region `{}`", self.cma[i].name),
             Src::Carveout(i) => format!("carveout `{}`", self.carveouts[i].name),
         }
@@ -210,11 +202,7 @@ impl Machine {
                     "a {} background block (order {}{})",
                     if b.movable { "movable" } else { "unmovable" },
                     b.order,
-                    if matches!(b.home, Home::Cma(_)) {
-                        ", CMA borrower"
-                    } else {
-                        ""
-                    }
+                    if matches!(b.home, Home::Cma(_)) { ", CMA borrower" } else { "" }
                 ),
                 None => "a background block".into(),
             },
@@ -231,11 +219,7 @@ impl Machine {
             }
             let total = areas.iter().map(|a| a.area.pages()).sum::<u64>();
             let free = areas.iter().map(|a| a.area.free_pages()).sum::<u64>();
-            let largest = areas
-                .iter()
-                .filter_map(|a| a.area.largest_free_order())
-                .max()
-                .map_or(0, |o| 1u64 << o);
+            let largest = areas.iter().filter_map(|a| a.area.largest_free_order()).max().map_or(0, |o| 1u64 << o);
             pools.push(PoolFree {
                 name: zone.name().into(),
                 kind: PoolKind::Zone(zone),
@@ -256,9 +240,7 @@ impl Machine {
         for c in &self.carveouts {
             pools.push(PoolFree {
                 name: c.name.clone(),
-                kind: PoolKind::Carveout {
-                    protected: c.protected,
-                },
+                kind: PoolKind::Carveout { protected: c.protected },
                 total: Size::new((c.end - c.start) * PAGE),
                 free: Size::new(c.free_pages * PAGE),
                 largest: Size::new(c.largest_free() * PAGE),
@@ -400,9 +382,7 @@ impl Machine {
                 });
             }
         }
-        if bg_pages != self.background.used_pages
-            || self.background.live.len() != self.background.blocks.len()
-        {
+        if bg_pages != self.background.used_pages || self.background.live.len() != self.background.blocks.len() {
             v.push(InvariantViolation::Accounting {
                 pool: "background load".into(),
                 what: "pages held",
@@ -438,27 +418,18 @@ impl Machine {
                     break;
                 }
                 if s > cur {
-                    v.push(InvariantViolation::Lost {
-                        range: range(cur, s),
-                        pool: self.pool_name(src),
-                    });
+                    v.push(InvariantViolation::Lost { range: range(cur, s), pool: self.pool_name(src) });
                 }
                 cur = cur.max(e);
                 hi_iter.next();
             }
             if cur < phi {
-                v.push(InvariantViolation::Lost {
-                    range: range(cur, phi),
-                    pool: self.pool_name(src),
-                });
+                v.push(InvariantViolation::Lost { range: range(cur, phi), pool: self.pool_name(src) });
             }
         }
         // Mappings.
         for (&id, m) in &self.mappings {
-            let live = self
-                .slots
-                .iter()
-                .any(|s| s.record.as_ref().is_some_and(|r| r.id == m.buffer));
+            let live = self.slots.iter().any(|s| s.record.as_ref().is_some_and(|r| r.id == m.buffer));
             if !live {
                 v.push(InvariantViolation::Mapping {
                     mapping: id,
@@ -469,10 +440,7 @@ impl Machine {
             }
             if let Some((iova, len)) = m.iova {
                 let ok = self.domains.get(&m.device).is_some_and(|d| {
-                    d.live.get(&iova) == Some(&len)
-                        && d.iova
-                            .free_ranges()
-                            .all(|(s, e)| e <= iova || s >= iova + len)
+                    d.live.get(&iova) == Some(&len) && d.iova.free_ranges().all(|(s, e)| e <= iova || s >= iova + len)
                 });
                 if !ok {
                     v.push(InvariantViolation::Mapping {
@@ -485,11 +453,7 @@ impl Machine {
             }
         }
         for (dev, d) in &self.domains {
-            let n = self
-                .mappings
-                .values()
-                .filter(|m| &m.device == dev && m.iova.is_some())
-                .count();
+            let n = self.mappings.values().filter(|m| &m.device == dev && m.iova.is_some()).count();
             if n != d.live.len() {
                 v.push(InvariantViolation::Accounting {
                     pool: format!("IOMMU {} domain of `{dev}`", d.iommu),
@@ -499,17 +463,8 @@ impl Machine {
                 });
             }
         }
-        v.extend(
-            self.warnings
-                .iter()
-                .cloned()
-                .map(InvariantViolation::Misuse),
-        );
-        if v.is_empty() {
-            Ok(())
-        } else {
-            Err(Violations(v))
-        }
+        v.extend(self.warnings.iter().cloned().map(InvariantViolation::Misuse));
+        if v.is_empty() { Ok(()) } else { Err(Violations(v)) }
     }
 }
 
@@ -527,10 +482,7 @@ mod tests {
         let plan = solve(
             &p,
             &BufferDesc::Size(Size::mib(1)),
-            &[Request {
-                device: p.device("cpu").unwrap(),
-                hints: Usage::RENDERING,
-            }],
+            &[Request { device: p.device("cpu").unwrap(), hints: Usage::RENDERING }],
         )
         .unwrap();
         let mut m = Machine::new(&p, SimConfig::seeded(1)).unwrap();
@@ -544,27 +496,14 @@ mod tests {
         let (mut m, b) = machine_with_buffer();
         let pfn = m.record(&b).unwrap().chunks[0].pfn;
         // A background block on top of the buffer's first frame.
-        m.background.blocks.insert(
-            pfn,
-            BgBlock {
-                order: 0,
-                movable: true,
-                tag: 0,
-                home: Home::Area(0),
-                slot: 0,
-            },
-        );
+        m.background.blocks.insert(pfn, BgBlock { order: 0, movable: true, tag: 0, home: Home::Area(0), slot: 0 });
         m.background.live.push(pfn);
         m.background.used_pages += 1;
         let err = m.check().unwrap_err();
         let text = err.to_string();
+        assert!(text.contains(&format!("frames {} are held by", range(pfn, pfn + 1))), "{text}");
         assert!(
-            text.contains(&format!("frames {} are held by", range(pfn, pfn + 1))),
-            "{text}"
-        );
-        assert!(
-            text.contains("buffer `victim` (#1)")
-                && text.contains("a movable background block (order 0)"),
+            text.contains("buffer `victim` (#1)") && text.contains("a movable background block (order 0)"),
             "{text}"
         );
     }
@@ -577,11 +516,7 @@ mod tests {
         let err = m.check().unwrap_err();
         assert!(matches!(err.0[0], InvariantViolation::Lost { .. }), "{err}");
         assert!(err.to_string().contains("neither free nor owned"), "{err}");
-        assert!(
-            err.to_string()
-                .contains(&PhysAddr::new(got * PAGE).to_string()),
-            "{err}"
-        );
+        assert!(err.to_string().contains(&PhysAddr::new(got * PAGE).to_string()), "{err}");
     }
 }
 

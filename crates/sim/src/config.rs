@@ -40,23 +40,13 @@ pub struct BackgroundLoad {
 
 impl BackgroundLoad {
     /// No other users: all memory free.
-    pub const NONE: BackgroundLoad = BackgroundLoad {
-        fill: 0.0,
-        prefill: 0.0,
-        movable: 0.0,
-        cma_share: 0.0,
-        max_order: 0,
-    };
+    pub const NONE: BackgroundLoad =
+        BackgroundLoad { fill: 0.0, prefill: 0.0, movable: 0.0, cma_share: 0.0, max_order: 0 };
 
     /// Memory filled to 100% with 4-32 KiB blocks, then half freed at random: no free
     /// block of 4 MiB survives. 70% movable, half of those in CMA.
-    pub const FRAGMENTING: BackgroundLoad = BackgroundLoad {
-        fill: 0.5,
-        prefill: 1.0,
-        movable: 0.7,
-        cma_share: 0.5,
-        max_order: 3,
-    };
+    pub const FRAGMENTING: BackgroundLoad =
+        BackgroundLoad { fill: 0.5, prefill: 1.0, movable: 0.7, cma_share: 0.5, max_order: 3 };
 
     /// Whether there is any load.
     pub fn is_none(&self) -> bool {
@@ -102,10 +92,7 @@ impl Default for SimConfig {
 impl SimConfig {
     /// The default configuration with `seed`.
     pub fn seeded(seed: u64) -> SimConfig {
-        SimConfig {
-            seed,
-            ..SimConfig::default()
-        }
+        SimConfig { seed, ..SimConfig::default() }
     }
 
     /// With a background load.

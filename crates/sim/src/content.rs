@@ -70,11 +70,7 @@ fn frames_from(runs: &[(Pfn, u64)], first: u64) -> impl Iterator<Item = Pfn> + '
 
 impl Content {
     pub(crate) fn new(mode: Mode) -> Content {
-        Content {
-            mode,
-            frames: BTreeMap::new(),
-            zero_digest: hash_bytes(0, &[0u8; PAGE_USIZE]),
-        }
+        Content { mode, frames: BTreeMap::new(), zero_digest: hash_bytes(0, &[0u8; PAGE_USIZE]) }
     }
 
     pub(crate) fn mode(&self) -> Mode {
@@ -112,8 +108,7 @@ impl Content {
                 }
                 Mode::Checksum => {
                     let old = self.digest(pfn);
-                    self.frames
-                        .insert(pfn, Frame::Digest(mix(old, hash_bytes(pos as u64, piece))));
+                    self.frames.insert(pfn, Frame::Digest(mix(old, hash_bytes(pos as u64, piece))));
                 }
             }
             rest = tail;
@@ -183,10 +178,8 @@ impl Content {
         if self.frames.is_empty() {
             return;
         }
-        let pairs: Vec<(Pfn, Pfn)> = frames_from(from, 0)
-            .zip(frames_from(to, 0))
-            .take(usize::try_from(frames).unwrap_or(usize::MAX))
-            .collect();
+        let pairs: Vec<(Pfn, Pfn)> =
+            frames_from(from, 0).zip(frames_from(to, 0)).take(usize::try_from(frames).unwrap_or(usize::MAX)).collect();
         for (src, dst) in pairs {
             match self.frames.get(&src).cloned() {
                 Some(f) => {
@@ -204,11 +197,7 @@ impl Content {
         if self.frames.is_empty() {
             return;
         }
-        let keys: Vec<Pfn> = self
-            .frames
-            .range(pfn..pfn + pages)
-            .map(|(k, _)| *k)
-            .collect();
+        let keys: Vec<Pfn> = self.frames.range(pfn..pfn + pages).map(|(k, _)| *k).collect();
         for k in keys {
             self.frames.remove(&k);
         }

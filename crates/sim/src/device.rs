@@ -9,8 +9,7 @@ use dmaplace_core::{Backing, BoundaryMask, CacheMode, Effective, Plan};
 use crate::content::PAGE;
 use crate::error::SimError;
 use crate::iommu::{
-    AccessPattern, Domain, Iotlb, IotlbStats, IovaAllocator, PteRun, iova_align, page_runs, replay,
-    space_size,
+    AccessPattern, Domain, Iotlb, IotlbStats, IovaAllocator, PteRun, iova_align, page_runs, replay, space_size,
 };
 use crate::machine::{Machine, MapRecord, SimBacking};
 
@@ -63,30 +62,21 @@ impl SimMapping {
     }
     /// Page-table entries used (empty without an IOMMU).
     pub fn ptes(&self) -> PteCounts {
-        self.iommu
-            .as_ref()
-            .map(|m| m.ptes.clone())
-            .unwrap_or_default()
+        self.iommu.as_ref().map(|m| m.ptes.clone()).unwrap_or_default()
     }
     /// Replays `pattern` through `tlb`; without an IOMMU nothing is translated and
     /// nothing misses.
     pub fn replay(&self, pattern: AccessPattern, tlb: &mut Iotlb) -> Result<IotlbStats, SimError> {
-        let spans = pattern
-            .spans(self.len.bytes())
-            .map_err(|reason| SimError::Pattern {
-                pattern: pattern.to_string(),
-                buffer: format!("#{}", self.buffer),
-                len: self.len,
-                reason,
-            })?;
+        let spans = pattern.spans(self.len.bytes()).map_err(|reason| SimError::Pattern {
+            pattern: pattern.to_string(),
+            buffer: format!("#{}", self.buffer),
+            len: self.len,
+            reason,
+        })?;
         let burst = pattern.burst();
         match &self.iommu {
             Some(m) => Ok(replay(&m.runs, m.iova.get(), &spans, burst, tlb)),
-            None => Ok(IotlbStats {
-                accesses: spans.iter().map(|s| s.1.div_ceil(burst)).sum(),
-                lookups: 0,
-                misses: 0,
-            }),
+            None => Ok(IotlbStats { accesses: spans.iter().map(|s| s.1.div_ceil(burst)).sum(), lookups: 0, misses: 0 }),
         }
     }
 }
@@ -100,13 +90,8 @@ fn split_runs(runs: &[PhysRange], cap: Option<Size>, boundary: BoundaryMask) -> 
         let (mut start, end) = (r.start().get(), r.end().get());
         while start < end {
             let boundary_end = (start | boundary.get()).saturating_add(1);
-            let piece_end = end
-                .min(start.saturating_add(cap))
-                .min(boundary_end.max(start + 1));
-            out.push(SgEntry {
-                dma_addr: DmaAddr::new(start),
-                len: Size::new(piece_end - start),
-            });
+            let piece_end = end.min(start.saturating_add(cap)).min(boundary_end.max(start + 1));
+            out.push(SgEntry { dma_addr: DmaAddr::new(start), len: Size::new(piece_end - start) });
             start = piece_end;
         }
     }
@@ -128,11 +113,7 @@ impl Machine {
     /// pages its alignment allows, one sg entry. Without: physical runs split at the
     /// device's `max_segment_size` and boundary. Fails when the device cannot reach a
     /// segment, or needs more sg entries than it allows.
-    pub fn map_for(
-        &mut self,
-        device: &Effective,
-        b: &SimBacking,
-    ) -> Result<(SimMapping, SgTable), SimError> {
+    pub fn map_for(&mut self, device: &Effective, b: &SimBacking) -> Result<(SimMapping, SgTable), SimError> {
         let rec = self.record(b)?;
         let backing = rec.backing();
         let name = rec.name.clone();
@@ -152,9 +133,7 @@ impl Machine {
         let (iommu, table) = match &device.iommu {
             Some(mmu) => {
                 let granule = mmu.granule();
-                if let Some(bad) = runs
-                    .iter()
-                    .find(|r| !r.start().is_aligned(granule) || !r.len().is_aligned(granule))
+                if let Some(bad) = runs.iter().find(|r| !r.start().is_aligned(granule) || !r.len().is_aligned(granule))
                 {
                     return Err(SimError::IommuAlignment {
                         device: device.device.clone(),
@@ -165,15 +144,12 @@ impl Machine {
                     });
                 }
                 let end = device.iova_space.unwrap_or(mmu.iova_bits).end();
-                let domain = self
-                    .domains
-                    .entry(device.device.clone())
-                    .or_insert_with(|| Domain {
-                        iommu: mmu.name.clone(),
-                        iova: IovaAllocator::new(granule.get(), end),
-                        ptes: PteCounts::default(),
-                        live: Default::default(),
-                    });
+                let domain = self.domains.entry(device.device.clone()).or_insert_with(|| Domain {
+                    iommu: mmu.name.clone(),
+                    iova: IovaAllocator::new(granule.get(), end),
+                    ptes: PteCounts::default(),
+                    live: Default::default(),
+                });
                 let pgs = mmu.pgsize_bitmap;
                 let align = iova_align(pgs, len.bytes()).max(granule.get());
                 let (s0, e0) = domain.iova.space();
@@ -190,8 +166,7 @@ impl Machine {
                 let mut off = 0u64;
                 for r in &runs {
                     let (v, p, n) = (iova + off, r.start().get(), r.len().bytes());
-                    let counts =
-                        iommu::map_entries(pgs, v, p, n).expect("runs are granule-aligned");
+                    let counts = iommu::map_entries(pgs, v, p, n).expect("runs are granule-aligned");
                     let mine = page_runs(pgs, v, p, n).expect("runs are granule-aligned");
                     debug_assert_eq!(mine.iter().map(|r| r.count).sum::<u64>(), counts.total());
                     ptes.merge(&counts);
@@ -200,12 +175,7 @@ impl Machine {
                 }
                 domain.ptes.merge(&ptes);
                 domain.live.insert(iova, len.bytes());
-                let table = SgTable {
-                    entries: vec![SgEntry {
-                        dma_addr: DmaAddr::new(iova),
-                        len,
-                    }],
-                };
+                let table = SgTable { entries: vec![SgEntry { dma_addr: DmaAddr::new(iova), len }] };
                 (
                     Some(IommuMapping {
                         iommu: mmu.name.to_string(),
@@ -218,11 +188,7 @@ impl Machine {
                 )
             }
             None => {
-                let entries = split_runs(
-                    &runs,
-                    device.max_segment_size.value,
-                    device.segment_boundary.value,
-                );
+                let entries = split_runs(&runs, device.max_segment_size.value, device.segment_boundary.value);
                 if let Some(max) = device.max_segments.value
                     && entries.len() as u64 > u64::from(max.get())
                 {
@@ -248,25 +214,12 @@ impl Machine {
             },
         );
         self.counters.maps += 1;
-        Ok((
-            SimMapping {
-                machine: self.id,
-                id: mid,
-                device: device.device.clone(),
-                buffer: id,
-                len,
-                iommu,
-            },
-            table,
-        ))
+        Ok((SimMapping { machine: self.id, id: mid, device: device.device.clone(), buffer: id, len, iommu }, table))
     }
 
     /// Undoes [`Machine::map_for`].
     pub fn unmap_for(&mut self, device: &Effective, m: SimMapping) -> Result<(), SimError> {
-        let stale = SimError::StaleHandle {
-            what: "mapping",
-            id: m.id,
-        };
+        let stale = SimError::StaleHandle { what: "mapping", id: m.id };
         if m.machine != self.id || m.device != device.device {
             return Err(stale);
         }
@@ -284,19 +237,13 @@ impl Machine {
 
     /// Page-table entries currently mapped in `device`'s IOMMU domain.
     pub fn domain_ptes(&self, device: &str) -> PteCounts {
-        self.domains
-            .get(device)
-            .map(|d| d.ptes.clone())
-            .unwrap_or_default()
+        self.domains.get(device).map(|d| d.ptes.clone()).unwrap_or_default()
     }
 
     /// Replays `pattern` over `m` through a cold IOTLB of `iotlb_entries` entries.
     pub fn replay(&self, m: &SimMapping, pattern: AccessPattern) -> Result<IotlbStats, SimError> {
         if m.machine != self.id || !self.mappings.contains_key(&m.id) {
-            return Err(SimError::StaleHandle {
-                what: "mapping",
-                id: m.id,
-            });
+            return Err(SimError::StaleHandle { what: "mapping", id: m.id });
         }
         m.replay(pattern, &mut Iotlb::new(self.config.iotlb_entries))
     }
@@ -368,12 +315,7 @@ impl Machine {
         let rec = self.record(b)?;
         let end = dmaplace_core::units::add("offset", offset, "len", len)?;
         if end > rec.size.bytes() {
-            return Err(SimError::OutOfBounds {
-                buffer: rec.name.clone(),
-                offset,
-                len,
-                size: rec.size,
-            });
+            return Err(SimError::OutOfBounds { buffer: rec.name.clone(), offset, len, size: rec.size });
         }
         Ok(rec.runs())
     }
@@ -390,9 +332,7 @@ impl Machine {
         let runs = self.bounds(b, offset, len as u64)?;
         self.content
             .read(&runs, offset, len)
-            .ok_or_else(|| SimError::NoBytes {
-                buffer: self.record(b).map(|r| r.name.clone()).unwrap_or_default(),
-            })
+            .ok_or_else(|| SimError::NoBytes { buffer: self.record(b).map(|r| r.name.clone()).unwrap_or_default() })
     }
 
     /// Fills the whole buffer with a pattern derived from `seed` (cheap in checksum mode).
@@ -460,11 +400,7 @@ impl Backend for Machine {
         }
     }
 
-    fn map(
-        &mut self,
-        device: &Effective,
-        backing: &SimBacking,
-    ) -> Result<(SimMapping, SgTable), SimError> {
+    fn map(&mut self, device: &Effective, backing: &SimBacking) -> Result<(SimMapping, SgTable), SimError> {
         self.map_for(device, backing)
     }
 

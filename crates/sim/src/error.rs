@@ -38,9 +38,7 @@ pub enum SimError {
         largest: Size,
     },
     /// The sg table a device would need has more entries than it allows.
-    #[error(
-        "device `{device}`: the backing of `{buffer}` needs {needed} sg entries, over max_segments = {max}"
-    )]
+    #[error("device `{device}`: the backing of `{buffer}` needs {needed} sg entries, over max_segments = {max}")]
     SegmentLimit {
         /// Device name (`*` for the plan as a whole).
         device: String,
@@ -73,9 +71,7 @@ pub enum SimError {
         reach: String,
     },
     /// A segment is not aligned to the IOMMU's smallest page.
-    #[error(
-        "device `{device}`: segment {segment} of `{buffer}` is not aligned to IOMMU {iommu}'s {granule} pages"
-    )]
+    #[error("device `{device}`: segment {segment} of `{buffer}` is not aligned to IOMMU {iommu}'s {granule} pages")]
     IommuAlignment {
         /// Device name.
         device: String,
@@ -89,9 +85,7 @@ pub enum SimError {
         granule: Size,
     },
     /// The device's IOVA space has no free range large enough.
-    #[error(
-        "device `{device}`: no {size} IOVA range aligned to {align} left in its {space} IOVA space"
-    )]
+    #[error("device `{device}`: no {size} IOVA range aligned to {align} left in its {space} IOVA space")]
     IovaExhausted {
         /// Device name.
         device: String,

@@ -31,11 +31,7 @@ impl HBitmap {
             }
             n = words;
         }
-        HBitmap {
-            len,
-            levels,
-            count: 0,
-        }
+        HBitmap { len, levels, count: 0 }
     }
 
     /// How many bits are set.

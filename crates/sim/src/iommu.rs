@@ -45,10 +45,7 @@ impl IovaAllocator {
     /// Returns `start..start + len`.
     pub(crate) fn release(&mut self, start: u64, len: u64) {
         let (mut s, mut e) = (start, start + len);
-        debug_assert!(
-            s >= self.start && e <= self.end,
-            "IOVA {s:#x}..{e:#x} outside the space"
-        );
+        debug_assert!(s >= self.start && e <= self.end, "IOVA {s:#x}..{e:#x} outside the space");
         if let Some((&ps, &pe)) = self.free.range(..s).next_back() {
             debug_assert!(pe <= s, "IOVA {s:#x} freed twice");
             if pe == s {
@@ -113,12 +110,7 @@ pub(crate) fn page_runs(pgsizes: PageSizes, iova: u64, phys: u64, len: u64) -> O
             Some(q) => run.min(((q.get() - ((v | p) & (q.get() - 1))) / page.get()).max(1)),
             None => run,
         };
-        out.push(PteRun {
-            iova: DmaAddr::new(v),
-            phys: p,
-            page,
-            count: n,
-        });
+        out.push(PteRun { iova: DmaAddr::new(v), phys: p, page, count: n });
         done += n * page.get();
     }
     Some(out)
@@ -139,12 +131,7 @@ pub struct Iotlb {
 impl Iotlb {
     /// An empty (cold) IOTLB. A capacity of 0 misses on every lookup.
     pub fn new(capacity: usize) -> Iotlb {
-        Iotlb {
-            capacity,
-            entries: Vec::with_capacity(capacity),
-            lookups: 0,
-            misses: 0,
-        }
+        Iotlb { capacity, entries: Vec::with_capacity(capacity), lookups: 0, misses: 0 }
     }
 
     /// Looks up the page of `page` bytes at `base`; returns whether it hit.
@@ -196,13 +183,7 @@ impl fmt::Display for AccessPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AccessPattern::Linear { burst } => write!(f, "linear scan ({burst} B bursts)"),
-            AccessPattern::Tiled {
-                pitch,
-                rows,
-                tile_width,
-                tile_height,
-                burst,
-            } => {
+            AccessPattern::Tiled { pitch, rows, tile_width, tile_height, burst } => {
                 write!(
                     f,
                     "tiled walk ({tile_width} B x {tile_height} rows tiles over {rows} rows of {pitch} B, {burst} B bursts)"
@@ -222,13 +203,7 @@ impl AccessPattern {
                 }
                 Ok(vec![(0, len)])
             }
-            AccessPattern::Tiled {
-                pitch,
-                rows,
-                tile_width,
-                tile_height,
-                burst,
-            } => {
+            AccessPattern::Tiled { pitch, rows, tile_width, tile_height, burst } => {
                 if burst == 0 || tile_width == 0 || tile_height == 0 || pitch == 0 {
                     return Err("pitch, tile sizes and burst must be non-zero".into());
                 }
@@ -238,8 +213,7 @@ impl AccessPattern {
                 }
                 let mut out = Vec::new();
                 for ty in (0..rows).step_by(usize::try_from(tile_height).unwrap_or(usize::MAX)) {
-                    for tx in (0..pitch).step_by(usize::try_from(tile_width).unwrap_or(usize::MAX))
-                    {
+                    for tx in (0..pitch).step_by(usize::try_from(tile_width).unwrap_or(usize::MAX)) {
                         let w = tile_width.min(pitch - tx);
                         for row in ty..(ty + tile_height).min(rows) {
                             out.push((row * pitch + tx, w));
@@ -271,13 +245,7 @@ pub struct IotlbStats {
 }
 
 /// Replays `spans` (buffer offsets) over `runs` (sorted by IOVA, starting at `iova`).
-pub(crate) fn replay(
-    runs: &[PteRun],
-    iova: u64,
-    spans: &[(u64, u64)],
-    burst: u64,
-    tlb: &mut Iotlb,
-) -> IotlbStats {
+pub(crate) fn replay(runs: &[PteRun], iova: u64, spans: &[(u64, u64)], burst: u64, tlb: &mut Iotlb) -> IotlbStats {
     let (l0, m0) = (tlb.lookups, tlb.misses);
     let mut accesses = 0u64;
     for &(off, len) in spans {
@@ -292,19 +260,12 @@ pub(crate) fn replay(
             a = (base + p).min(end);
         }
     }
-    IotlbStats {
-        accesses,
-        lookups: tlb.lookups - l0,
-        misses: tlb.misses - m0,
-    }
+    IotlbStats { accesses, lookups: tlb.lookups - l0, misses: tlb.misses - m0 }
 }
 
 /// The IOVA alignment for a mapping of `len` bytes: the largest page size that fits.
 pub(crate) fn iova_align(pgsizes: PageSizes, len: u64) -> u64 {
-    pgsizes
-        .largest_at_most(len)
-        .or(pgsizes.smallest())
-        .map_or(4096, PageSize::get)
+    pgsizes.largest_at_most(len).or(pgsizes.smallest()).map_or(4096, PageSize::get)
 }
 
 /// A [`Size`] for an IOVA space end (saturating for 64-bit spaces).

@@ -43,11 +43,8 @@ pub(crate) struct Chunk {
 
 impl Chunk {
     pub(crate) fn range(&self) -> PhysRange {
-        PhysRange::new(
-            PhysAddr::new(self.pfn * PAGE),
-            PhysAddr::new((self.pfn + self.pages) * PAGE),
-        )
-        .expect("chunks are non-empty")
+        PhysRange::new(PhysAddr::new(self.pfn * PAGE), PhysAddr::new((self.pfn + self.pages) * PAGE))
+            .expect("chunks are non-empty")
     }
 }
 
@@ -239,24 +236,17 @@ impl Machine {
     /// Builds the machine for `platform`: zones, CMA regions and carveouts from its
     /// memory map, then the seeded background load.
     pub fn new(platform: &Platform, config: SimConfig) -> Result<Machine, SimError> {
-        let perr = |reason: String| SimError::Platform {
-            platform: platform.name.clone(),
-            reason,
-        };
+        let perr = |reason: String| SimError::Platform { platform: platform.name.clone(), reason };
         let mem = &platform.memory;
         let max_order = match config.max_order {
             Some(o) => o,
-            None => mem.max_buddy_block.order().ok_or_else(|| {
-                perr(format!(
-                    "max_buddy_block {} is below 4 KiB",
-                    mem.max_buddy_block
-                ))
-            })?,
+            None => mem
+                .max_buddy_block
+                .order()
+                .ok_or_else(|| perr(format!("max_buddy_block {} is below 4 KiB", mem.max_buddy_block)))?,
         };
         if max_order > ORDER_LIMIT {
-            return Err(perr(format!(
-                "max order {max_order} is over the simulator's limit of {ORDER_LIMIT}"
-            )));
+            return Err(perr(format!("max order {max_order} is over the simulator's limit of {ORDER_LIMIT}")));
         }
         let carve_w = Window::from_ranges(mem.carveouts.iter().map(|c| c.range()));
         let cma_w = Window::from_ranges(mem.cma.iter().map(|c| c.range()));
@@ -276,9 +266,7 @@ impl Machine {
         let mut dma = Vec::new();
         let dma_end: Pfn = mem.zone_dma_bits.map_or(0, |b| (b.end() / 4096).min(NORMAL_START));
         for bank in &mem.banks {
-            let general = Window::from_ranges([bank.range()])
-                .subtract(&cma_w)
-                .subtract(&carve_w);
+            let general = Window::from_ranges([bank.range()]).subtract(&cma_w).subtract(&carve_w);
             for r in general.ranges() {
                 let (lo, hi) = frames_of(*r);
                 for (zone, zlo, zhi) in [
@@ -289,11 +277,7 @@ impl Machine {
                     if zlo < zhi {
                         let mut area = Area::new(zlo, zhi, max_order);
                         area.free_range(zlo, zhi - zlo);
-                        let za = ZoneArea {
-                            zone,
-                            bank: bank.name.clone(),
-                            area,
-                        };
+                        let za = ZoneArea { zone, bank: bank.name.clone(), area };
                         match zone {
                             Zone::Normal => normal.push(za),
                             Zone::Dma32 => dma32.push(za),
@@ -317,11 +301,7 @@ impl Machine {
                 let (lo, hi) = frames_of(c.range());
                 let mut area = Area::new(lo, hi, max_order);
                 area.free_range(lo, hi - lo);
-                CmaRegion {
-                    name: c.name.clone(),
-                    area,
-                    pinned: BTreeMap::new(),
-                }
+                CmaRegion { name: c.name.clone(), area, pinned: BTreeMap::new() }
             })
             .collect();
         let carveouts = mem
@@ -393,10 +373,7 @@ impl Machine {
     }
 
     pub(crate) fn record(&self, b: &SimBacking) -> Result<&BufferRecord, SimError> {
-        let stale = SimError::StaleHandle {
-            what: "backing",
-            id: b.id,
-        };
+        let stale = SimError::StaleHandle { what: "backing", id: b.id };
         if b.machine != self.id {
             return Err(stale);
         }
@@ -415,12 +392,7 @@ impl Machine {
             if let Some(d) = self.platform.device(&e.device) {
                 names.extend(d.placement.regions.iter().map(String::as_str));
             }
-            for r in self
-                .platform
-                .rules
-                .iter()
-                .filter(|r| r.applies(&e.device, e.hints))
-            {
+            for r in self.platform.rules.iter().filter(|r| r.applies(&e.device, e.hints)) {
                 names.extend(r.regions.iter().map(String::as_str));
             }
         }
@@ -429,13 +401,8 @@ impl Machine {
 
     /// The frames the plan may use, per source.
     pub(crate) fn targets(&self, plan: &Plan) -> Targets {
-        let place: Vec<(Pfn, Pfn)> = plan
-            .placement
-            .ranges()
-            .iter()
-            .map(|r| frames_of(*r))
-            .filter(|(lo, hi)| lo < hi)
-            .collect();
+        let place: Vec<(Pfn, Pfn)> =
+            plan.placement.ranges().iter().map(|r| frames_of(*r)).filter(|(lo, hi)| lo < hi).collect();
         let clip = |lo: Pfn, hi: Pfn, i: usize, out: &mut Vec<(usize, Pfn, Pfn)>| {
             for &(plo, phi) in &place {
                 let (a, b) = (plo.max(lo), phi.min(hi));
@@ -448,11 +415,7 @@ impl Machine {
         let protected = plan.requirements.protected.value;
         let named = self.named_regions(plan);
         for (i, c) in self.carveouts.iter().enumerate() {
-            let usable = if protected {
-                c.protected
-            } else {
-                !c.protected && named.contains(c.name.as_str())
-            };
+            let usable = if protected { c.protected } else { !c.protected && named.contains(c.name.as_str()) };
             if usable {
                 clip(c.start, c.end, i, &mut t.carveouts);
             }
@@ -478,11 +441,7 @@ impl Machine {
                 for &(i, lo, hi) in &t.carveouts {
                     if let Some(pfn) = self.carveouts[i].claim(pages, align, lo, hi) {
                         self.counters.carveout_chunks += 1;
-                        return Some(Chunk {
-                            pfn,
-                            pages,
-                            src: Src::Carveout(i),
-                        });
+                        return Some(Chunk { pfn, pages, src: Src::Carveout(i) });
                     }
                 }
                 let order = order_covering(pages.max(align));
@@ -495,11 +454,7 @@ impl Machine {
                                 area.free_range(pfn + pages, block - pages);
                             }
                             self.counters.buddy_chunks += 1;
-                            return Some(Chunk {
-                                pfn,
-                                pages,
-                                src: Src::Area(i),
-                            });
+                            return Some(Chunk { pfn, pages, src: Src::Area(i) });
                         }
                     }
                 }
@@ -508,11 +463,7 @@ impl Machine {
             Pass::Cma => {
                 for &(i, lo, hi) in &t.cma {
                     if let Some(pfn) = self.cma_claim(i, pages, align, lo, hi) {
-                        return Some(Chunk {
-                            pfn,
-                            pages,
-                            src: Src::Cma(i),
-                        });
+                        return Some(Chunk { pfn, pages, src: Src::Cma(i) });
                     }
                 }
                 None
@@ -634,18 +585,9 @@ impl Machine {
         let backing = rec.backing();
         let check = match req.max_segments.value {
             Some(n) => {
-                let needed = sg_entries(
-                    &backing,
-                    req.max_segment_size.value,
-                    req.segment_boundary.value,
-                );
+                let needed = sg_entries(&backing, req.max_segment_size.value, req.segment_boundary.value);
                 if needed > u64::from(n.get()) {
-                    Err(SimError::SegmentLimit {
-                        device: "*".into(),
-                        buffer: name.to_owned(),
-                        needed,
-                        max: n.get(),
-                    })
+                    Err(SimError::SegmentLimit { device: "*".into(), buffer: name.to_owned(), needed, max: n.get() })
                 } else {
                     Ok(())
                 }
@@ -653,10 +595,8 @@ impl Machine {
             None => Ok(()),
         }
         .and_then(|()| {
-            verify(plan, &plan.devices, &backing).map_err(|violation| SimError::Verify {
-                buffer: name.to_owned(),
-                violation,
-            })
+            verify(plan, &plan.devices, &backing)
+                .map_err(|violation| SimError::Verify { buffer: name.to_owned(), violation })
         });
         if let Err(e) = check {
             for c in rec.chunks.into_iter().rev() {
@@ -676,25 +616,14 @@ impl Machine {
         };
         let s = &mut self.slots[slot as usize];
         s.generation = s.generation.wrapping_add(1);
-        let handle = SimBacking {
-            machine: self.id,
-            slot,
-            generation: s.generation,
-            id: rec.id,
-            size: plan.size,
-        };
+        let handle = SimBacking { machine: self.id, slot, generation: s.generation, id: rec.id, size: plan.size };
         s.record = Some(rec);
         Ok(handle)
     }
 
     /// One contiguous run: the preferred alignment first (the largest IOMMU page that
     /// fits), then the hard one.
-    fn alloc_contiguous(
-        &mut self,
-        plan: &Plan,
-        t: &Targets,
-        pages: u64,
-    ) -> Result<Vec<Chunk>, String> {
+    fn alloc_contiguous(&mut self, plan: &Plan, t: &Targets, pages: u64) -> Result<Vec<Chunk>, String> {
         let req = &plan.requirements;
         let covering = pages.next_power_of_two();
         let mut hard = (req.alignment.value.max(req.granule.value).get() / PAGE).max(1);
@@ -705,11 +634,7 @@ impl Machine {
         }
         let soft = hard.max((plan.preferences.alignment.get() / PAGE).min(covering));
         for pass in [Pass::Static, Pass::Cma] {
-            for align in if soft > hard {
-                vec![soft, hard]
-            } else {
-                vec![hard]
-            } {
+            for align in if soft > hard { vec![soft, hard] } else { vec![hard] } {
                 if let Some(c) = self.alloc_chunk(t, pages, align, pass) {
                     return Ok(vec![c]);
                 }
@@ -719,16 +644,8 @@ impl Machine {
             "no free run of {} aligned to {} in the zones{}{}",
             Size::new(pages * PAGE),
             Size::new(hard * PAGE),
-            if t.cma.is_empty() {
-                ""
-            } else {
-                ", CMA regions"
-            },
-            if t.carveouts.is_empty() {
-                ""
-            } else {
-                " or named carveouts"
-            },
+            if t.cma.is_empty() { "" } else { ", CMA regions" },
+            if t.carveouts.is_empty() { "" } else { " or named carveouts" },
         ))
     }
 
@@ -741,9 +658,7 @@ impl Machine {
     fn chunk_orders(&self, plan: &Plan, pages: u64) -> Result<(Vec<u32>, u32), String> {
         let req = &plan.requirements;
         let granule = order_within((req.granule.value.get() / PAGE).max(1));
-        let cap_order = req
-            .segment_cap()
-            .map_or(ORDER_LIMIT, |c| order_within((c / PAGE).max(1)));
+        let cap_order = req.segment_cap().map_or(ORDER_LIMIT, |c| order_within((c / PAGE).max(1)));
         let top = self.max_order.min(cap_order);
         let mut min = granule;
         if let Some(n) = req.max_segments.value {
@@ -754,9 +669,7 @@ impl Machine {
             return Err(format!(
                 "{} in {} segments needs chunks of {}, over the largest block {}",
                 Size::new(pages * PAGE),
-                req.max_segments
-                    .value
-                    .map_or("any number of".to_owned(), |n| format!("at most {n}")),
+                req.max_segments.value.map_or("any number of".to_owned(), |n| format!("at most {n}")),
                 Size::new(PAGE << min),
                 Size::new(PAGE << top)
             ));
@@ -768,21 +681,14 @@ impl Machine {
     /// chunk's offset in the buffer, and so in the IOVA range, is a multiple of its size);
     /// the first also aligned to the plan's alignment. Zones and carveouts are tried at
     /// every size before CMA is.
-    fn alloc_scattered(
-        &mut self,
-        plan: &Plan,
-        t: &Targets,
-        pages: u64,
-    ) -> Result<Vec<Chunk>, String> {
+    fn alloc_scattered(&mut self, plan: &Plan, t: &Targets, pages: u64) -> Result<Vec<Chunk>, String> {
         let req = &plan.requirements;
         let first_align = (req.alignment.value.max(req.granule.value).get() / PAGE).max(1);
         let (orders, min) = match self.chunk_orders(plan, pages) {
             Ok(o) => o,
             Err(reason) => {
                 // The segment limit needs runs longer than the buddy's blocks: one run.
-                return self
-                    .alloc_contiguous(plan, t, pages)
-                    .map_err(|e| format!("{reason}; as one run: {e}"));
+                return self.alloc_contiguous(plan, t, pages).map_err(|e| format!("{reason}; as one run: {e}"));
             }
         };
         let mut chunks: Vec<Chunk> = Vec::with_capacity(4);
@@ -802,9 +708,7 @@ impl Machine {
                 }
                 if left < 1u64 << min {
                     // The tail, shorter than the smallest chunk: naturally aligned.
-                    if let Some(c) =
-                        self.alloc_chunk(t, left, left.next_power_of_two().max(align0), pass)
-                    {
+                    if let Some(c) = self.alloc_chunk(t, left, left.next_power_of_two().max(align0), pass) {
                         got = Some(c);
                         break 'passes;
                     }
@@ -835,19 +739,12 @@ impl Machine {
     /// Frees a backing; fails on a handle this machine did not issue or already freed.
     pub fn release(&mut self, b: SimBacking) -> Result<(), SimError> {
         self.record(&b)?;
-        let rec = self.slots[b.slot as usize]
-            .record
-            .take()
-            .expect("checked live");
+        let rec = self.slots[b.slot as usize].record.take().expect("checked live");
         self.free_slots.push(b.slot);
         for c in rec.chunks.into_iter().rev() {
             self.free_chunk(c);
         }
-        let dangling: Vec<&MapRecord> = self
-            .mappings
-            .values()
-            .filter(|m| m.buffer == rec.id)
-            .collect();
+        let dangling: Vec<&MapRecord> = self.mappings.values().filter(|m| m.buffer == rec.id).collect();
         if !dangling.is_empty() {
             let devs: Vec<&str> = dangling.iter().map(|m| m.device.as_str()).collect();
             self.warnings.push(format!(

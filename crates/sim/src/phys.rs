@@ -65,11 +65,7 @@ impl CmaRegion {
     }
     /// The pinned range overlapping `lo..hi` that ends last, if any.
     pub(crate) fn pinned_overlap(&self, lo: Pfn, hi: Pfn) -> Option<(Pfn, u64)> {
-        self.pinned
-            .range(..hi)
-            .next_back()
-            .filter(|(s, n)| *s + *n > lo)
-            .map(|(s, n)| (*s, *n))
+        self.pinned.range(..hi).next_back().filter(|(s, n)| *s + *n > lo).map(|(s, n)| (*s, *n))
     }
 }
 
@@ -87,14 +83,7 @@ pub(crate) struct Carveout {
 
 impl Carveout {
     pub(crate) fn new(name: String, start: Pfn, end: Pfn, protected: bool) -> Carveout {
-        Carveout {
-            name,
-            start,
-            end,
-            protected,
-            free: BTreeMap::from([(start, end)]),
-            free_pages: end - start,
-        }
+        Carveout { name, start, end, protected, free: BTreeMap::from([(start, end)]), free_pages: end - start }
     }
 
     /// The lowest `align`-aligned run of `pages` frames inside `lo..hi`.

@@ -32,11 +32,7 @@ pub struct SyntheticPlatform {
 impl SyntheticPlatform {
     /// `ram` of DRAM from address 0, 64 MiB of CMA (if RAM allows), no carveouts.
     pub fn new(ram: Size) -> SyntheticPlatform {
-        let cma = if ram >= Size::mib(256) {
-            Size::mib(64)
-        } else {
-            Size::ZERO
-        };
+        let cma = if ram >= Size::mib(256) { Size::mib(64) } else { Size::ZERO };
         SyntheticPlatform {
             name: format!("synthetic-{ram}").replace(' ', ""),
             ram,
@@ -69,34 +65,14 @@ impl SyntheticPlatform {
     pub fn toml(&self) -> String {
         let mut t = String::new();
         let end = self.base + self.ram.bytes();
-        let _ = writeln!(
-            t,
-            "[platform]\nname = \"{}\"\ndescription = \"synthetic platform for the simulator\"",
-            self.name
-        );
-        let _ = writeln!(
-            t,
-            "[memory]\nmax_buddy_block = {}",
-            self.max_buddy_block.get()
-        );
-        let _ = writeln!(
-            t,
-            "[[memory.bank]]\nname = \"dram\"\nstart = {}\nsize = {}",
-            self.base,
-            self.ram.bytes()
-        );
-        let mut top = if self.base < 1 << 32 {
-            end.min(1 << 32)
-        } else {
-            end
-        };
+        let _ =
+            writeln!(t, "[platform]\nname = \"{}\"\ndescription = \"synthetic platform for the simulator\"", self.name);
+        let _ = writeln!(t, "[memory]\nmax_buddy_block = {}", self.max_buddy_block.get());
+        let _ = writeln!(t, "[[memory.bank]]\nname = \"dram\"\nstart = {}\nsize = {}", self.base, self.ram.bytes());
+        let mut top = if self.base < 1 << 32 { end.min(1 << 32) } else { end };
         if !self.cma.is_zero() {
             top -= self.cma.bytes();
-            let _ = writeln!(
-                t,
-                "[[memory.cma]]\nname = \"cma\"\nstart = {top}\nsize = {}",
-                self.cma.bytes()
-            );
+            let _ = writeln!(t, "[[memory.cma]]\nname = \"cma\"\nstart = {top}\nsize = {}", self.cma.bytes());
         }
         for (name, size, protected) in &self.carveouts {
             top -= size.bytes();

@@ -33,12 +33,7 @@ pub const DMA_HEAP_IOCTL_ALLOC: Opcode = opcode::read_write::<DmaHeapAllocationD
 pub fn dma_heap_alloc(heap: BorrowedFd<'_>, len: u64) -> Result<OwnedFd> {
     // CAST: O_RDWR | O_CLOEXEC fit the u32 fd_flags field (0o2000002).
     let fd_flags = (OFlags::RDWR | OFlags::CLOEXEC).bits();
-    let mut data = DmaHeapAllocationData {
-        len,
-        fd: 0,
-        fd_flags,
-        heap_flags: 0,
-    };
+    let mut data = DmaHeapAllocationData { len, fd: 0, fd_flags, heap_flags: 0 };
     // SAFETY: DMA_HEAP_IOCTL_ALLOC is a read-write opcode on a struct dma_heap_allocation_data, which `data` is.
     unsafe { ioctl::ioctl(heap, Updater::<DMA_HEAP_IOCTL_ALLOC, _>::new(&mut data))? };
     // SAFETY: on success the kernel stored a new descriptor in `data.fd` that nothing else owns.
@@ -91,19 +86,9 @@ unsafe impl Ioctl for UdmabufCreateIoctl {
 /// Turns `size` bytes at `offset` of the sealed memfd `memfd` into a close-on-exec
 /// dma-buf. The caller checks udmabuf's preconditions first (see `crate::udmabuf`).
 #[doc(alias = "UDMABUF_CREATE")]
-pub fn udmabuf_create(
-    dev: BorrowedFd<'_>,
-    memfd: BorrowedFd<'_>,
-    offset: u64,
-    size: u64,
-) -> Result<OwnedFd> {
+pub fn udmabuf_create(dev: BorrowedFd<'_>, memfd: BorrowedFd<'_>, offset: u64, size: u64) -> Result<OwnedFd> {
     let memfd = u32::try_from(memfd.as_raw_fd()).map_err(|_| Errno::BADF)?;
-    let arg = UdmabufCreateIoctl(UdmabufCreate {
-        memfd,
-        flags: UDMABUF_FLAGS_CLOEXEC,
-        offset,
-        size,
-    });
+    let arg = UdmabufCreateIoctl(UdmabufCreate { memfd, flags: UDMABUF_FLAGS_CLOEXEC, offset, size });
     // SAFETY: UdmabufCreateIoctl passes a struct udmabuf_create to UDMABUF_CREATE and takes ownership of the returned fd.
     unsafe { ioctl::ioctl(dev, arg) }
 }
@@ -138,12 +123,7 @@ pub const DMA_BUF_NAME_LEN: usize = 32;
 pub fn dma_buf_sync(buf: BorrowedFd<'_>, flags: u64) -> Result<()> {
     loop {
         // SAFETY: DMA_BUF_IOCTL_SYNC is a write opcode that reads a struct dma_buf_sync, which Setter passes.
-        let r = unsafe {
-            ioctl::ioctl(
-                buf,
-                Setter::<DMA_BUF_IOCTL_SYNC, _>::new(DmaBufSync { flags }),
-            )
-        };
+        let r = unsafe { ioctl::ioctl(buf, Setter::<DMA_BUF_IOCTL_SYNC, _>::new(DmaBufSync { flags })) };
         match r {
             Err(Errno::INTR | Errno::AGAIN) => continue,
             other => return other,
@@ -159,12 +139,7 @@ pub fn dma_buf_set_name(buf: BorrowedFd<'_>, name: &CStr) -> Result<()> {
         return Err(Errno::INVAL);
     }
     // SAFETY: DMA_BUF_SET_NAME takes a pointer to a NUL-terminated string, which `name` is and outlives the call.
-    unsafe {
-        ioctl::ioctl(
-            buf,
-            IntegerSetter::<DMA_BUF_SET_NAME>::new_pointer(name.as_ptr().cast_mut().cast()),
-        )
-    }
+    unsafe { ioctl::ioctl(buf, IntegerSetter::<DMA_BUF_SET_NAME>::new_pointer(name.as_ptr().cast_mut().cast())) }
 }
 
 // ------------------------------------------------------------------ DRM
@@ -224,18 +199,9 @@ pub const DRM_IOCTL_PRIME_FD_TO_HANDLE: Opcode = opcode::read_write::<DrmPrimeHa
 /// (the import attaches the device to the buffer).
 #[doc(alias = "DRM_IOCTL_PRIME_FD_TO_HANDLE")]
 pub fn drm_prime_fd_to_handle(card: BorrowedFd<'_>, buf: BorrowedFd<'_>) -> Result<u32> {
-    let mut p = DrmPrimeHandle {
-        handle: 0,
-        flags: 0,
-        fd: buf.as_raw_fd(),
-    };
+    let mut p = DrmPrimeHandle { handle: 0, flags: 0, fd: buf.as_raw_fd() };
     // SAFETY: DRM_IOCTL_PRIME_FD_TO_HANDLE is a read-write opcode on a struct drm_prime_handle, which `p` is.
-    unsafe {
-        ioctl::ioctl(
-            card,
-            Updater::<DRM_IOCTL_PRIME_FD_TO_HANDLE, _>::new(&mut p),
-        )?
-    };
+    unsafe { ioctl::ioctl(card, Updater::<DRM_IOCTL_PRIME_FD_TO_HANDLE, _>::new(&mut p))? };
     Ok(p.handle)
 }
 
@@ -254,12 +220,7 @@ pub const DRM_IOCTL_GEM_CLOSE: Opcode = opcode::write::<DrmGemClose>(b'd', 0x09)
 #[doc(alias = "DRM_IOCTL_GEM_CLOSE")]
 pub fn drm_gem_close(card: BorrowedFd<'_>, handle: u32) -> Result<()> {
     // SAFETY: DRM_IOCTL_GEM_CLOSE is a write opcode that reads a struct drm_gem_close, which Setter passes.
-    unsafe {
-        ioctl::ioctl(
-            card,
-            Setter::<DRM_IOCTL_GEM_CLOSE, _>::new(DrmGemClose { handle, pad: 0 }),
-        )
-    }
+    unsafe { ioctl::ioctl(card, Setter::<DRM_IOCTL_GEM_CLOSE, _>::new(DrmGemClose { handle, pad: 0 })) }
 }
 
 /// `struct drm_vgem_fence_attach`.
@@ -292,12 +253,7 @@ pub const DRM_IOCTL_VGEM_FENCE_SIGNAL: Opcode = opcode::write::<VgemFenceSignal>
 /// buffer's dma-buf waits.
 #[doc(alias = "DRM_IOCTL_VGEM_FENCE_ATTACH")]
 pub fn vgem_fence_attach(card: BorrowedFd<'_>, handle: u32, flags: u32) -> Result<u32> {
-    let mut a = VgemFenceAttach {
-        handle,
-        flags,
-        out_fence: 0,
-        pad: 0,
-    };
+    let mut a = VgemFenceAttach { handle, flags, out_fence: 0, pad: 0 };
     // SAFETY: DRM_IOCTL_VGEM_FENCE_ATTACH is a read-write opcode on a struct drm_vgem_fence_attach, which `a` is.
     unsafe { ioctl::ioctl(card, Updater::<DRM_IOCTL_VGEM_FENCE_ATTACH, _>::new(&mut a))? };
     Ok(a.out_fence)
@@ -307,12 +263,7 @@ pub fn vgem_fence_attach(card: BorrowedFd<'_>, handle: u32, flags: u32) -> Resul
 #[doc(alias = "DRM_IOCTL_VGEM_FENCE_SIGNAL")]
 pub fn vgem_fence_signal(card: BorrowedFd<'_>, fence: u32) -> Result<()> {
     // SAFETY: DRM_IOCTL_VGEM_FENCE_SIGNAL is a write opcode that reads a struct drm_vgem_fence_signal, which Setter passes.
-    unsafe {
-        ioctl::ioctl(
-            card,
-            Setter::<DRM_IOCTL_VGEM_FENCE_SIGNAL, _>::new(VgemFenceSignal { fence, flags: 0 }),
-        )
-    }
+    unsafe { ioctl::ioctl(card, Setter::<DRM_IOCTL_VGEM_FENCE_SIGNAL, _>::new(VgemFenceSignal { fence, flags: 0 })) }
 }
 
 // ------------------------------------------------------------------ helpers
@@ -350,9 +301,6 @@ mod tests {
     fn long_names_are_refused_before_the_ioctl() {
         let f = std::fs::File::open("/dev/null").unwrap();
         let name = c"a name that is longer than thirty-one bytes";
-        assert_eq!(
-            dma_buf_set_name(std::os::fd::AsFd::as_fd(&f), name),
-            Err(Errno::INVAL)
-        );
+        assert_eq!(dma_buf_set_name(std::os::fd::AsFd::as_fd(&f), name), Err(Errno::INVAL));
     }
 }

@@ -29,25 +29,10 @@ impl RawMap {
         if len == 0 {
             return Err(Errno::INVAL);
         }
-        let prot = if writable {
-            ProtFlags::READ | ProtFlags::WRITE
-        } else {
-            ProtFlags::READ
-        };
+        let prot = if writable { ProtFlags::READ | ProtFlags::WRITE } else { ProtFlags::READ };
         // SAFETY: a fresh mapping at an address the kernel picks (null hint) cannot alias any Rust object.
-        let p = unsafe {
-            mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                prot,
-                MapFlags::SHARED,
-                fd,
-                offset,
-            )?
-        };
-        NonNull::new(p.cast())
-            .map(|ptr| RawMap { ptr, len })
-            .ok_or(Errno::NOMEM)
+        let p = unsafe { mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, offset)? };
+        NonNull::new(p.cast()).map(|ptr| RawMap { ptr, len }).ok_or(Errno::NOMEM)
     }
 
     /// Maps `len` bytes of private anonymous memory, locked in RAM (`mlock`) so that its
@@ -58,16 +43,9 @@ impl RawMap {
         }
         // SAFETY: a fresh anonymous mapping at an address the kernel picks cannot alias any Rust object.
         let p = unsafe {
-            mm::mmap_anonymous(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::PRIVATE,
-            )?
+            mm::mmap_anonymous(std::ptr::null_mut(), len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::PRIVATE)?
         };
-        let map = NonNull::new(p.cast())
-            .map(|ptr| RawMap { ptr, len })
-            .ok_or(Errno::NOMEM)?;
+        let map = NonNull::new(p.cast()).map(|ptr| RawMap { ptr, len }).ok_or(Errno::NOMEM)?;
         // SAFETY: mlock only pins the pages of the range this RawMap owns.
         unsafe { mm::mlock(map.ptr.as_ptr().cast(), map.len)? };
         Ok(map)

@@ -36,26 +36,16 @@ pub fn guest(test: &str) -> Option<Kernel> {
 
 /// Solves a plan on a builtin platform; `devices` are `name:HINT,HINT`.
 pub fn plan(platform: &str, devices: &[&str], desc: BufferDesc) -> Plan {
-    let p = dmaplace_core::builtin::load(platform)
-        .expect("builtin platform")
-        .expect("parses");
+    let p = dmaplace_core::builtin::load(platform).expect("builtin platform").expect("parses");
     let parsed: Vec<(String, Usage)> = devices
         .iter()
         .map(|spec| {
             let (name, hints) = spec.split_once(':').unwrap_or((spec, ""));
-            (
-                name.to_owned(),
-                Usage::parse_list(hints).expect("hints parse"),
-            )
+            (name.to_owned(), Usage::parse_list(hints).expect("hints parse"))
         })
         .collect();
-    let reqs: Vec<Request<'_>> = parsed
-        .iter()
-        .map(|(n, h)| Request {
-            device: p.device(n).expect("device exists"),
-            hints: *h,
-        })
-        .collect();
+    let reqs: Vec<Request<'_>> =
+        parsed.iter().map(|(n, h)| Request { device: p.device(n).expect("device exists"), hints: *h }).collect();
     solve(&p, &desc, &reqs).unwrap_or_else(|e| panic!("{platform} {devices:?}: {e}"))
 }
 
@@ -66,45 +56,23 @@ pub fn sized(size: Size) -> BufferDesc {
 
 /// A linear XR24 image.
 pub fn xr24(width: u32, height: u32) -> BufferDesc {
-    BufferDesc::Image(ImageDesc {
-        width,
-        height,
-        format: DrmFourcc::Xrgb8888,
-        modifiers: vec![0],
-    })
+    BufferDesc::Image(ImageDesc { width, height, format: DrmFourcc::Xrgb8888, modifiers: vec![0] })
 }
 
 /// The plans every source is tried with: `(label, plan)`.
 pub fn plans() -> Vec<(&'static str, Plan)> {
     vec![
-        (
-            "contiguous 2 MiB (rpi4 unicam)",
-            plan("rpi4", &["unicam:CAMERA_WRITE"], sized(Size::mib(2))),
-        ),
-        (
-            "contiguous 6 MiB (rpi4 unicam)",
-            plan("rpi4", &["unicam:CAMERA_WRITE"], sized(Size::mib(6))),
-        ),
+        ("contiguous 2 MiB (rpi4 unicam)", plan("rpi4", &["unicam:CAMERA_WRITE"], sized(Size::mib(2)))),
+        ("contiguous 6 MiB (rpi4 unicam)", plan("rpi4", &["unicam:CAMERA_WRITE"], sized(Size::mib(6)))),
         (
             "address-limited 4 MiB (x86 capture, 32-bit, no IOMMU)",
-            plan(
-                "x86-desktop",
-                &["capture:CAMERA_WRITE"],
-                sized(Size::mib(4)),
-            ),
+            plan("x86-desktop", &["capture:CAMERA_WRITE"], sized(Size::mib(4))),
         ),
         (
             "IOMMU-chunked 8 MiB (x86 igpu + dgpu, VT-d 4K/2M/1G)",
-            plan(
-                "x86-desktop",
-                &["igpu:RENDERING", "dgpu:TEXTURING"],
-                sized(Size::mib(8)),
-            ),
+            plan("x86-desktop", &["igpu:RENDERING", "dgpu:TEXTURING"], sized(Size::mib(8))),
         ),
-        (
-            "plain 640x480 XR24 (x86 dgpu)",
-            plan("x86-desktop", &["dgpu:RENDERING"], xr24(640, 480)),
-        ),
+        ("plain 640x480 XR24 (x86 dgpu)", plan("x86-desktop", &["dgpu:RENDERING"], xr24(640, 480))),
     ]
 }
 
