@@ -1,35 +1,19 @@
 //! `dmaplace alloc`: solve a plan, then allocate it on this machine's kernel and, as
 //! root, show and verify where the kernel put it.
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use clap::Args;
 use dmaplace_core::backend::Backend;
-use dmaplace_core::layout::{parse_fourcc, parse_modifier};
-use dmaplace_core::{BufferDesc, ImageDesc, Platform, Request, Size, SolveError, solve};
+use dmaplace_core::{SolveError, solve};
 use dmaplace_linux::{Inventory, LinuxBackend, LinuxError, Source};
 
-use crate::{Outcome, load, report, solve_cmd};
+use crate::request::RequestArgs;
+use crate::{Outcome, report};
 
 #[derive(Args, Debug)]
 pub struct AllocArgs {
-    /// Platform name (built in, or platforms/<name>.toml) or path to a TOML file.
-    #[arg(long, short = 'p', default_value = dmaplace_core::builtin::DEFAULT_PLATFORM)]
-    platform: String,
-    /// A device and its usage hints: `dss:scanout` or `sgx:rendering,texturing`. Repeat.
-    #[arg(long = "device", short = 'd', required = true)]
-    devices: Vec<String>,
-    /// Buffer size for a raw buffer: `8MiB`, `4096`, `0x1000`.
-    #[arg(long, conflicts_with_all = ["image", "format", "modifier"], required_unless_present = "image")]
-    size: Option<String>,
-    /// Image dimensions, `WIDTHxHEIGHT`.
-    #[arg(long, requires = "format")]
-    image: Option<String>,
-    /// DRM fourcc of the image: XR24, NV12, P010, ...
-    #[arg(long, requires = "image")]
-    format: Option<String>,
-    /// Acceptable modifier (name or number); repeat. Default: any.
-    #[arg(long, requires = "image")]
-    modifier: Vec<String>,
+    #[command(flatten)]
+    request: RequestArgs,
     /// Allocate from this source instead of the one dmaplace picks:
     /// `heap:<name>`, `udmabuf`, `udmabuf-huge` or `memfd`.
     #[arg(long)]
@@ -41,28 +25,6 @@ pub struct AllocArgs {
     /// Name of the buffer (shown in /sys/kernel/debug/dma_buf/bufinfo; 31 bytes kept).
     #[arg(long, default_value = "dmaplace-alloc")]
     name: String,
-}
-
-fn parse_desc(args: &AllocArgs, p: &Platform) -> Result<BufferDesc> {
-    if let Some(size) = &args.size {
-        let size: Size = size.parse().context("--size")?;
-        return Ok(BufferDesc::Size(size));
-    }
-    let image = args.image.as_deref().ok_or_else(|| anyhow!("give --size or --image"))?;
-    let (w, h) = image
-        .split_once(['x', 'X'])
-        .ok_or_else(|| anyhow!("--image {image:?}: expected WIDTHxHEIGHT, e.g. 1920x1080"))?;
-    let dim = |t: &str, what: &str| {
-        t.trim().parse::<u32>().map_err(|_| anyhow!("--image {image:?}: {what} {t:?} is not a number"))
-    };
-    let format = args.format.as_deref().ok_or_else(|| anyhow!("--image needs --format"))?;
-    let format = parse_fourcc(format).map_err(|e| anyhow!("--format: {e}"))?;
-    let modifiers = args
-        .modifier
-        .iter()
-        .map(|m| parse_modifier(m, &p.modifiers).map_err(|e| anyhow!("--modifier: {e}")))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(BufferDesc::Image(ImageDesc { width: dim(w, "width")?, height: dim(h, "height")?, format, modifiers }))
 }
 
 fn parse_source(s: &str) -> Result<Source> {
@@ -78,15 +40,10 @@ fn parse_source(s: &str) -> Result<Source> {
 }
 
 pub fn run(args: &AllocArgs) -> Result<Outcome> {
-    let p = load::platform(&args.platform)?;
-    let specs = args.devices.iter().map(|d| solve_cmd::parse_device_spec(&p, d)).collect::<Result<Vec<_>>>()?;
-    let desc = parse_desc(args, &p)?;
+    let parsed = args.request.parse()?;
     let source = args.source.as_deref().map(parse_source).transpose()?;
-    let requests: Vec<Request<'_>> = specs
-        .iter()
-        .map(|(name, hints)| Request { device: p.device(name).expect("checked by parse_device_spec"), hints: *hints })
-        .collect();
-    let plan = match solve(&p, &desc, &requests) {
+    let p = &parsed.platform;
+    let plan = match solve(p, &parsed.desc, &parsed.requests()) {
         Ok(plan) => plan,
         Err(SolveError::Conflict(c)) => {
             print!("{}", report::conflict(&c));
@@ -94,7 +51,7 @@ pub fn run(args: &AllocArgs) -> Result<Outcome> {
         }
         Err(SolveError::Invalid(e)) => bail!("{e}"),
     };
-    print!("{}", report::plan(&p, &plan));
+    print!("{}", report::plan(p, &plan));
     println!();
 
     let inv = Inventory::probe();

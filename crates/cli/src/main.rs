@@ -4,6 +4,7 @@ mod alloc_cmd;
 mod demo;
 mod load;
 mod report;
+mod request;
 mod solve_cmd;
 
 use std::process::ExitCode;
