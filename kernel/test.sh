@@ -13,7 +13,7 @@ set -Eeuo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RIG="$REPO/vm/rig.sh"
-TARGET_DIR="$REPO/target/kmod-guest"
+TARGET_DIR=${DMAPLACE_KMOD_TARGET:-$REPO/target/kmod-guest}
 FILTER=""
 BOOTS=(plain iommu)
 KEEP_GOING=0
@@ -103,7 +103,7 @@ done
 # 6. The placements each scenario produced.
 for l in "${LOGS[@]}"; do
 	printf '\n[kernel/test] placements (%s boot, %s):\n' "${l%%:*}" "${l#*:}" >&2
-	tr -d '\r' <"${l#*:}" | grep -a '^PLACEMENT ' | sed 's/^PLACEMENT /  /' >&2 || true
+	tr -d '\r' <"${l#*:}" | grep -ao 'PLACEMENT .*' | sed 's/^PLACEMENT /  /' >&2 || true
 done
 
 printf '\n[kernel/test] timings:\n' >&2

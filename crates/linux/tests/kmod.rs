@@ -35,20 +35,12 @@ fn env(test: &str) -> Option<Env> {
         eprintln!("{test}: skipped: not in the qemu guest (kernel/test.sh runs it there)");
         return None;
     }
-    assert!(
-        kmod::modules_loaded(),
-        "{test}: /dev/dmaplace or /dev/dmaplace_testdev missing: the modules did not load"
-    );
+    assert!(kmod::modules_loaded(), "{test}: /dev/dmaplace or /dev/dmaplace_testdev missing: the modules did not load");
     let dp = Dmaplace::open().expect("open /dev/dmaplace");
     let td = TestDev::open().expect("open /dev/dmaplace_testdev");
     let platform = kmod::guest_platform().expect("guest platform");
     let iommu = std::env::var("DMAPLACE_IOMMU").as_deref() == Ok("1");
-    Some(Env {
-        dp,
-        td,
-        platform,
-        iommu,
-    })
+    Some(Env { dp, td, platform, iommu })
 }
 
 /// The scenario's devices: fake importers with declared constraints.
@@ -56,8 +48,7 @@ fn display32(e: &Env) -> &'static str {
     // A display-like device: 32-bit DMA, needs one contiguous range, 64 KiB aligned.
     let d = FakeDevice::new("dp-display32", 32);
     e.td.ensure_device(&d).expect("create dp-display32");
-    e.dp.declare("dp-display32", 1, 64 << 10)
-        .expect("declare dp-display32");
+    e.dp.declare("dp-display32", 1, 64 << 10).expect("declare dp-display32");
     "dp-display32"
 }
 
@@ -79,12 +70,7 @@ fn isp4(e: &Env) -> &'static str {
 fn pci_device(vendor: &str, device: &str) -> Option<String> {
     let dir = std::fs::read_dir("/sys/bus/pci/devices").ok()?;
     for e in dir.flatten() {
-        let rd = |f: &str| {
-            std::fs::read_to_string(e.path().join(f))
-                .unwrap_or_default()
-                .trim()
-                .to_owned()
-        };
+        let rd = |f: &str| std::fs::read_to_string(e.path().join(f)).unwrap_or_default().trim().to_owned();
         if rd("vendor") == vendor && rd("device") == device {
             return Some(e.file_name().to_string_lossy().into_owned());
         }
@@ -98,11 +84,7 @@ fn virtio_gpu() -> String {
 }
 
 fn info(id: u64) -> BufferInfo {
-    Snapshot::read()
-        .expect("debugfs")
-        .buffer(id)
-        .unwrap_or_else(|| panic!("buffer {id} not in debugfs"))
-        .clone()
+    Snapshot::read().expect("debugfs").buffer(id).unwrap_or_else(|| panic!("buffer {id} not in debugfs")).clone()
 }
 
 fn mem_free() -> u64 {
@@ -147,10 +129,9 @@ fn check(scenario: &str, e: &Env, b: &BufferInfo) -> kmod::CoreVerdict {
     match (&verdict.plan, b.has_backing) {
         (Some(plan), true) => verify(plan, &plan.devices, &b.backing())
             .unwrap_or_else(|v| panic!("{scenario}: backing fails verify: {v}\n{b:#?}")),
-        (None, true) => panic!(
-            "{scenario}: the module allocated where the core finds no plan: {:?}\n{b:#?}",
-            verdict.conflict
-        ),
+        (None, true) => {
+            panic!("{scenario}: the module allocated where the core finds no plan: {:?}\n{b:#?}", verdict.conflict)
+        }
         _ => {}
     }
     verdict
@@ -159,17 +140,9 @@ fn check(scenario: &str, e: &Env, b: &BufferInfo) -> kmod::CoreVerdict {
 /// The physical pages of a CPU mapping equal the backing's segments, page by page.
 fn check_pagemap(scenario: &str, map: &RawMap, b: &BufferInfo) {
     phys::touch(map.as_slice());
-    let pfns =
-        phys::pagemap(map.addr(), map.len()).unwrap_or_else(|e| panic!("{scenario}: pagemap: {e}"));
-    let want: Vec<u64> = b
-        .segments
-        .iter()
-        .flat_map(|s| (0..s.len / 4096).map(move |i| s.phys / 4096 + i))
-        .collect();
-    assert_eq!(
-        pfns, want,
-        "{scenario}: pagemap of the CPU mapping differs from the backing in debugfs"
-    );
+    let pfns = phys::pagemap(map.addr(), map.len()).unwrap_or_else(|e| panic!("{scenario}: pagemap: {e}"));
+    let want: Vec<u64> = b.segments.iter().flat_map(|s| (0..s.len / 4096).map(move |i| s.phys / 4096 + i)).collect();
+    assert_eq!(pfns, want, "{scenario}: pagemap of the CPU mapping differs from the backing in debugfs");
 }
 
 /// A device without an IOMMU gets physical addresses: its DMA entries, merged,
@@ -182,9 +155,7 @@ fn check_direct_dma(scenario: &str, sg: &kmod::SgDma, b: &BufferInfo) {
     let mut dma = Vec::new();
     sg.entries.iter().for_each(|&x| merge(&mut dma, x));
     let mut runs = Vec::new();
-    b.segments
-        .iter()
-        .for_each(|s| merge(&mut runs, (s.phys, s.len)));
+    b.segments.iter().for_each(|s| merge(&mut runs, (s.phys, s.len)));
     assert_eq!(
         dma, runs,
         "{scenario}: the direct device's DMA addresses are not the backing's physical addresses (swiotlb bounce?)"
@@ -194,16 +165,9 @@ fn check_direct_dma(scenario: &str, sg: &kmod::SgDma, b: &BufferInfo) {
 /// Behind the IOMMU the DMA side is one IOVA-contiguous range covering the buffer.
 fn check_iova(scenario: &str, sg: &kmod::SgDma, size: u64) {
     let total: u64 = sg.entries.iter().map(|e| e.1).sum();
-    assert!(
-        total >= size,
-        "{scenario}: IOVA entries cover {total:#x} of {size:#x}"
-    );
+    assert!(total >= size, "{scenario}: IOVA entries cover {total:#x} of {size:#x}");
     let contiguous = sg.entries.windows(2).all(|w| w[0].0 + w[0].1 == w[1].0);
-    assert!(
-        contiguous,
-        "{scenario}: IOVA entries are not contiguous: {:#x?}",
-        sg.entries
-    );
+    assert!(contiguous, "{scenario}: IOVA entries are not contiguous: {:#x?}", sg.entries);
     println!(
         "PLACEMENT {scenario}:   IOMMU side: {} DMA entries, IOVA {:#x}..{:#x}",
         sg.entries.len(),
@@ -220,43 +184,25 @@ fn deferred_allocation() {
     let gpu = gpu64(&e);
     let before = mem_free();
     let buf = e.dp.create(64 * MIB, "deferred").expect("create");
-    let h =
-        e.td.attach(buf.fd.as_fd(), gpu, true)
-            .expect("dynamic attach");
+    let h = e.td.attach(buf.fd.as_fd(), gpu, true).expect("dynamic attach");
     let b = info(buf.id);
-    assert!(
-        !b.has_backing && b.segments.is_empty(),
-        "pages exist before the first map: {b:#?}"
-    );
+    assert!(!b.has_backing && b.segments.is_empty(), "pages exist before the first map: {b:#?}");
     let after_attach = mem_free();
-    assert!(
-        after_attach + 4 * MIB > before,
-        "MemFree fell by {} KiB before any map",
-        (before - after_attach) / 1024
-    );
+    assert!(after_attach + 4 * MIB > before, "MemFree fell by {} KiB before any map", (before - after_attach) / 1024);
     let sg = e.td.map(h).expect("first map");
     let b = info(buf.id);
     assert!(b.has_backing && b.generation == 1, "{b:#?}");
     assert_eq!(b.segments.iter().map(|s| s.len).sum::<u64>(), 64 * MIB);
     let after_map = mem_free();
-    assert!(
-        before > after_map + 60 * MIB,
-        "MemFree fell by only {} KiB at the first map",
-        (before - after_map) / 1024
-    );
+    assert!(before > after_map + 60 * MIB, "MemFree fell by only {} KiB at the first map", (before - after_map) / 1024);
     check("deferred_allocation", &e, &b);
     check_direct_dma("deferred_allocation", &sg, &b);
     // A non-dynamic importer is mapped by the dma-buf core at attach time: for it
     // the attach is the first map.
     let eager = e.dp.create(MIB, "eager").expect("create");
-    let _h2 =
-        e.td.attach(eager.fd.as_fd(), gpu, false)
-            .expect("static attach");
+    let _h2 = e.td.attach(eager.fd.as_fd(), gpu, false).expect("static attach");
     let b2 = info(eager.id);
-    assert!(
-        b2.has_backing && b2.attachments[0].pinned && b2.attachments[0].maps == 1,
-        "{b2:#?}"
-    );
+    assert!(b2.has_backing && b2.attachments[0].pinned && b2.attachments[0].maps == 1, "{b2:#?}");
 }
 
 #[test]
@@ -265,45 +211,23 @@ fn contiguous_below_4g_for_display_with_an_iommu_device() {
         return;
     };
     let display = display32(&e);
-    let other = if e.iommu {
-        virtio_gpu()
-    } else {
-        gpu64(&e).to_owned()
-    };
+    let other = if e.iommu { virtio_gpu() } else { gpu64(&e).to_owned() };
     let buf = e.dp.create(4 * MIB, "scanout").expect("create");
-    let hd =
-        e.td.attach(buf.fd.as_fd(), display, true)
-            .expect("attach display");
-    let hg =
-        e.td.attach(buf.fd.as_fd(), &other, true)
-            .expect("attach other");
+    let hd = e.td.attach(buf.fd.as_fd(), display, true).expect("attach display");
+    let hg = e.td.attach(buf.fd.as_fd(), &other, true).expect("attach other");
     // The other device maps first; the allocation serves both.
     let sg_other = e.td.map(hg).expect("map other");
     let sg_display = e.td.map(hd).expect("map display");
     let b = info(buf.id);
     check("contiguous_below_4g", &e, &b);
     assert_eq!(b.segments.len(), 1, "not contiguous: {b:#?}");
-    assert!(
-        b.segments[0].phys + b.size <= 4 * GIB,
-        "above 4 GiB: {b:#?}"
-    );
+    assert!(b.segments[0].phys + b.size <= 4 * GIB, "above 4 GiB: {b:#?}");
     assert_eq!(b.segments[0].phys % (64 << 10), 0, "not 64 KiB aligned");
-    assert_eq!(
-        b.plan.window_end.1,
-        vec![0],
-        "the display causes the window"
-    );
-    assert_eq!(
-        b.plan.max_segments,
-        (Some(1), vec![0]),
-        "the display causes contiguity"
-    );
+    assert_eq!(b.plan.window_end.1, vec![0], "the display causes the window");
+    assert_eq!(b.plan.max_segments, (Some(1), vec![0]), "the display causes contiguity");
     check_direct_dma("contiguous_below_4g", &sg_display, &b);
     if e.iommu {
-        assert!(
-            b.attachments[1].iommu,
-            "virtio-gpu is behind the IOMMU: {b:#?}"
-        );
+        assert!(b.attachments[1].iommu, "virtio-gpu is behind the IOMMU: {b:#?}");
         check_iova("contiguous_below_4g", &sg_other, b.size);
     } else {
         check_direct_dma("contiguous_below_4g", &sg_other, &b);
@@ -321,17 +245,12 @@ fn contiguous_beyond_the_page_allocator_comes_from_cma() {
     e.td.ensure_device(&d).expect("create");
     e.dp.declare("dp-display64", 1, 0).expect("declare");
     let buf = e.dp.create(8 * MIB, "cma").expect("create");
-    let h =
-        e.td.attach(buf.fd.as_fd(), "dp-display64", true)
-            .expect("attach");
+    let h = e.td.attach(buf.fd.as_fd(), "dp-display64", true).expect("attach");
     let sg = e.td.map(h).expect("map");
     let b = info(buf.id);
     check("contiguous_cma", &e, &b);
     assert_eq!(b.segments.len(), 1);
-    assert_eq!(
-        b.segments[0].source, "cma",
-        "8 MiB contiguous is over MAX_ORDER: {b:#?}"
-    );
+    assert_eq!(b.segments[0].source, "cma", "8 MiB contiguous is over MAX_ORDER: {b:#?}");
     let cma = e.platform.memory.cma.first().expect("a CMA area");
     let (start, end) = (cma.start.get(), cma.start.get() + cma.size.bytes());
     assert!(
@@ -339,15 +258,16 @@ fn contiguous_beyond_the_page_allocator_comes_from_cma() {
         "not inside the CMA area {start:#x}..{end:#x}"
     );
     check_direct_dma("contiguous_cma", &sg, &b);
+    // CMA pages are individually refcounted: mmap inserts them and pagemap sees them.
+    let map = RawMap::shared(buf.fd.as_fd(), 8 << 20, 0, true).expect("mmap");
+    check_pagemap("contiguous_cma", &map, &b);
     // 8 MiB contiguous below 4 GiB: only CMA could hold it, and when the kernel put
     // the CMA area above 4 GiB (its default on a machine with more RAM) there is
     // none: the module's map fails with ENOMEM and the core solver explains why.
     if start >= 4 * GIB {
         let display = display32(&e);
         let buf32 = e.dp.create(8 * MIB, "cma32").expect("create");
-        let h32 =
-            e.td.attach(buf32.fd.as_fd(), display, true)
-                .expect("attach");
+        let h32 = e.td.attach(buf32.fd.as_fd(), display, true).expect("attach");
         assert_eq!(e.td.map(h32), Err(Errno::NOMEM));
         let b32 = info(buf32.id);
         let verdict = check("contiguous_cma/32-bit", &e, &b32);
@@ -367,12 +287,7 @@ fn four_segment_device_gets_at_most_four() {
     let sg = e.td.map(h).expect("map");
     let b = info(buf.id);
     check("four_segments", &e, &b);
-    assert!(
-        sg.entries.len() <= 4,
-        "{} DMA entries for a 4-segment device: {:#x?}",
-        sg.entries.len(),
-        sg.entries
-    );
+    assert!(sg.entries.len() <= 4, "{} DMA entries for a 4-segment device: {:#x?}", sg.entries.len(), sg.entries);
     assert_eq!(b.plan.min_chunk, Some(2 * MIB));
     check_direct_dma("four_segments", &sg, &b);
 }
@@ -385,6 +300,9 @@ fn chunk_orders_match_the_iommu_page_sizes() {
         return;
     }
     let gpu = virtio_gpu();
+    // Declare the IOMMU device contiguous: behind its IOMMU that binds IOVAs, which
+    // the IOMMU lays out contiguously anyway, so it must not make the pages contiguous.
+    e.dp.declare(&gpu, 1, 0).expect("declare");
     let size = 8 * MIB + 3 * 4096;
     let buf = e.dp.create(size, "iommu").expect("create");
     let h = e.td.attach(buf.fd.as_fd(), &gpu, true).expect("attach");
@@ -392,27 +310,23 @@ fn chunk_orders_match_the_iommu_page_sizes() {
     let b = info(buf.id);
     check("iommu_chunks", &e, &b);
     let a = &b.attachments[0];
-    assert!(
-        a.iommu && a.pgsize_bitmap & (2 * MIB) != 0,
-        "VT-d maps 2 MiB pages: {a:#?}"
-    );
+    assert!(a.iommu && a.pgsize_bitmap & (2 * MIB) != 0, "VT-d maps 2 MiB pages: {a:#?}");
     assert_eq!(b.plan.strategy, "orders:9,0", "{b:#?}");
-    assert!(
-        b.segments.iter().all(|s| s.order == 9 || s.order == 0),
-        "orders other than the IOMMU's: {b:#?}"
-    );
-    assert!(
-        b.segments
-            .iter()
-            .filter(|s| s.order == 9)
-            .all(|s| s.phys % (2 * MIB) == 0 && s.len == 2 * MIB)
-    );
-    assert_eq!(
-        b.segments.iter().filter(|s| s.order == 9).count(),
-        4,
-        "{b:#?}"
-    );
+    assert!(b.segments.iter().all(|s| s.order == 9 || s.order == 0), "orders other than the IOMMU's: {b:#?}");
+    assert!(b.segments.iter().filter(|s| s.order == 9).all(|s| s.phys % (2 * MIB) == 0 && s.len == 2 * MIB));
+    assert_eq!(b.segments.iter().filter(|s| s.order == 9).count(), 4, "{b:#?}");
     check_iova("iommu_chunks", &sg, size);
+    let map = RawMap::shared(buf.fd.as_fd(), usize::try_from(size).expect("size"), 0, true).expect("mmap");
+    check_pagemap("iommu_chunks", &map, &b);
+    assert_eq!(a.declared_max_segments, 1);
+    assert!(
+        !b.plan.contiguous && b.plan.max_segments == (None, vec![]),
+        "a declared segment limit counted behind the IOMMU: {b:#?}"
+    );
+    println!(
+        "PLACEMENT iommu_chunks:   {gpu} declared max_segments=1; behind the IOMMU it binds IOVAs only: plan not contiguous"
+    );
+    e.dp.forget(&gpu).expect("forget");
 }
 
 /// A byte pattern that differs from page to page.
@@ -433,13 +347,7 @@ fn late_attach_migrates_with_contents_and_move_notify() {
     e.td.map(hg).expect("map gpu");
     let first = info(buf.id);
     check("late_attach_migrates/before", &e, &first);
-    if e.platform
-        .memory
-        .ram()
-        .ranges()
-        .last()
-        .is_some_and(|r| r.end().get() > 5 * GIB)
-    {
+    if e.platform.memory.ram().ranges().last().is_some_and(|r| r.end().get() > 5 * GIB) {
         assert!(
             first.segments.iter().any(|s| s.phys >= 4 * GIB),
             "the 64-bit device's pages are all below 4 GiB: the test proves nothing"
@@ -451,9 +359,7 @@ fn late_attach_migrates_with_contents_and_move_notify() {
     }
     check_pagemap("late_attach_migrates/before", &map, &first);
     e.td.unmap(hg).expect("unmap gpu");
-    let hd =
-        e.td.attach(buf.fd.as_fd(), display, true)
-            .expect("late attach while nothing is mapped");
+    let hd = e.td.attach(buf.fd.as_fd(), display, true).expect("late attach while nothing is mapped");
     let pending = info(buf.id);
     assert_eq!(pending.attachments[1].served, Some(false), "{pending:#?}");
     let sg = e.td.map(hd).expect("map display: migrates");
@@ -469,14 +375,8 @@ fn late_attach_migrates_with_contents_and_move_notify() {
     }
     check_pagemap("late_attach_migrates/after", &map, &after);
     let st = e.td.status(hg).expect("status");
-    assert!(
-        st.move_notifies >= 1,
-        "the dynamic gpu attachment saw no move_notify: {st:?}"
-    );
-    println!(
-        "PLACEMENT late_attach_migrates:   move_notify seen by {gpu}: {}",
-        st.move_notifies
-    );
+    assert!(st.move_notifies >= 1, "the dynamic gpu attachment saw no move_notify: {st:?}");
+    println!("PLACEMENT late_attach_migrates:   move_notify seen by {gpu}: {}", st.move_notifies);
     // The gpu maps again, now on the display-friendly pages.
     let sg_gpu = e.td.map(hg).expect("gpu maps the new backing");
     check_direct_dma("late_attach_migrates/gpu", &sg_gpu, &after);
@@ -495,38 +395,24 @@ fn late_attach_is_busy_while_mapped_or_fenced() {
     let b = info(buf.id);
     let high = b.segments.iter().any(|s| s.phys + s.len > 4 * GIB);
     if !high {
-        eprintln!(
-            "late_attach_busy: the gpu's pages landed below 4 GiB; the display fits them and nothing is busy"
-        );
+        eprintln!("late_attach_busy: the gpu's pages landed below 4 GiB; the display fits them and nothing is busy");
         return;
     }
     // Mapped: both a dynamic and a static (DRM-like) late attach get EBUSY.
     assert_eq!(e.td.attach(buf.fd.as_fd(), display, true), Err(Errno::BUSY));
-    assert_eq!(
-        e.td.attach(buf.fd.as_fd(), display, false),
-        Err(Errno::BUSY)
-    );
+    assert_eq!(e.td.attach(buf.fd.as_fd(), display, false), Err(Errno::BUSY));
     let b = info(buf.id);
     assert!(b.refused >= 2 && b.attachments.len() == 1, "{b:#?}");
     check("late_attach_busy/mapped", &e, &b);
-    println!(
-        "PLACEMENT late_attach_busy:   while {gpu} had it mapped: EBUSY x{}",
-        b.refused
-    );
+    println!("PLACEMENT late_attach_busy:   while {gpu} had it mapped: EBUSY x{}", b.refused);
     // Unmapped but with an unsignalled write fence in the reservation object: EBUSY.
     e.td.unmap(hg).expect("unmap");
     let timeline = SwSync::open().expect("sw_sync");
     let fence = timeline.fence(1).expect("fence");
     kmod::import_sync_file(buf.fd.as_fd(), fence.as_fd(), true).expect("import the fence");
-    assert_eq!(
-        e.td.attach(buf.fd.as_fd(), display, true),
-        Err(Errno::BUSY),
-        "unsignalled fence"
-    );
+    assert_eq!(e.td.attach(buf.fd.as_fd(), display, true), Err(Errno::BUSY), "unsignalled fence");
     timeline.inc(1).expect("signal");
-    let hd =
-        e.td.attach(buf.fd.as_fd(), display, true)
-            .expect("attach once the fence signalled");
+    let hd = e.td.attach(buf.fd.as_fd(), display, true).expect("attach once the fence signalled");
     e.td.map(hd).expect("migrates");
     let b = info(buf.id);
     assert_eq!(b.migrations, 1);
@@ -538,13 +424,7 @@ fn differential_plans_for_many_device_sets() {
     let Some(e) = env("differential") else { return };
     let display = FakeDevice::new("dp-display32", 32);
     let devices = vec![
-        (
-            FakeDevice {
-                bus_dma_limit: 0x7fff_ffff,
-                ..FakeDevice::new("dp-bus31", 64)
-            },
-            (0, 0),
-        ),
+        (FakeDevice { bus_dma_limit: 0x7fff_ffff, ..FakeDevice::new("dp-bus31", 64) }, (0, 0)),
         (
             FakeDevice {
                 segment_boundary_mask: 0xffff_ffff,
@@ -555,13 +435,7 @@ fn differential_plans_for_many_device_sets() {
         ),
         (FakeDevice::new("dp-dev36", 36), (0, 1 << 20)),
         (FakeDevice::new("dp-dev30", 30), (0, 0)),
-        (
-            FakeDevice {
-                max_segment_size: 1 << 20,
-                ..FakeDevice::new("dp-isp8", 40)
-            },
-            (8, 0),
-        ),
+        (FakeDevice { max_segment_size: 1 << 20, ..FakeDevice::new("dp-isp8", 40) }, (8, 0)),
         (display.clone(), (1, 64 << 10)),
         (FakeDevice::new("dp-isp4", 64), (4, 0)),
         (FakeDevice::new("dp-gpu64", 64), (0, 0)),
@@ -608,9 +482,7 @@ fn differential_plans_for_many_device_sets() {
                     }
                 }
                 let b = info(buf.id);
-                let verdict = b
-                    .check_against_core(&e.platform)
-                    .unwrap_or_else(|m| panic!("{set:?}: {m}\n{b:#?}"));
+                let verdict = b.check_against_core(&e.platform).unwrap_or_else(|m| panic!("{set:?}: {m}\n{b:#?}"));
                 memory_conflicts += usize::from(verdict.plan.is_none());
                 checked += 1;
             }
@@ -639,17 +511,9 @@ fn real_importers() {
                 let a = &b.attachments[0];
                 println!(
                     "PLACEMENT real_importers: {driver} imported as {} (dma_mask {:#x}, max_segment_size {:#x}, boundary {:#x}, iommu {} pgsize {:#x})",
-                    a.dev,
-                    a.dma_mask,
-                    a.max_segment_size,
-                    a.segment_boundary_mask,
-                    a.iommu,
-                    a.pgsize_bitmap
+                    a.dev, a.dma_mask, a.max_segment_size, a.segment_boundary_mask, a.iommu, a.pgsize_bitmap
                 );
-                assert!(
-                    a.pinned && a.maps == 1 && b.has_backing,
-                    "PRIME import pins and maps at attach: {b:#?}"
-                );
+                assert!(a.pinned && a.maps == 1 && b.has_backing, "PRIME import pins and maps at attach: {b:#?}");
                 check(&format!("real_importers/{driver}"), &e, &b);
                 seen.push(driver);
                 drop(handle);
@@ -661,10 +525,7 @@ fn real_importers() {
             }
         }
     }
-    assert!(
-        seen.contains(&"vgem") && seen.contains(&"vkms") && seen.contains(&"cirrus"),
-        "imported into {seen:?}"
-    );
+    assert!(seen.contains(&"vgem") && seen.contains(&"vkms") && seen.contains(&"cirrus"), "imported into {seen:?}");
 }
 
 #[test]
@@ -681,15 +542,9 @@ fn cpu_access_brackets_and_mmap_before_any_device() {
     let gpu = gpu64(&e);
     let h = e.td.attach(buf.fd.as_fd(), gpu, true).expect("attach");
     e.td.map(h).expect("map");
-    use dmaplace_linux::sys::ioctl::{
-        DMA_BUF_SYNC_END, DMA_BUF_SYNC_READ, DMA_BUF_SYNC_WRITE, dma_buf_sync,
-    };
+    use dmaplace_linux::sys::ioctl::{DMA_BUF_SYNC_END, DMA_BUF_SYNC_READ, DMA_BUF_SYNC_WRITE, dma_buf_sync};
     dma_buf_sync(buf.fd.as_fd(), DMA_BUF_SYNC_READ | DMA_BUF_SYNC_WRITE).expect("sync start");
-    dma_buf_sync(
-        buf.fd.as_fd(),
-        DMA_BUF_SYNC_READ | DMA_BUF_SYNC_WRITE | DMA_BUF_SYNC_END,
-    )
-    .expect("sync end");
+    dma_buf_sync(buf.fd.as_fd(), DMA_BUF_SYNC_READ | DMA_BUF_SYNC_WRITE | DMA_BUF_SYNC_END).expect("sync end");
     assert_eq!(map.as_slice()[0], 42);
 }
 
@@ -701,21 +556,9 @@ fn bad_ioctls_are_refused() {
     let create = |b: &mut [u8]| e.dp.raw(abi::IOCTL_CREATE, b);
     type Corrupt = Box<dyn Fn(&mut [u8])>;
     let cases: Vec<(&str, Corrupt, Errno)> = vec![
-        (
-            "size 0",
-            Box::new(|b| b[0..8].copy_from_slice(&0u64.to_ne_bytes())),
-            Errno::INVAL,
-        ),
-        (
-            "size not page-aligned",
-            Box::new(|b| b[0..8].copy_from_slice(&4097u64.to_ne_bytes())),
-            Errno::INVAL,
-        ),
-        (
-            "size over 1 GiB",
-            Box::new(|b| b[0..8].copy_from_slice(&(2u64 << 30).to_ne_bytes())),
-            Errno::INVAL,
-        ),
+        ("size 0", Box::new(|b| b[0..8].copy_from_slice(&0u64.to_ne_bytes())), Errno::INVAL),
+        ("size not page-aligned", Box::new(|b| b[0..8].copy_from_slice(&4097u64.to_ne_bytes())), Errno::INVAL),
+        ("size over 1 GiB", Box::new(|b| b[0..8].copy_from_slice(&(2u64 << 30).to_ne_bytes())), Errno::INVAL),
         ("output fd not zero", Box::new(|b| b[8] = 3), Errno::INVAL),
         ("output id not zero", Box::new(|b| b[24] = 1), Errno::INVAL),
         (
@@ -724,16 +567,8 @@ fn bad_ioctls_are_refused() {
             Errno::INVAL,
         ),
         ("unknown flags", Box::new(|b| b[16] = 1), Errno::INVAL),
-        (
-            "name without NUL",
-            Box::new(|b| b[32..64].fill(b'a')),
-            Errno::INVAL,
-        ),
-        (
-            "name with a space",
-            Box::new(|b| b[33] = b' '),
-            Errno::INVAL,
-        ),
+        ("name without NUL", Box::new(|b| b[32..64].fill(b'a')), Errno::INVAL),
+        ("name with a space", Box::new(|b| b[33] = b' '), Errno::INVAL),
     ];
     for (what, corrupt, want) in cases {
         let mut b = ok;
@@ -745,46 +580,20 @@ fn bad_ioctls_are_refused() {
     let bigger = abi::IOCTL_CREATE & !(0x3fff << 16) | (96 << 16);
     let mut b = [0u8; 96];
     b[..64].copy_from_slice(&ok);
-    assert_eq!(
-        e.dp.raw(bigger, &mut b),
-        Ok(0),
-        "a 96-byte CREATE with a zero tail"
-    );
+    assert_eq!(e.dp.raw(bigger, &mut b), Ok(0), "a 96-byte CREATE with a zero tail");
     assert!(Dmaplace::take_fd(&b).is_some());
     b[..64].copy_from_slice(&ok);
     b[90] = 1;
-    assert_eq!(
-        e.dp.raw(bigger, &mut b),
-        Err(Errno::TOOBIG),
-        "a non-zero byte the module does not know"
-    );
+    assert_eq!(e.dp.raw(bigger, &mut b), Err(Errno::TOOBIG), "a non-zero byte the module does not know");
     let smaller = abi::IOCTL_CREATE & !(0x3fff << 16) | (16 << 16);
-    assert_eq!(
-        e.dp.raw(smaller, &mut ok.clone()),
-        Err(Errno::INVAL),
-        "a CREATE too small to return the fd"
-    );
+    assert_eq!(e.dp.raw(smaller, &mut ok.clone()), Err(Errno::INVAL), "a CREATE too small to return the fd");
     // Unknown ioctls and a known number with the wrong direction.
-    assert_eq!(
-        e.dp.raw(abi::IOCTL_CREATE & !0xff | 0x0f, &mut ok.clone()),
-        Err(Errno::NOTTY)
-    );
-    assert_eq!(
-        e.dp.raw(abi::IOCTL_CREATE & !(3 << 30) | (1 << 30), &mut ok.clone()),
-        Err(Errno::NOTTY)
-    );
+    assert_eq!(e.dp.raw(abi::IOCTL_CREATE & !0xff | 0x0f, &mut ok.clone()), Err(Errno::NOTTY));
+    assert_eq!(e.dp.raw(abi::IOCTL_CREATE & !(3 << 30) | (1 << 30), &mut ok.clone()), Err(Errno::NOTTY));
     // DECLARE.
     let decl = |b: &mut [u8; abi::DECLARE_SIZE]| e.dp.raw(abi::IOCTL_DECLARE, b);
-    assert_eq!(
-        decl(&mut kmod::declare_request("", 1, 0, 0).unwrap()),
-        Err(Errno::INVAL),
-        "empty device name"
-    );
-    assert_eq!(
-        decl(&mut kmod::declare_request("x", 1, 2, 0).unwrap()),
-        Err(Errno::INVAL),
-        "unknown flag"
-    );
+    assert_eq!(decl(&mut kmod::declare_request("", 1, 0, 0).unwrap()), Err(Errno::INVAL), "empty device name");
+    assert_eq!(decl(&mut kmod::declare_request("x", 1, 2, 0).unwrap()), Err(Errno::INVAL), "unknown flag");
     assert_eq!(
         decl(&mut kmod::declare_request("x", 1, 0, 3000).unwrap()),
         Err(Errno::INVAL),
@@ -806,10 +615,7 @@ fn bad_ioctls_are_refused() {
     );
     // The test device.
     let buf = e.dp.create(4096, "bad").expect("create");
-    assert_eq!(
-        e.td.attach(buf.fd.as_fd(), "no-such-device", true),
-        Err(Errno::NODEV)
-    );
+    assert_eq!(e.td.attach(buf.fd.as_fd(), "no-such-device", true), Err(Errno::NODEV));
     assert_eq!(e.td.map(12345), Err(Errno::NOENT));
     println!("PLACEMENT bad_ioctls: {} refusals checked", 9 + 5 + 7 + 2);
 }
