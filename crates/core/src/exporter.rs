@@ -530,7 +530,18 @@ impl<B: Backend> Exporter<B> {
         let id = BufferId(self.id());
         let size = match &desc {
             BufferDesc::Size(s) => *s,
-            BufferDesc::Image(img) => Size::new(u64::from(img.width) * u64::from(img.height)),
+            // The packed LINEAR size; devices' alignments may add padding at the first map.
+            BufferDesc::Image(img) => {
+                let linear = crate::layout::modifier_info(crate::layout::MOD_LINEAR, &[]).expect("LINEAR is built in");
+                let packed = crate::layout::compute(
+                    img.format,
+                    linear,
+                    img.width,
+                    img.height,
+                    crate::layout::LayoutAlign::PACKED,
+                );
+                Size::new(packed.map_err(InvalidRequest::from)?.size)
+            }
         };
         self.buffers.insert(
             id,
