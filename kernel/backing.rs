@@ -20,12 +20,12 @@
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use kernel::bindings;
-use kernel::error::{code, Result};
+use kernel::error::{Result, code};
 use kernel::prelude::*;
 use kernel::sync::Mutex;
 
 use crate::plan::{self, Plan};
-use crate::sys::{self, Raw, PAGE_SHIFT};
+use crate::sys::{self, PAGE_SHIFT, Raw};
 
 /// Where a chunk came from.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -108,11 +108,7 @@ fn alloc_block(order: u32, zone: bindings::gfp_t) -> Option<*mut bindings::page>
     }
     // SAFETY: alloc_pages may sleep (GFP_KERNEL, process context); a non-null result is ours.
     let page = unsafe { bindings::alloc_pages(gfp, order) };
-    if page.is_null() {
-        None
-    } else {
-        Some(page)
-    }
+    if page.is_null() { None } else { Some(page) }
 }
 
 fn free_block(page: *mut bindings::page, order: u32) {
@@ -125,11 +121,7 @@ impl Backing {
     /// device's own constraints afterwards with [`plan::serves`]).
     pub fn allocate(plan: &Plan, alloc: &Allocator<'_>) -> Result<Backing> {
         let strategy = plan::strategy(plan);
-        let mut b = Backing {
-            chunks: KVec::new(),
-            size: plan.size,
-            allocdev: Raw(alloc.dev.load(Ordering::Acquire)),
-        };
+        let mut b = Backing { chunks: KVec::new(), size: plan.size, allocdev: Raw(alloc.dev.load(Ordering::Acquire)) };
         if strategy.contiguous {
             b.contiguous(plan, alloc)?;
         } else if let Err(e) = b.chunked(plan, &strategy) {
@@ -153,11 +145,7 @@ impl Backing {
             if let Some(p) = page {
                 if sys::page_to_phys(p) + block_bytes(order) > window_end {
                     free_block(p, order);
-                    page = if zone == 0 {
-                        alloc_block(order, bindings::__GFP_DMA32)
-                    } else {
-                        None
-                    };
+                    page = if zone == 0 { alloc_block(order, bindings::__GFP_DMA32) } else { None };
                 }
             }
             if let Some(p) = page {

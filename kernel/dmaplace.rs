@@ -20,7 +20,7 @@ use core::fmt::Write;
 use core::sync::atomic::{AtomicPtr, Ordering};
 
 use kernel::bindings;
-use kernel::error::{code, Error, Result};
+use kernel::error::{Error, Result, code};
 use kernel::ffi::{c_int, c_long, c_uint, c_ulong};
 use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex};
@@ -90,10 +90,7 @@ pub fn global() -> &'static Global {
 /// The DECLAREd `(max_segments, alignment)` of a device; zeros when none.
 pub fn declaration(name: &Name<64>) -> (u32, u64) {
     let st = global().state.lock();
-    st.decls
-        .iter()
-        .find(|d| d.name == *name)
-        .map_or((0, 0), |d| (d.max_segments, d.alignment))
+    st.decls.iter().find(|d| d.name == *name).map_or((0, 0), |d| (d.max_segments, d.alignment))
 }
 
 /// Drops the global list's reference to a released buffer.
@@ -130,8 +127,7 @@ fn ioctl_create(cmd: u32, arg: usize) -> Result<c_long> {
     if size == 0 || size % sys::PAGE_BYTES != 0 || size > abi::MAX_SIZE {
         return Err(code::EINVAL);
     }
-    let mut name =
-        Name::<32>::from_field(&b[abi::create::NAME..abi::create::NAME + abi::create::NAME_LEN])?;
+    let mut name = Name::<32>::from_field(&b[abi::create::NAME..abi::create::NAME + abi::create::NAME_LEN])?;
     if name.is_empty() {
         name = Name::from_field(b"buffer\0")?;
     }
@@ -197,14 +193,11 @@ fn ioctl_create(cmd: u32, arg: usize) -> Result<c_long> {
 fn ioctl_declare(cmd: u32, arg: usize) -> Result<c_long> {
     let mut b = [0u8; abi::DECLARE_SIZE];
     sys::copy_struct_in(arg, sys::ioc_size(cmd), &mut b)?;
-    let name = Name::<64>::from_field(
-        &b[abi::declare::DEVICE..abi::declare::DEVICE + abi::declare::DEVICE_LEN],
-    )?;
+    let name = Name::<64>::from_field(&b[abi::declare::DEVICE..abi::declare::DEVICE + abi::declare::DEVICE_LEN])?;
     let max_segments = sys::get_u32(&b, abi::declare::MAX_SEGMENTS);
     let flags = sys::get_u32(&b, abi::declare::FLAGS);
     let alignment = sys::get_u64(&b, abi::declare::ALIGNMENT);
-    let reserved =
-        sys::get_u64(&b, abi::declare::RESERVED) | sys::get_u64(&b, abi::declare::RESERVED + 8);
+    let reserved = sys::get_u64(&b, abi::declare::RESERVED) | sys::get_u64(&b, abi::declare::RESERVED + 8);
     if name.is_empty() || reserved != 0 || flags & !abi::DECLARE_FORGET != 0 {
         return Err(code::EINVAL);
     }
@@ -218,10 +211,7 @@ fn ioctl_declare(cmd: u32, arg: usize) -> Result<c_long> {
         drop(sys::vec_remove(&mut st.decls, i));
         return Ok(0);
     }
-    if alignment != 0
-        && (!alignment.is_power_of_two()
-            || alignment < sys::PAGE_BYTES
-            || alignment > abi::MAX_ALIGNMENT)
+    if alignment != 0 && (!alignment.is_power_of_two() || alignment < sys::PAGE_BYTES || alignment > abi::MAX_ALIGNMENT)
     {
         return Err(code::EINVAL);
     }
@@ -234,14 +224,7 @@ fn ioctl_declare(cmd: u32, arg: usize) -> Result<c_long> {
             if st.decls.len() >= abi::MAX_DECLARATIONS {
                 return Err(code::ENOSPC);
             }
-            st.decls.push(
-                Declaration {
-                    name,
-                    max_segments,
-                    alignment,
-                },
-                GFP_KERNEL,
-            )?;
+            st.decls.push(Declaration { name, max_segments, alignment }, GFP_KERNEL)?;
         }
     }
     Ok(0)
@@ -394,46 +377,24 @@ fn show_buffer(w: &mut SeqWriter, buf: &Buffer, ram_end: u64) -> core::fmt::Resu
         w.write_str("\n")?;
     }
     for c in p.chunk_sizes() {
-        writeln!(
-            w,
-            "chunkpref buf={} size={} devices={}",
-            buf.id,
-            Hex(c.size),
-            Bits(c.devices)
-        )?;
+        writeln!(w, "chunkpref buf={} size={} devices={}", buf.id, Hex(c.size), Bits(c.devices))?;
     }
+    why(w, buf, &inner, format_args!("below {}", Hex(p.window_end.value)), p.window_end.causes, |a| {
+        if a.cons.bus_dma_limit != 0
+            && a.cons.bus_dma_limit.saturating_add(1) < plan::bits_end(plan::mask_bits(a.cons.dma_mask))
+        {
+            Reason("bus_dma_limit", a.cons.bus_dma_limit)
+        } else {
+            Reason("dma_mask", a.cons.dma_mask)
+        }
+    })?;
     why(
         w,
         buf,
         &inner,
-        format_args!("below {}", Hex(p.window_end.value)),
-        p.window_end.causes,
-        |a| {
-            if a.cons.bus_dma_limit != 0
-                && a.cons.bus_dma_limit.saturating_add(1)
-                    < plan::bits_end(plan::mask_bits(a.cons.dma_mask))
-            {
-                Reason("bus_dma_limit", a.cons.bus_dma_limit)
-            } else {
-                Reason("dma_mask", a.cons.dma_mask)
-            }
-        },
-    )?;
-    why(
-        w,
-        buf,
-        &inner,
-        format_args!(
-            "at most {} segments",
-            opt(p.max_segments.value.map(u64::from))
-        ),
+        format_args!("at most {} segments", opt(p.max_segments.value.map(u64::from))),
         p.max_segments.causes,
-        |a| {
-            Reason(
-                "declared max_segments",
-                u64::from(a.cons.declared_max_segments),
-            )
-        },
+        |a| Reason("declared max_segments", u64::from(a.cons.declared_max_segments)),
     )?;
     why(
         w,
@@ -447,48 +408,20 @@ fn show_buffer(w: &mut SeqWriter, buf: &Buffer, ram_end: u64) -> core::fmt::Resu
         w,
         buf,
         &inner,
-        format_args!(
-            "no segment crosses a multiple of {}",
-            Hex(p.segment_boundary.value.wrapping_add(1))
-        ),
+        format_args!("no segment crosses a multiple of {}", Hex(p.segment_boundary.value.wrapping_add(1))),
         p.segment_boundary.causes,
-        |a| {
-            Reason(
-                "dma_parms segment_boundary_mask",
-                a.cons.segment_boundary_mask,
-            )
-        },
+        |a| Reason("dma_parms segment_boundary_mask", a.cons.segment_boundary_mask),
     )?;
-    why(
-        w,
-        buf,
-        &inner,
-        format_args!("aligned to {}", Hex(p.alignment.value)),
-        p.alignment.causes,
-        |a| {
-            if a.cons.has_iommu() {
-                Reason(
-                    "IOMMU granule",
-                    plan::granule_of(a.cons.iommu_pgsize_bitmap),
-                )
-            } else {
-                Reason("declared alignment", a.cons.declared_alignment)
-            }
-        },
-    )?;
-    why(
-        w,
-        buf,
-        &inner,
-        format_args!("granule {}", Hex(p.granule.value)),
-        p.granule.causes,
-        |a| {
-            Reason(
-                "IOMMU granule",
-                plan::granule_of(a.cons.iommu_pgsize_bitmap),
-            )
-        },
-    )?;
+    why(w, buf, &inner, format_args!("aligned to {}", Hex(p.alignment.value)), p.alignment.causes, |a| {
+        if a.cons.has_iommu() {
+            Reason("IOMMU granule", plan::granule_of(a.cons.iommu_pgsize_bitmap))
+        } else {
+            Reason("declared alignment", a.cons.declared_alignment)
+        }
+    })?;
+    why(w, buf, &inner, format_args!("granule {}", Hex(p.granule.value)), p.granule.causes, |a| {
+        Reason("IOMMU granule", plan::granule_of(a.cons.iommu_pgsize_bitmap))
+    })?;
     if let Some(b) = &inner.backing {
         for (k, c) in b.chunks.iter().enumerate() {
             writeln!(
@@ -520,13 +453,7 @@ fn show(w: &mut SeqWriter) -> core::fmt::Result {
         backing::CHUNKS_FREED.load(Ordering::Relaxed)
     )?;
     for d in st.decls.iter() {
-        writeln!(
-            w,
-            "declare dev={} max_segments={} alignment={}",
-            d.name,
-            d.max_segments,
-            Hex(d.alignment)
-        )?;
+        writeln!(w, "declare dev={} max_segments={} alignment={}", d.name, d.max_segments, Hex(d.alignment))?;
     }
     for b in st.buffers.iter() {
         show_buffer(w, b, g.ram_end)?;
@@ -598,13 +525,8 @@ impl kernel::Module for Dmaplace {
             }),
             GFP_KERNEL,
         )?);
-        let mut this = Dmaplace {
-            global,
-            fops: Raw(fops),
-            dbg_fops: Raw(dbg_fops),
-            misc: Raw(misc),
-            debugfs: Raw::null(),
-        };
+        let mut this =
+            Dmaplace { global, fops: Raw(fops), dbg_fops: Raw(dbg_fops), misc: Raw(misc), debugfs: Raw::null() };
         // SAFETY: `misc` is a fully set up miscdevice that stays put until misc_deregister in drop.
         let ret = unsafe { bindings::misc_register(Opaque::raw_get(misc)) };
         if ret < 0 {
@@ -618,8 +540,7 @@ impl kernel::Module for Dmaplace {
         this.global.allocdev.store(dev, Ordering::Release);
         // SAFETY: plain debugfs calls; failures come back as ERR_PTRs that debugfs_remove ignores.
         this.debugfs = Raw(unsafe {
-            let dir =
-                bindings::debugfs_create_dir(c"dmaplace".as_ptr().cast(), core::ptr::null_mut());
+            let dir = bindings::debugfs_create_dir(c"dmaplace".as_ptr().cast(), core::ptr::null_mut());
             bindings::debugfs_create_file(
                 c"buffers".as_ptr().cast(),
                 0o444,
@@ -629,10 +550,7 @@ impl kernel::Module for Dmaplace {
             );
             dir
         });
-        pr_info!(
-            "/dev/dmaplace ready; RAM ends at {:#x}\n",
-            this.global.ram_end
-        );
+        pr_info!("/dev/dmaplace ready; RAM ends at {:#x}\n", this.global.ram_end);
         Ok(this)
     }
 }

@@ -16,7 +16,7 @@ use core::ffi::c_void;
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use kernel::bindings;
-use kernel::error::{code, Error, Result};
+use kernel::error::{Error, Result, code};
 use kernel::ffi::{c_int, c_long, c_uint, c_ulong};
 use kernel::prelude::*;
 use kernel::sync::Mutex;
@@ -91,10 +91,8 @@ unsafe extern "C" fn td_move_notify(attach: *mut bindings::dma_buf_attachment) {
     imp.move_notifies.fetch_add(1, Ordering::Relaxed);
 }
 
-static IMPORTER_OPS: bindings::dma_buf_attach_ops = bindings::dma_buf_attach_ops {
-    allow_peer2peer: false,
-    move_notify: Some(td_move_notify),
-};
+static IMPORTER_OPS: bindings::dma_buf_attach_ops =
+    bindings::dma_buf_attach_ops { allow_peer2peer: false, move_notify: Some(td_move_notify) };
 
 fn same_ioctl(cmd: u32, want: u32) -> bool {
     cmd & !(0x3fff << 16) == want & !(0x3fff << 16)
@@ -103,9 +101,7 @@ fn same_ioctl(cmd: u32, want: u32) -> bool {
 fn create_device(cmd: u32, arg: usize) -> Result<c_long> {
     let mut b = [0u8; abi::TD_DEVICE_SIZE];
     sys::copy_struct_in(arg, sys::ioc_size(cmd), &mut b)?;
-    let name = Name::<32>::from_field(
-        &b[abi::td_device::NAME..abi::td_device::NAME + abi::td_device::NAME_LEN],
-    )?;
+    let name = Name::<32>::from_field(&b[abi::td_device::NAME..abi::td_device::NAME + abi::td_device::NAME_LEN])?;
     let mask = sys::get_u64(&b, abi::td_device::DMA_MASK);
     let limit = sys::get_u64(&b, abi::td_device::BUS_DMA_LIMIT);
     let max_seg = sys::get_u32(&b, abi::td_device::MAX_SEGMENT_SIZE);
@@ -150,13 +146,7 @@ fn create_device(cmd: u32, arg: usize) -> Result<c_long> {
         unsafe { bindings::platform_device_put(pdev) };
         return Err(Error::from_errno(ret));
     }
-    devs.push(
-        FakeDev {
-            name,
-            pdev: Raw(pdev),
-        },
-        GFP_KERNEL,
-    )?;
+    devs.push(FakeDev { name, pdev: Raw(pdev) }, GFP_KERNEL)?;
     Ok(0)
 }
 
@@ -165,10 +155,7 @@ fn find_device(name: &Name<64>) -> Result<(*mut bindings::device, *mut bindings:
     let devs = global().devices.lock();
     if let Some(d) = devs.iter().find(|d| d.name.as_bytes() == name.as_bytes()) {
         // SAFETY: registered platform devices live until module exit.
-        return Ok((
-            unsafe { core::ptr::addr_of_mut!((*d.pdev.0).dev) },
-            core::ptr::null_mut(),
-        ));
+        return Ok((unsafe { core::ptr::addr_of_mut!((*d.pdev.0).dev) }, core::ptr::null_mut()));
     }
     // SAFETY: the name is NUL-terminated; a non-null result carries a reference we must put.
     let dev = unsafe { bindings::pci_find_device_by_name(name.as_c_ptr()) };
@@ -185,9 +172,7 @@ fn attach(st: &FileState, cmd: u32, arg: usize) -> Result<c_long> {
     }
     let mut b = [0u8; abi::TD_ATTACH_SIZE];
     sys::copy_struct_in(arg, user_size, &mut b)?;
-    let name = Name::<64>::from_field(
-        &b[abi::td_attach::DEVICE..abi::td_attach::DEVICE + abi::td_attach::DEVICE_LEN],
-    )?;
+    let name = Name::<64>::from_field(&b[abi::td_attach::DEVICE..abi::td_attach::DEVICE + abi::td_attach::DEVICE_LEN])?;
     // CAST: the field is an s32 fd.
     let fd = sys::get_u32(&b, abi::td_attach::FD) as i32;
     let flags = sys::get_u32(&b, abi::td_attach::FLAGS);
@@ -212,22 +197,15 @@ fn attach(st: &FileState, cmd: u32, arg: usize) -> Result<c_long> {
             return Err(e);
         }
     };
-    let importer = KBox::into_raw(
-        match KBox::new(
-            Importer {
-                move_notifies: AtomicU64::new(0),
-            },
-            GFP_KERNEL,
-        ) {
-            Ok(i) => i,
-            Err(e) => {
-                // SAFETY: our reference from dma_buf_get.
-                unsafe { bindings::dma_buf_put(dmabuf) };
-                put_dev();
-                return Err(e.into());
-            }
-        },
-    );
+    let importer = KBox::into_raw(match KBox::new(Importer { move_notifies: AtomicU64::new(0) }, GFP_KERNEL) {
+        Ok(i) => i,
+        Err(e) => {
+            // SAFETY: our reference from dma_buf_get.
+            unsafe { bindings::dma_buf_put(dmabuf) };
+            put_dev();
+            return Err(e.into());
+        }
+    });
     // SAFETY: `dmabuf` and `dev` are referenced; the importer ops and priv outlive the attachment.
     let att = unsafe {
         if flags & abi::TD_ATTACH_DYNAMIC != 0 {
@@ -302,14 +280,10 @@ fn map(st: &FileState, cmd: u32, arg: usize) -> Result<c_long> {
         return Err(code::EINVAL);
     }
     let mut atts = st.attachments.lock();
-    let a = atts
-        .iter_mut()
-        .find(|a| a.handle == handle)
-        .ok_or(code::ENOENT)?;
+    let a = atts.iter_mut().find(|a| a.handle == handle).ok_or(code::ENOENT)?;
     a.maps.reserve(1, GFP_KERNEL)?;
     // SAFETY: a live attachment of ours; the unlocked variant takes the resv lock.
-    let sgt =
-        sys::check_ptr(unsafe { bindings::dma_buf_map_attachment_unlocked(a.attach.0, dir) })?;
+    let sgt = sys::check_ptr(unsafe { bindings::dma_buf_map_attachment_unlocked(a.attach.0, dir) })?;
     // SAFETY: a mapped table: nents DMA entries from sgl.
     let (nents, orig) = unsafe { ((*sgt).nents, (*sgt).orig_nents) };
     // CAST: u32 -> usize.
@@ -347,10 +321,7 @@ fn handle_op(st: &FileState, cmd: u32, arg: usize, detach: bool) -> Result<c_lon
     }
     let handle = sys::get_u64(&b, 0);
     let mut atts = st.attachments.lock();
-    let i = atts
-        .iter()
-        .position(|a| a.handle == handle)
-        .ok_or(code::ENOENT)?;
+    let i = atts.iter().position(|a| a.handle == handle).ok_or(code::ENOENT)?;
     if detach {
         let mut a = sys::vec_remove(&mut atts, i);
         drop(atts);
@@ -375,17 +346,12 @@ fn status(st: &FileState, cmd: u32, arg: usize) -> Result<c_long> {
     }
     let mut b = [0u8; abi::TD_STATUS_SIZE];
     sys::copy_struct_in(arg, user_size, &mut b)?;
-    if sys::get_u64(&b, abi::td_status::RESERVED) != 0
-        || sys::get_u64(&b, abi::td_status::MOVE_NOTIFIES) != 0
-    {
+    if sys::get_u64(&b, abi::td_status::RESERVED) != 0 || sys::get_u64(&b, abi::td_status::MOVE_NOTIFIES) != 0 {
         return Err(code::EINVAL);
     }
     let handle = sys::get_u64(&b, abi::td_status::HANDLE);
     let atts = st.attachments.lock();
-    let a = atts
-        .iter()
-        .find(|a| a.handle == handle)
-        .ok_or(code::ENOENT)?;
+    let a = atts.iter().find(|a| a.handle == handle).ok_or(code::ENOENT)?;
     // SAFETY: the importer lives as long as the attachment.
     let n = unsafe { (*a.importer.0).move_notifies.load(Ordering::Relaxed) };
     sys::put_u64(&mut b, abi::td_status::MOVE_NOTIFIES, n);
@@ -493,11 +459,7 @@ impl kernel::Module for Testdev {
             }),
             GFP_KERNEL,
         )?);
-        let mut this = Testdev {
-            global,
-            fops: Raw(fops),
-            misc: Raw(misc),
-        };
+        let mut this = Testdev { global, fops: Raw(fops), misc: Raw(misc) };
         // SAFETY: a fully set up miscdevice that stays put until drop.
         let ret = unsafe { bindings::misc_register(Opaque::raw_get(misc)) };
         if ret < 0 {

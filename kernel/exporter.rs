@@ -26,13 +26,13 @@ use core::sync::atomic::AtomicPtr;
 use kernel::ffi::c_int;
 
 use kernel::bindings;
-use kernel::error::{code, Error, Result};
+use kernel::error::{Error, Result, code};
 use kernel::prelude::*;
 use kernel::sync::{Arc, ArcBorrow, Mutex};
 
 use crate::backing::{Allocator, Backing};
 use crate::plan::{self, DeviceConstraints, Effective, Plan};
-use crate::sys::{self, DevRef, Name, Raw, PAGE_SHIFT};
+use crate::sys::{self, DevRef, Name, PAGE_SHIFT, Raw};
 
 /// One mapping of an attachment: the sg table and its direction.
 pub struct Mapping {
@@ -131,10 +131,9 @@ impl Inner {
     fn serves_all(&self, size: u64) -> bool {
         match &self.backing {
             None => false,
-            Some(b) => self
-                .attachments
-                .iter()
-                .all(|a| plan::serves(&Effective::of(&a.cons), size, b.segments()).is_ok()),
+            Some(b) => {
+                self.attachments.iter().all(|a| plan::serves(&Effective::of(&a.cons), size, b.segments()).is_ok())
+            }
         }
     }
 
@@ -193,29 +192,14 @@ impl Buffer {
 
     fn allocate(&self, plan: &Plan, inner: &Inner) -> Result<Backing> {
         if let Some(c) = plan.conflict {
-            pr_info!(
-                "buffer {}: no backing can meet every device: {:?}\n",
-                self.id,
-                c
-            );
+            pr_info!("buffer {}: no backing can meet every device: {:?}\n", self.id, c);
             return Err(code::EINVAL);
         }
         let g = crate::global();
-        let b = Backing::allocate(
-            plan,
-            &Allocator {
-                dev: &g.allocdev,
-                lock: &g.alloc_lock,
-            },
-        )?;
+        let b = Backing::allocate(plan, &Allocator { dev: &g.allocdev, lock: &g.alloc_lock })?;
         for a in inner.attachments.iter() {
             if let Err(why) = plan::serves(&Effective::of(&a.cons), self.size, b.segments()) {
-                pr_info!(
-                    "buffer {}: allocation does not serve {}: {:?}\n",
-                    self.id,
-                    a.name,
-                    why
-                );
+                pr_info!("buffer {}: allocation does not serve {}: {:?}\n", self.id, a.name, why);
                 return Err(code::ENOMEM);
             }
         }
@@ -287,18 +271,10 @@ unsafe fn buffer<'a>(dmabuf: *mut bindings::dma_buf) -> ArcBorrow<'a, Buffer> {
 
 fn fences_signalled(dmabuf: *mut bindings::dma_buf) -> bool {
     // SAFETY: the dma-buf is alive (the caller is one of its ops); test_signaled only reads under RCU.
-    unsafe {
-        bindings::dma_resv_test_signaled(
-            (*dmabuf).resv,
-            bindings::dma_resv_usage_DMA_RESV_USAGE_BOOKKEEP,
-        )
-    }
+    unsafe { bindings::dma_resv_test_signaled((*dmabuf).resv, bindings::dma_resv_usage_DMA_RESV_USAGE_BOOKKEEP) }
 }
 
-unsafe extern "C" fn dp_attach(
-    dmabuf: *mut bindings::dma_buf,
-    attach: *mut bindings::dma_buf_attachment,
-) -> c_int {
+unsafe extern "C" fn dp_attach(dmabuf: *mut bindings::dma_buf, attach: *mut bindings::dma_buf_attachment) -> c_int {
     // SAFETY: the core calls attach on our live dma-buf.
     let buf = unsafe { buffer(dmabuf) };
     // SAFETY: the attachment is fully set up by the core before ops->attach.
@@ -316,16 +292,15 @@ unsafe extern "C" fn dp_attach(
                 inner.refused += 1;
                 pr_info!(
                     "dmaplace: buffer {}: {} cannot use the backing ({:?}) and it cannot move now (maps={} vmaps={}): EBUSY\n",
-                    buf.id, name, why, maps, vmaps
+                    buf.id,
+                    name,
+                    why,
+                    maps,
+                    vmaps
                 );
                 return code::EBUSY.to_errno();
             }
-            pr_info!(
-                "buffer {}: {} needs a new backing ({:?}); the next map migrates\n",
-                buf.id,
-                name,
-                why
-            );
+            pr_info!("buffer {}: {} needs a new backing ({:?}); the next map migrates\n", buf.id, name, why);
         }
     }
     // A device set no backing can serve at all is refused now, not at map time.
@@ -333,26 +308,13 @@ unsafe extern "C" fn dp_attach(
     if n < plan::MAX_DEVICES {
         devs[n] = cons;
         if let Some(c) = plan::merge(&devs[..=n], buf.size, g.ram_end).conflict {
-            pr_info!(
-                "buffer {}: with {} no backing can meet every device: {:?}\n",
-                buf.id,
-                name,
-                c
-            );
+            pr_info!("buffer {}: with {} no backing can meet every device: {:?}\n", buf.id, name, c);
             return code::EINVAL.to_errno();
         }
     }
     let seq = inner.next_seq;
-    let rec = AttachRec {
-        attach: Raw(attach),
-        dev: Raw(dev),
-        name,
-        cons,
-        dynamic,
-        pinned: false,
-        maps: KVec::new(),
-        seq,
-    };
+    let rec =
+        AttachRec { attach: Raw(attach), dev: Raw(dev), name, cons, dynamic, pinned: false, maps: KVec::new(), seq };
     if inner.attachments.push(rec, GFP_KERNEL).is_err() {
         return code::ENOMEM.to_errno();
     }
@@ -360,10 +322,7 @@ unsafe extern "C" fn dp_attach(
     0
 }
 
-unsafe extern "C" fn dp_detach(
-    dmabuf: *mut bindings::dma_buf,
-    attach: *mut bindings::dma_buf_attachment,
-) {
+unsafe extern "C" fn dp_detach(dmabuf: *mut bindings::dma_buf, attach: *mut bindings::dma_buf_attachment) {
     // SAFETY: the core calls detach on our live dma-buf.
     let buf = unsafe { buffer(dmabuf) };
     let mut inner = buf.inner.lock();
@@ -373,11 +332,7 @@ unsafe extern "C" fn dp_detach(
     while !rec.maps.is_empty() {
         let last = rec.maps.len() - 1;
         let m = sys::vec_remove(&mut rec.maps, last);
-        pr_warn!(
-            "buffer {}: {} detached with a live mapping; unmapping it\n",
-            buf.id,
-            rec.name
-        );
+        pr_warn!("buffer {}: {} detached with a live mapping; unmapping it\n", buf.id, rec.name);
         unmap_sgt(rec.dev.0, m.sgt.0, m.dir);
     }
 }
@@ -404,20 +359,9 @@ unsafe extern "C" fn dp_unpin(attach: *mut bindings::dma_buf_attachment) {
 /// Builds the sg table of `backing` for `dev`: physically adjacent chunks merged,
 /// entries split at the device's `max_segment_size` (and, for a device without
 /// an IOMMU, at its segment boundary), then `dma_map_sgtable`.
-fn map_sgt(
-    backing: &Backing,
-    rec: &AttachRec,
-    dir: bindings::dma_data_direction,
-) -> Result<*mut bindings::sg_table> {
-    let cap = rec
-        .cons
-        .max_segment_size
-        .clamp(sys::PAGE_BYTES, u64::from(u32::MAX) & !0xfff);
-    let boundary = if rec.cons.has_iommu() {
-        u64::MAX
-    } else {
-        rec.cons.segment_boundary_mask
-    };
+fn map_sgt(backing: &Backing, rec: &AttachRec, dir: bindings::dma_data_direction) -> Result<*mut bindings::sg_table> {
+    let cap = rec.cons.max_segment_size.clamp(sys::PAGE_BYTES, u64::from(u32::MAX) & !0xfff);
+    let boundary = if rec.cons.has_iommu() { u64::MAX } else { rec.cons.segment_boundary_mask };
     // Count, then fill.
     let mut pieces = KVec::<(u64, u64)>::new();
     let mut run: Option<(u64, u64)> = None;
@@ -478,11 +422,7 @@ fn map_sgt(
     Ok(sgt)
 }
 
-fn unmap_sgt(
-    dev: *mut bindings::device,
-    sgt: *mut bindings::sg_table,
-    dir: bindings::dma_data_direction,
-) {
+fn unmap_sgt(dev: *mut bindings::device, sgt: *mut bindings::sg_table, dir: bindings::dma_data_direction) {
     // SAFETY: `sgt` was built and mapped for `dev` by map_sgt and is handed back exactly once.
     unsafe {
         bindings::dma_unmap_sgtable(dev, sgt, dir, 0);
@@ -532,7 +472,9 @@ fn map(
                         inner.refused += 1;
                         pr_info!(
                             "dmaplace: buffer {}: the backing does not serve every device and cannot move now (maps={} vmaps={}): EBUSY\n",
-                            buf.id, maps, vmaps
+                            buf.id,
+                            maps,
+                            vmaps
                         );
                         return Err(code::EBUSY);
                     }
@@ -547,11 +489,7 @@ fn map(
                     inner.backing = Some(new); // drops (frees) the old backing
                     inner.generation += 1;
                     inner.migrations += 1;
-                    pr_info!(
-                        "buffer {}: migrated for a late attacher (generation {})\n",
-                        buf.id,
-                        inner.generation
-                    );
+                    pr_info!("buffer {}: migrated for a late attacher (generation {})\n", buf.id, inner.generation);
                     true
                 }
             }
@@ -571,9 +509,7 @@ fn map(
         unmap_sgt(inner.attachments[i].dev.0, sgt, dir);
         return Err(code::ENOMEM);
     }
-    inner.attachments[i]
-        .maps
-        .push(Mapping { sgt: Raw(sgt), dir }, GFP_KERNEL)?;
+    inner.attachments[i].maps.push(Mapping { sgt: Raw(sgt), dir }, GFP_KERNEL)?;
     Ok(sgt)
 }
 
@@ -588,10 +524,7 @@ unsafe extern "C" fn dp_unmap(
     let Some(i) = inner.find(attach) else { return };
     let rec = &mut inner.attachments[i];
     let Some(j) = rec.maps.iter().position(|m| m.sgt.0 == sgt) else {
-        pr_warn!(
-            "buffer {}: unmap of a table this buffer did not map\n",
-            buf.id
-        );
+        pr_warn!("buffer {}: unmap of a table this buffer did not map\n", buf.id);
         return;
     };
     let m = sys::vec_remove(&mut rec.maps, j);
@@ -623,20 +556,14 @@ fn sync(buf: &Buffer, dir: bindings::dma_data_direction, for_cpu: bool) {
     }
 }
 
-unsafe extern "C" fn dp_begin_cpu_access(
-    dmabuf: *mut bindings::dma_buf,
-    dir: bindings::dma_data_direction,
-) -> c_int {
+unsafe extern "C" fn dp_begin_cpu_access(dmabuf: *mut bindings::dma_buf, dir: bindings::dma_data_direction) -> c_int {
     // SAFETY: the core calls begin_cpu_access on our live dma-buf.
     let buf = unsafe { buffer(dmabuf) };
     sync(&buf, dir, true);
     0
 }
 
-unsafe extern "C" fn dp_end_cpu_access(
-    dmabuf: *mut bindings::dma_buf,
-    dir: bindings::dma_data_direction,
-) -> c_int {
+unsafe extern "C" fn dp_end_cpu_access(dmabuf: *mut bindings::dma_buf, dir: bindings::dma_data_direction) -> c_int {
     // SAFETY: the core calls end_cpu_access on our live dma-buf.
     let buf = unsafe { buffer(dmabuf) };
     sync(&buf, dir, false);
@@ -650,10 +577,7 @@ static VM_OPS: bindings::vm_operations_struct = bindings::vm_operations_struct {
     ..unsafe { core::mem::zeroed() }
 };
 
-unsafe extern "C" fn dp_mmap(
-    dmabuf: *mut bindings::dma_buf,
-    vma: *mut bindings::vm_area_struct,
-) -> c_int {
+unsafe extern "C" fn dp_mmap(dmabuf: *mut bindings::dma_buf, vma: *mut bindings::vm_area_struct) -> c_int {
     // SAFETY: the core calls mmap on our live dma-buf, with the mmap lock held for writing.
     let buf = unsafe { buffer(dmabuf) };
     let mut inner = buf.inner.lock();
@@ -669,8 +593,7 @@ unsafe extern "C" fn dp_mmap(
         // CAST: u32 flag constants widen to vm_flags_t.
         bindings::vm_flags_set(
             vma,
-            (bindings::VM_MIXEDMAP | bindings::VM_DONTEXPAND | bindings::VM_DONTDUMP)
-                as bindings::vm_flags_t,
+            (bindings::VM_MIXEDMAP | bindings::VM_DONTEXPAND | bindings::VM_DONTDUMP) as bindings::vm_flags_t,
         );
         (*vma).vm_ops = &VM_OPS;
         (*vma).vm_private_data = (&*buf as *const Buffer).cast_mut().cast();
@@ -721,10 +644,7 @@ unsafe extern "C" fn dp_fault(vmf: *mut bindings::vm_fault) -> bindings::vm_faul
     }
 }
 
-unsafe extern "C" fn dp_vmap(
-    dmabuf: *mut bindings::dma_buf,
-    map: *mut bindings::iosys_map,
-) -> c_int {
+unsafe extern "C" fn dp_vmap(dmabuf: *mut bindings::dma_buf, map: *mut bindings::iosys_map) -> c_int {
     // SAFETY: the core calls vmap on our live dma-buf (resv held).
     let buf = unsafe { buffer(dmabuf) };
     let mut inner = buf.inner.lock();

@@ -55,31 +55,19 @@ impl DeviceConstraints {
 /// smallest `n` with `mask <= DMA_BIT_MASK(n)` (at least 1).
 pub const fn mask_bits(mask: u64) -> u32 {
     let bits = 64 - mask.leading_zeros();
-    if bits == 0 {
-        1
-    } else {
-        bits
-    }
+    if bits == 0 { 1 } else { bits }
 }
 
 /// The exclusive end of the addresses below a `bits`-wide mask, saturated at
 /// `u64::MAX` for 64 bits (as `DmaMask::end`).
 pub const fn bits_end(bits: u32) -> u64 {
-    if bits >= 64 {
-        u64::MAX
-    } else {
-        1u64 << bits
-    }
+    if bits >= 64 { u64::MAX } else { 1u64 << bits }
 }
 
 /// The smallest page size in a `pgsize_bitmap` that is at least 4 KiB.
 pub const fn granule_of(pgsize_bitmap: u64) -> u64 {
     let usable = pgsize_bitmap & !(PAGE - 1);
-    if usable == 0 {
-        PAGE
-    } else {
-        1u64 << usable.trailing_zeros()
-    }
+    if usable == 0 { PAGE } else { 1u64 << usable.trailing_zeros() }
 }
 
 /// A device's constraints on physical placement (`dmaplace_core::Effective`).
@@ -127,18 +115,10 @@ impl Effective {
         };
         Effective {
             reach_end,
-            max_segments: if dev.declared_max_segments == 0 {
-                None
-            } else {
-                Some(dev.declared_max_segments)
-            },
+            max_segments: if dev.declared_max_segments == 0 { None } else { Some(dev.declared_max_segments) },
             max_segment_size: Some(dev.max_segment_size),
             segment_boundary: dev.segment_boundary_mask,
-            alignment: if dev.declared_alignment > PAGE {
-                dev.declared_alignment
-            } else {
-                PAGE
-            },
+            alignment: if dev.declared_alignment > PAGE { dev.declared_alignment } else { PAGE },
             granule: PAGE,
         }
     }
@@ -155,10 +135,7 @@ pub struct Req<T> {
 
 impl<T: Copy + PartialEq> Req<T> {
     fn one(i: usize, value: T, restricts: bool) -> Req<T> {
-        Req {
-            value,
-            causes: if restricts { 1 << i } else { 0 },
-        }
+        Req { value, causes: if restricts { 1 << i } else { 0 } }
     }
 
     /// Keeps the tighter value; on a tie both sets of causes.
@@ -253,11 +230,7 @@ impl Plan {
 
 fn align_up(v: u64, a: u64) -> u64 {
     let r = v % a;
-    if r == 0 {
-        v
-    } else {
-        v.saturating_add(a - r)
-    }
+    if r == 0 { v } else { v.saturating_add(a - r) }
 }
 
 /// Merges the constraints of `devs` (attachment order) for a `size`-byte buffer
@@ -266,30 +239,12 @@ fn align_up(v: u64, a: u64) -> u64 {
 pub fn merge(devs: &[DeviceConstraints], size: u64, ram_end: u64) -> Plan {
     let mut plan = Plan {
         size,
-        window_end: Req {
-            value: u64::MAX,
-            causes: 0,
-        },
-        max_segments: Req {
-            value: None,
-            causes: 0,
-        },
-        max_segment_size: Req {
-            value: None,
-            causes: 0,
-        },
-        segment_boundary: Req {
-            value: u64::MAX,
-            causes: 0,
-        },
-        alignment: Req {
-            value: PAGE,
-            causes: 0,
-        },
-        granule: Req {
-            value: PAGE,
-            causes: 0,
-        },
+        window_end: Req { value: u64::MAX, causes: 0 },
+        max_segments: Req { value: None, causes: 0 },
+        max_segment_size: Req { value: None, causes: 0 },
+        segment_boundary: Req { value: u64::MAX, causes: 0 },
+        alignment: Req { value: PAGE, causes: 0 },
+        granule: Req { value: PAGE, causes: 0 },
         chunk_sizes: [ChunkPref::default(); MAX_CHUNK_SIZES],
         n_chunk_sizes: 0,
         min_chunk: None,
@@ -309,41 +264,22 @@ pub fn merge(devs: &[DeviceConstraints], size: u64, ram_end: u64) -> Plan {
         if e.reach_end < plan.window_end.value {
             plan.window_end.value = e.reach_end;
         }
-        plan.max_segments.tighten(
-            Req::one(i, e.max_segments, e.max_segments.is_some()),
-            opt_lt,
-        );
-        plan.max_segment_size.tighten(
-            Req::one(i, e.max_segment_size, e.max_segment_size.is_some()),
-            opt_lt,
-        );
-        plan.segment_boundary.tighten(
-            Req::one(i, e.segment_boundary, e.segment_boundary != u64::MAX),
-            |a, b| a < b,
-        );
-        plan.alignment
-            .tighten(Req::one(i, e.alignment, e.alignment > PAGE), |a, b| a > b);
-        plan.granule
-            .tighten(Req::one(i, e.granule, e.granule > PAGE), |a, b| a > b);
+        plan.max_segments.tighten(Req::one(i, e.max_segments, e.max_segments.is_some()), opt_lt);
+        plan.max_segment_size.tighten(Req::one(i, e.max_segment_size, e.max_segment_size.is_some()), opt_lt);
+        plan.segment_boundary.tighten(Req::one(i, e.segment_boundary, e.segment_boundary != u64::MAX), |a, b| a < b);
+        plan.alignment.tighten(Req::one(i, e.alignment, e.alignment > PAGE), |a, b| a > b);
+        plan.granule.tighten(Req::one(i, e.granule, e.granule > PAGE), |a, b| a > b);
         if d.has_iommu() {
             pgsizes |= d.iommu_pgsize_bitmap;
         }
     }
-    let granule = if plan.granule.value > PAGE {
-        plan.granule.value
-    } else {
-        PAGE
-    };
+    let granule = if plan.granule.value > PAGE { plan.granule.value } else { PAGE };
     plan.size = align_up(size, granule);
     // Preferred chunks: the page sizes the attached IOMMUs map, largest first.
     let mut bit = 63i32;
     while bit >= 0 {
         let p = 1u64 << bit;
-        if pgsizes & p != 0
-            && p >= plan.granule.value
-            && p <= plan.size
-            && plan.n_chunk_sizes < MAX_CHUNK_SIZES
-        {
+        if pgsizes & p != 0 && p >= plan.granule.value && p <= plan.size && plan.n_chunk_sizes < MAX_CHUNK_SIZES {
             let mut devices = 0u32;
             for (i, d) in devs.iter().take(MAX_DEVICES).enumerate() {
                 if d.has_iommu() && d.iommu_pgsize_bitmap & p != 0 {
@@ -361,10 +297,7 @@ pub fn merge(devs: &[DeviceConstraints], size: u64, ram_end: u64) -> Plan {
     };
     if let (Some(n), Some(cap)) = (plan.max_segments.value, plan.segment_cap()) {
         if u128::from(n) * u128::from(cap) < u128::from(plan.size) {
-            plan.conflict = Some(Conflict::SegmentLimit {
-                max_segments: n,
-                segment_cap: cap,
-            });
+            plan.conflict = Some(Conflict::SegmentLimit { max_segments: n, segment_cap: cap });
         }
     }
     plan
@@ -373,11 +306,7 @@ pub fn merge(devs: &[DeviceConstraints], size: u64, ram_end: u64) -> Plan {
 /// How many sg entries a correct table builder needs for `segments` (physical
 /// `(start, len)` in buffer order): adjacent segments merged, each run split at
 /// `max_segment_size` and at segment boundaries (`dmaplace_core::verify::sg_entries`).
-pub fn sg_entries(
-    segments: impl Iterator<Item = (u64, u64)>,
-    max_segment_size: Option<u64>,
-    boundary: u64,
-) -> u64 {
+pub fn sg_entries(segments: impl Iterator<Item = (u64, u64)>, max_segment_size: Option<u64>, boundary: u64) -> u64 {
     let mut n = 0u64;
     let mut run: Option<(u64, u64)> = None;
     let mut count_run = |start: u64, end: u64| {
@@ -392,11 +321,7 @@ pub fn sg_entries(
             if s.saturating_add(cap) < piece_end {
                 piece_end = s.saturating_add(cap);
             }
-            let b = if boundary_end > s + 1 {
-                boundary_end
-            } else {
-                s + 1
-            };
+            let b = if boundary_end > s + 1 { boundary_end } else { s + 1 };
             if b < piece_end {
                 piece_end = b;
             }
@@ -447,11 +372,7 @@ pub enum Unmet {
 
 /// Checks a backing (physical `(start, len)` segments in buffer order) against
 /// one device's own constraints (`dmaplace_core::verify` for these fields).
-pub fn serves(
-    e: &Effective,
-    size: u64,
-    segments: impl Iterator<Item = (u64, u64)> + Clone,
-) -> Result<(), Unmet> {
+pub fn serves(e: &Effective, size: u64, segments: impl Iterator<Item = (u64, u64)> + Clone) -> Result<(), Unmet> {
     let mut total = 0u64;
     for (i, (start, len)) in segments.clone().enumerate() {
         if start.saturating_add(len) > e.reach_end {
@@ -503,12 +424,7 @@ pub fn order_of(bytes: u64) -> u32 {
 /// `MAX_ORDER`; with no IOMMU attached, orders 10, 9, 8 and 4), never smaller than
 /// the segment limit allows, ending at order 0 when nothing asks for more.
 pub fn strategy(plan: &Plan) -> Strategy {
-    let mut s = Strategy {
-        contiguous: false,
-        orders: [0; 12],
-        n_orders: 0,
-        first_order: 0,
-    };
+    let mut s = Strategy { contiguous: false, orders: [0; 12], n_orders: 0, first_order: 0 };
     if plan.contiguous() {
         s.contiguous = true;
         return s;
@@ -523,12 +439,7 @@ pub fn strategy(plan: &Plan) -> Strategy {
     }
     for c in plan.chunk_sizes() {
         let o = order_of(c.size);
-        if c.size.is_power_of_two()
-            && c.size >= PAGE
-            && o <= MAX_ORDER
-            && o > min_order
-            && s.n_orders < 11
-        {
+        if c.size.is_power_of_two() && c.size >= PAGE && o <= MAX_ORDER && o > min_order && s.n_orders < 11 {
             s.orders[s.n_orders] = o;
             s.n_orders += 1;
         }

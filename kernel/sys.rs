@@ -16,7 +16,7 @@ use core::ptr;
 use kernel::ffi::c_char;
 
 use kernel::bindings;
-use kernel::error::{code, Error, Result};
+use kernel::error::{Error, Result, code};
 use kernel::uaccess::UserSlice;
 
 /// The page size (x86-64).
@@ -120,10 +120,7 @@ pub struct Name<const N: usize> {
 impl<const N: usize> Name<N> {
     /// The empty name.
     pub const fn empty() -> Self {
-        Name {
-            bytes: [0; N],
-            len: 0,
-        }
+        Name { bytes: [0; N], len: 0 }
     }
 
     /// Parses a field of an ABI struct: NUL-terminated within the field,
@@ -163,11 +160,7 @@ impl<const N: usize> Name<N> {
             if c == 0 {
                 break;
             }
-            n.bytes[i] = if (0x21..0x7f).contains(&c) && c != b'=' {
-                c
-            } else {
-                b'?'
-            };
+            n.bytes[i] = if (0x21..0x7f).contains(&c) && c != b'=' { c } else { b'?' };
             i += 1;
         }
         n.len = i;
@@ -214,11 +207,7 @@ pub fn err_ptr<T>(e: Error) -> *mut T {
 
 /// Turns a negative errno return into an error.
 pub fn check_ret(ret: kernel::ffi::c_int) -> Result<kernel::ffi::c_int> {
-    if ret < 0 {
-        Err(Error::from_errno(ret))
-    } else {
-        Ok(ret)
-    }
+    if ret < 0 { Err(Error::from_errno(ret)) } else { Ok(ret) }
 }
 
 // ------------------------------------------------------------------ pages
@@ -308,13 +297,7 @@ impl DevRef {
             return None;
         }
         // SAFETY: the domain stays attached while the device is bound and in use; plain fields.
-        let (ty, pg, end) = unsafe {
-            (
-                (*dom).type_,
-                (*dom).pgsize_bitmap,
-                (*dom).geometry.aperture_end,
-            )
-        };
+        let (ty, pg, end) = unsafe { ((*dom).type_, (*dom).pgsize_bitmap, (*dom).geometry.aperture_end) };
         if ty & bindings::__IOMMU_DOMAIN_DMA_API == 0 {
             return None;
         }

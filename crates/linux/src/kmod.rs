@@ -28,8 +28,8 @@ use dmaplace_core::model::{Device, DeviceClass, Iommu, LayoutCaps, Placement};
 use dmaplace_core::platform::Region;
 use dmaplace_core::requirements::Requirements;
 use dmaplace_core::{
-    BoundaryMask, BufferDesc, CacheMode, ConflictKind, DmaMask, PageSize, PageSizes, PhysAddr,
-    PhysRange, Plan, Platform, Request, Size, SolveError, Usage, Window, solve,
+    BoundaryMask, BufferDesc, CacheMode, ConflictKind, DmaMask, PageSize, PageSizes, PhysAddr, PhysRange, Plan,
+    Platform, Request, Size, SolveError, Usage, Window, solve,
 };
 use rustix::io::Errno;
 use rustix::ioctl::{Ioctl, IoctlOutput, Opcode};
@@ -112,9 +112,7 @@ fn put_name(b: &mut [u8], off: usize, len: usize, name: &str) -> Result<(), Errn
 }
 
 fn open_rw(path: &str) -> std::io::Result<OwnedFd> {
-    Ok(OwnedFd::from(
-        OpenOptions::new().read(true).write(true).open(path)?,
-    ))
+    Ok(OwnedFd::from(OpenOptions::new().read(true).write(true).open(path)?))
 }
 
 // ------------------------------------------------------------------ /dev/dmaplace
@@ -141,12 +139,7 @@ pub struct Dmaplace {
 }
 
 /// The bytes of a CREATE request (for tests that corrupt them).
-pub fn create_request(
-    size: u64,
-    fd_flags: u32,
-    flags: u64,
-    name: &str,
-) -> Result<[u8; abi::CREATE_SIZE], Errno> {
+pub fn create_request(size: u64, fd_flags: u32, flags: u64, name: &str) -> Result<[u8; abi::CREATE_SIZE], Errno> {
     let mut b = [0u8; abi::CREATE_SIZE];
     put_u64(&mut b, abi::create::SIZE, size);
     put_u32(&mut b, abi::create::FD_FLAGS, fd_flags);
@@ -163,12 +156,7 @@ pub fn declare_request(
     alignment: u64,
 ) -> Result<[u8; abi::DECLARE_SIZE], Errno> {
     let mut b = [0u8; abi::DECLARE_SIZE];
-    put_name(
-        &mut b,
-        abi::declare::DEVICE,
-        abi::declare::DEVICE_LEN,
-        device,
-    )?;
+    put_name(&mut b, abi::declare::DEVICE, abi::declare::DEVICE_LEN, device)?;
     put_u32(&mut b, abi::declare::MAX_SEGMENTS, max_segments);
     put_u32(&mut b, abi::declare::FLAGS, flags);
     put_u64(&mut b, abi::declare::ALIGNMENT, alignment);
@@ -181,9 +169,7 @@ pub const FD_FLAGS_RDWR_CLOEXEC: u32 = 0o2000002;
 impl Dmaplace {
     /// Opens `/dev/dmaplace`.
     pub fn open() -> std::io::Result<Dmaplace> {
-        Ok(Dmaplace {
-            fd: open_rw(DEV_DMAPLACE)?,
-        })
+        Ok(Dmaplace { fd: open_rw(DEV_DMAPLACE)? })
     }
 
     /// CREATE: a `size`-byte dma-buf with no pages behind it yet.
@@ -256,11 +242,7 @@ impl FakeDevice {
     pub fn new(name: &str, bits: u32) -> FakeDevice {
         FakeDevice {
             name: name.to_owned(),
-            dma_mask: if bits >= 64 {
-                u64::MAX
-            } else {
-                (1 << bits) - 1
-            },
+            dma_mask: if bits >= 64 { u64::MAX } else { (1 << bits) - 1 },
             bus_dma_limit: 0,
             max_segment_size: u32::MAX,
             segment_boundary_mask: 0,
@@ -279,16 +261,8 @@ impl FakeDevice {
             served: None,
             dma_mask: self.dma_mask,
             bus_dma_limit: self.bus_dma_limit,
-            max_segment_size: if self.max_segment_size == 0 {
-                1 << 16
-            } else {
-                u64::from(self.max_segment_size)
-            },
-            segment_boundary_mask: if self.segment_boundary_mask == 0 {
-                u64::MAX
-            } else {
-                self.segment_boundary_mask
-            },
+            max_segment_size: if self.max_segment_size == 0 { 1 << 16 } else { u64::from(self.max_segment_size) },
+            segment_boundary_mask: if self.segment_boundary_mask == 0 { u64::MAX } else { self.segment_boundary_mask },
             iommu: false,
             pgsize_bitmap: 0,
             aperture_end: 0,
@@ -328,29 +302,18 @@ pub struct TestDev {
 impl TestDev {
     /// Opens `/dev/dmaplace_testdev`.
     pub fn open() -> std::io::Result<TestDev> {
-        Ok(TestDev {
-            fd: open_rw(DEV_TESTDEV)?,
-        })
+        Ok(TestDev { fd: open_rw(DEV_TESTDEV)? })
     }
 
     /// Creates a fake importer (`EEXIST` if the name is taken).
     #[doc(alias = "DMAPLACE_TD_CREATE_DEVICE")]
     pub fn create_device(&self, d: &FakeDevice) -> Result<(), Errno> {
         let mut b = [0u8; abi::TD_DEVICE_SIZE];
-        put_name(
-            &mut b,
-            abi::td_device::NAME,
-            abi::td_device::NAME_LEN,
-            &d.name,
-        )?;
+        put_name(&mut b, abi::td_device::NAME, abi::td_device::NAME_LEN, &d.name)?;
         put_u64(&mut b, abi::td_device::DMA_MASK, d.dma_mask);
         put_u64(&mut b, abi::td_device::BUS_DMA_LIMIT, d.bus_dma_limit);
         put_u32(&mut b, abi::td_device::MAX_SEGMENT_SIZE, d.max_segment_size);
-        put_u64(
-            &mut b,
-            abi::td_device::SEGMENT_BOUNDARY_MASK,
-            d.segment_boundary_mask,
-        );
+        put_u64(&mut b, abi::td_device::SEGMENT_BOUNDARY_MASK, d.segment_boundary_mask);
         ioctl_bytes(self.fd.as_fd(), abi::TD_CREATE_DEVICE, &mut b).map(drop)
     }
 
@@ -367,23 +330,10 @@ impl TestDev {
     #[doc(alias = "DMAPLACE_TD_ATTACH")]
     pub fn attach(&self, buf: BorrowedFd<'_>, device: &str, dynamic: bool) -> Result<u64, Errno> {
         let mut b = [0u8; abi::TD_ATTACH_SIZE];
-        put_name(
-            &mut b,
-            abi::td_attach::DEVICE,
-            abi::td_attach::DEVICE_LEN,
-            device,
-        )?;
+        put_name(&mut b, abi::td_attach::DEVICE, abi::td_attach::DEVICE_LEN, device)?;
         // CAST: fds are non-negative i32; the field is an s32.
-        put_u32(
-            &mut b,
-            abi::td_attach::FD,
-            std::os::fd::AsRawFd::as_raw_fd(&buf) as u32,
-        );
-        put_u32(
-            &mut b,
-            abi::td_attach::FLAGS,
-            if dynamic { abi::TD_ATTACH_DYNAMIC } else { 0 },
-        );
+        put_u32(&mut b, abi::td_attach::FD, std::os::fd::AsRawFd::as_raw_fd(&buf) as u32);
+        put_u32(&mut b, abi::td_attach::FLAGS, if dynamic { abi::TD_ATTACH_DYNAMIC } else { 0 });
         ioctl_bytes(self.fd.as_fd(), abi::TD_ATTACH, &mut b)?;
         Ok(get_u64(&b, abi::td_attach::HANDLE))
     }
@@ -398,11 +348,7 @@ impl TestDev {
             put_u64(&mut b, abi::td_map::HANDLE, handle);
             // CAST: a user pointer into `out`, which outlives the call.
             put_u64(&mut b, abi::td_map::ENTRIES, out.as_mut_ptr() as u64);
-            put_u32(
-                &mut b,
-                abi::td_map::MAX_ENTRIES,
-                u32::try_from(cap).map_err(|_| Errno::NOMEM)?,
-            );
+            put_u32(&mut b, abi::td_map::MAX_ENTRIES, u32::try_from(cap).map_err(|_| Errno::NOMEM)?);
             ioctl_bytes(self.fd.as_fd(), abi::TD_MAP, &mut b)?;
             // CAST: u32 -> usize.
             let nents = get_u32(&b, abi::td_map::NENTS) as usize;
@@ -412,15 +358,9 @@ impl TestDev {
                 cap = nents;
                 continue;
             }
-            let entries = out
-                .chunks_exact(abi::TD_ENTRY_SIZE)
-                .take(nents)
-                .map(|e| (get_u64(e, 0), get_u64(e, 8)))
-                .collect();
-            return Ok(SgDma {
-                entries,
-                orig_nents: get_u32(&b, abi::td_map::ORIG_NENTS),
-            });
+            let entries =
+                out.chunks_exact(abi::TD_ENTRY_SIZE).take(nents).map(|e| (get_u64(e, 0), get_u64(e, 8))).collect();
+            return Ok(SgDma { entries, orig_nents: get_u32(&b, abi::td_map::ORIG_NENTS) });
         }
     }
 
@@ -590,8 +530,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Reads and parses the debugfs file.
     pub fn read() -> Result<Snapshot, String> {
-        let text =
-            std::fs::read_to_string(DEBUGFS).map_err(|e| format!("cannot read {DEBUGFS}: {e}"))?;
+        let text = std::fs::read_to_string(DEBUGFS).map_err(|e| format!("cannot read {DEBUGFS}: {e}"))?;
         parse(&text)
     }
 
@@ -610,34 +549,21 @@ fn num(v: &str) -> Result<u64, String> {
 }
 
 fn opt_num(v: &str) -> Result<Option<u64>, String> {
-    if v == "none" {
-        Ok(None)
-    } else {
-        num(v).map(Some)
-    }
+    if v == "none" { Ok(None) } else { num(v).map(Some) }
 }
 
 fn list(v: &str) -> Result<Vec<usize>, String> {
     if v == "-" {
         return Ok(Vec::new());
     }
-    v.split(',')
-        .map(|x| {
-            x.parse::<usize>()
-                .map_err(|e| format!("bad index {x:?}: {e}"))
-        })
-        .collect()
+    v.split(',').map(|x| x.parse::<usize>().map_err(|e| format!("bad index {x:?}: {e}"))).collect()
 }
 
 struct Kv<'a>(Vec<(&'a str, &'a str)>);
 
 impl<'a> Kv<'a> {
     fn get(&self, k: &str) -> Result<&'a str, String> {
-        self.0
-            .iter()
-            .find(|(key, _)| *key == k)
-            .map(|(_, v)| *v)
-            .ok_or_else(|| format!("missing {k}"))
+        self.0.iter().find(|(key, _)| *key == k).map(|(_, v)| *v).ok_or_else(|| format!("missing {k}"))
     }
     fn n(&self, k: &str) -> Result<u64, String> {
         num(self.get(k)?)
@@ -674,11 +600,9 @@ pub fn parse(text: &str) -> Result<Snapshot, String> {
                     s.chunks_allocated = kv.n("chunks_allocated")?;
                     s.chunks_freed = kv.n("chunks_freed")?;
                 }
-                "declare" => s.declarations.push((
-                    kv.get("dev")?.to_owned(),
-                    kv.n32("max_segments")?,
-                    kv.n("alignment")?,
-                )),
+                "declare" => {
+                    s.declarations.push((kv.get("dev")?.to_owned(), kv.n32("max_segments")?, kv.n("alignment")?))
+                }
                 "buffer" => s.buffers.push(BufferInfo {
                     id: kv.n("id")?,
                     name: kv.get("name")?.to_owned(),
@@ -694,11 +618,7 @@ pub fn parse(text: &str) -> Result<Snapshot, String> {
                 }),
                 "attach" | "plan" | "chunkpref" | "segment" => {
                     let id = kv.n("buf")?;
-                    let b = s
-                        .buffers
-                        .iter_mut()
-                        .find(|b| b.id == id)
-                        .ok_or("a line for an unknown buffer")?;
+                    let b = s.buffers.iter_mut().find(|b| b.id == id).ok_or("a line for an unknown buffer")?;
                     match kind {
                         "attach" => b.attachments.push(AttachInfo {
                             idx: usize::try_from(kv.n("idx")?).map_err(|e| e.to_string())?,
@@ -722,8 +642,7 @@ pub fn parse(text: &str) -> Result<Snapshot, String> {
                         }),
                         "plan" => {
                             b.plan = PlanInfo {
-                                devices: usize::try_from(kv.n("devices")?)
-                                    .map_err(|e| e.to_string())?,
+                                devices: usize::try_from(kv.n("devices")?).map_err(|e| e.to_string())?,
                                 size: kv.n("size")?,
                                 conflict: kv.get("conflict")?.to_owned(),
                                 contiguous: kv.b("contiguous")?,
@@ -747,10 +666,7 @@ pub fn parse(text: &str) -> Result<Snapshot, String> {
                                 chunk_prefs: Vec::new(),
                             }
                         }
-                        "chunkpref" => b
-                            .plan
-                            .chunk_prefs
-                            .push((kv.n("size")?, list(kv.get("devices")?)?)),
+                        "chunkpref" => b.plan.chunk_prefs.push((kv.n("size")?, list(kv.get("devices")?)?)),
                         _ => b.segments.push(SegmentInfo {
                             phys: kv.n("phys")?,
                             len: kv.n("len")?,
@@ -795,10 +711,8 @@ impl AttachInfo {
             iommu,
             max_segments: NonZeroU32::new(self.declared_max_segments),
             max_segment_size: Some(Size::new(self.max_segment_size)),
-            segment_boundary_mask: BoundaryMask::new(self.segment_boundary_mask)
-                .map_err(|e| e.to_string())?,
-            alignment: PageSize::new(self.declared_alignment.max(4096))
-                .map_err(|e| e.to_string())?,
+            segment_boundary_mask: BoundaryMask::new(self.segment_boundary_mask).map_err(|e| e.to_string())?,
+            alignment: PageSize::new(self.declared_alignment.max(4096)).map_err(|e| e.to_string())?,
             ..Placement::default()
         };
         Ok(Device {
@@ -838,11 +752,8 @@ pub fn guest_platform() -> Result<Platform, String> {
     let mut cma = Vec::new();
     if let Ok(dir) = std::fs::read_dir("/sys/kernel/debug/cma") {
         for e in dir.flatten() {
-            let rd = |f: &str| {
-                std::fs::read_to_string(e.path().join(f))
-                    .ok()
-                    .and_then(|t| t.trim().parse::<u64>().ok())
-            };
+            let rd =
+                |f: &str| std::fs::read_to_string(e.path().join(f)).ok().and_then(|t| t.trim().parse::<u64>().ok());
             if let (Some(base), Some(count)) = (rd("base_pfn"), rd("count")) {
                 cma.push(Region {
                     name: e.file_name().to_string_lossy().into_owned(),
@@ -857,11 +768,7 @@ pub fn guest_platform() -> Result<Platform, String> {
 
 /// A core [`Platform`] with these RAM banks and CMA areas and nothing else
 /// (built through its TOML form, so that fields added later keep their defaults).
-pub fn platform_from_regions(
-    name: &str,
-    banks: &[Region],
-    cma: &[Region],
-) -> Result<Platform, String> {
+pub fn platform_from_regions(name: &str, banks: &[Region], cma: &[Region]) -> Result<Platform, String> {
     use std::fmt::Write as _;
     let mut t = format!(
         "[platform]\nname = \"{name}\"\ndescription = \"RAM and CMA as the kernel reports them\"\n\n[memory]\n"
@@ -896,15 +803,9 @@ impl BufferInfo {
         let segments = self
             .segments
             .iter()
-            .filter_map(|s| {
-                PhysRange::from_start_size(PhysAddr::new(s.phys), Size::new(s.len)).ok()
-            })
+            .filter_map(|s| PhysRange::from_start_size(PhysAddr::new(s.phys), Size::new(s.len)).ok())
             .collect();
-        dmaplace_core::Backing {
-            segments,
-            cache_mode: CacheMode::Cached,
-            protected: false,
-        }
+        dmaplace_core::Backing { segments, cache_mode: CacheMode::Cached, protected: false }
     }
 
     /// The core devices for the current attachments, in order.
@@ -915,15 +816,8 @@ impl BufferInfo {
     /// `dmaplace_core::solve` for the same devices and size.
     pub fn core_plan(&self, platform: &Platform) -> Result<Plan, String> {
         let devices = self.devices()?;
-        let requests: Vec<Request<'_>> = devices
-            .iter()
-            .map(|d| Request {
-                device: d,
-                hints: Usage::empty(),
-            })
-            .collect();
-        solve(platform, &BufferDesc::Size(Size::new(self.size)), &requests)
-            .map_err(|e| format!("core solver: {e}"))
+        let requests: Vec<Request<'_>> = devices.iter().map(|d| Request { device: d, hints: Usage::empty() }).collect();
+        solve(platform, &BufferDesc::Size(Size::new(self.size)), &requests).map_err(|e| format!("core solver: {e}"))
     }
 
     /// The differential test: the module's merged plan must equal the core's for
@@ -953,36 +847,19 @@ impl BufferInfo {
         }
         let Some(r) = r else {
             return if m.conflict == "no_devices" {
-                Ok(CoreVerdict {
-                    plan: None,
-                    conflict: Some("no devices".into()),
-                })
+                Ok(CoreVerdict { plan: None, conflict: Some("no devices".into()) })
             } else {
-                Err(PlanMismatch(vec![
-                    "no devices but the module has a plan".into(),
-                ]))
+                Err(PlanMismatch(vec!["no devices but the module has a plan".into()]))
             };
         };
-        check(
-            "window",
-            format!("{:?}", Window::below(m.window_end.0)),
-            format!("{:?}", r.window.value),
-        );
-        check(
-            "window causes",
-            format!("{:?}", m.window_end.1),
-            format!("{:?}", causes(r.window.causes)),
-        );
+        check("window", format!("{:?}", Window::below(m.window_end.0)), format!("{:?}", r.window.value));
+        check("window causes", format!("{:?}", m.window_end.1), format!("{:?}", causes(r.window.causes)));
         check(
             "max_segments",
             format!("{:?}", m.max_segments.0),
             format!("{:?}", r.max_segments.value.map(|n| u64::from(n.get()))),
         );
-        check(
-            "max_segments causes",
-            format!("{:?}", m.max_segments.1),
-            format!("{:?}", causes(r.max_segments.causes)),
-        );
+        check("max_segments causes", format!("{:?}", m.max_segments.1), format!("{:?}", causes(r.max_segments.causes)));
         check(
             "max_segment_size",
             format!("{:?}", m.max_segment_size.0),
@@ -1003,66 +880,25 @@ impl BufferInfo {
             format!("{:?}", m.segment_boundary.1),
             format!("{:?}", causes(r.segment_boundary.causes)),
         );
-        check(
-            "alignment",
-            format!("{:#x}", m.alignment.0),
-            format!("{:#x}", r.alignment.value.get()),
-        );
-        check(
-            "alignment causes",
-            format!("{:?}", m.alignment.1),
-            format!("{:?}", causes(r.alignment.causes)),
-        );
-        check(
-            "granule",
-            format!("{:#x}", m.granule.0),
-            format!("{:#x}", r.granule.value.get()),
-        );
-        check(
-            "granule causes",
-            format!("{:?}", m.granule.1),
-            format!("{:?}", causes(r.granule.causes)),
-        );
-        check(
-            "contiguous",
-            format!("{}", m.contiguous),
-            format!("{}", r.contiguous()),
-        );
-        let requests: Vec<Request<'_>> = devices
-            .iter()
-            .map(|d| Request {
-                device: d,
-                hints: Usage::empty(),
-            })
-            .collect();
+        check("alignment", format!("{:#x}", m.alignment.0), format!("{:#x}", r.alignment.value.get()));
+        check("alignment causes", format!("{:?}", m.alignment.1), format!("{:?}", causes(r.alignment.causes)));
+        check("granule", format!("{:#x}", m.granule.0), format!("{:#x}", r.granule.value.get()));
+        check("granule causes", format!("{:?}", m.granule.1), format!("{:?}", causes(r.granule.causes)));
+        check("contiguous", format!("{}", m.contiguous), format!("{}", r.contiguous()));
+        let requests: Vec<Request<'_>> = devices.iter().map(|d| Request { device: d, hints: Usage::empty() }).collect();
         let verdict = match solve(platform, &BufferDesc::Size(Size::new(self.size)), &requests) {
             Ok(plan) => {
-                check(
-                    "size",
-                    format!("{:#x}", m.size),
-                    format!("{:#x}", plan.size.bytes()),
-                );
+                check("size", format!("{:#x}", m.size), format!("{:#x}", plan.size.bytes()));
                 check("conflict", m.conflict.clone(), "none".into());
-                let core_prefs: Vec<(u64, Vec<usize>)> = plan
-                    .preferences
-                    .chunk_sizes
-                    .iter()
-                    .map(|c| (c.size.get(), causes(c.devices)))
-                    .collect();
-                check(
-                    "chunk sizes",
-                    format!("{:?}", m.chunk_prefs),
-                    format!("{core_prefs:?}"),
-                );
+                let core_prefs: Vec<(u64, Vec<usize>)> =
+                    plan.preferences.chunk_sizes.iter().map(|c| (c.size.get(), causes(c.devices))).collect();
+                check("chunk sizes", format!("{:?}", m.chunk_prefs), format!("{core_prefs:?}"));
                 check(
                     "min_chunk",
                     format!("{:?}", m.min_chunk),
                     format!("{:?}", plan.preferences.min_chunk.map(Size::bytes)),
                 );
-                CoreVerdict {
-                    plan: Some(plan),
-                    conflict: None,
-                }
+                CoreVerdict { plan: Some(plan), conflict: None }
             }
             Err(SolveError::Conflict(c)) => {
                 let memory = matches!(
@@ -1076,24 +912,14 @@ impl BufferInfo {
                 if !(memory || segments && m.conflict == "segment_limit") {
                     check("conflict", m.conflict.clone(), format!("{:?}", c.kind));
                 }
-                CoreVerdict {
-                    plan: None,
-                    conflict: Some(c.message.clone()),
-                }
+                CoreVerdict { plan: None, conflict: Some(c.message.clone()) }
             }
             Err(e) => {
                 check("solve", "a plan".into(), e.to_string());
-                CoreVerdict {
-                    plan: None,
-                    conflict: Some(e.to_string()),
-                }
+                CoreVerdict { plan: None, conflict: Some(e.to_string()) }
             }
         };
-        if diffs.is_empty() {
-            Ok(verdict)
-        } else {
-            Err(PlanMismatch(diffs))
-        }
+        if diffs.is_empty() { Ok(verdict) } else { Err(PlanMismatch(diffs)) }
     }
 }
 
@@ -1138,9 +964,7 @@ pub struct SwSync {
 impl SwSync {
     /// A new timeline at 0.
     pub fn open() -> std::io::Result<SwSync> {
-        Ok(SwSync {
-            fd: open_rw(SW_SYNC)?,
-        })
+        Ok(SwSync { fd: open_rw(SW_SYNC)? })
     }
 
     /// A sync_file fence that signals when the timeline reaches `value`.
@@ -1170,11 +994,7 @@ impl SwSync {
 /// Adds a sync_file's fence to a dma-buf's reservation object, as a write
 /// (exclusive) fence or a read fence.
 #[doc(alias = "DMA_BUF_IOCTL_IMPORT_SYNC_FILE")]
-pub fn import_sync_file(
-    buf: BorrowedFd<'_>,
-    fence: BorrowedFd<'_>,
-    write: bool,
-) -> Result<(), Errno> {
+pub fn import_sync_file(buf: BorrowedFd<'_>, fence: BorrowedFd<'_>, write: bool) -> Result<(), Errno> {
     let mut b = [0u8; 8];
     put_u32(&mut b, 0, if write { 2 } else { 1 });
     // CAST: fds are non-negative i32.

@@ -15,8 +15,8 @@ use dmaplace_core::model::{Device, DeviceClass, Iommu, LayoutCaps, Placement};
 use dmaplace_core::platform::Region;
 use dmaplace_core::requirements::Requirements;
 use dmaplace_core::{
-    Backing, BoundaryMask, BufferDesc, CacheMode, ConflictKind, DmaMask, PageSize, PageSizes,
-    PhysAddr, PhysRange, Platform, Request, Size, SolveError, Usage, Window, solve, verify,
+    Backing, BoundaryMask, BufferDesc, CacheMode, ConflictKind, DmaMask, PageSize, PageSizes, PhysAddr, PhysRange,
+    Platform, Request, Size, SolveError, Usage, Window, solve, verify,
 };
 use plan::DeviceConstraints;
 
@@ -59,11 +59,7 @@ fn platform() -> Platform {
 const RAM_END: u64 = 8 * GIB;
 
 fn mask(bits: u32) -> u64 {
-    if bits >= 64 {
-        u64::MAX
-    } else {
-        (1 << bits) - 1
-    }
+    if bits >= 64 { u64::MAX } else { (1 << bits) - 1 }
 }
 
 fn random_device(r: &mut Rng) -> DeviceConstraints {
@@ -85,11 +81,7 @@ fn random_device(r: &mut Rng) -> DeviceConstraints {
         max_segment_size: r.pick(&[0x1_0000, 0x10_0000, 0x40_0000, u64::from(u32::MAX)]),
         segment_boundary_mask: r.pick(&[u64::MAX, 0xffff_ffff, 0x3f_ffff, 0xffff]),
         iommu_pgsize_bitmap: if iommu { r.pick(&pgsizes) } else { 0 },
-        iommu_aperture_end: if iommu {
-            mask(r.pick(&[32, 39, 48]))
-        } else {
-            0
-        },
+        iommu_aperture_end: if iommu { mask(r.pick(&[32, 39, 48])) } else { 0 },
         declared_max_segments: r.pick(&[0, 0, 1, 2, 4, 16, 1000]),
         declared_alignment: r.pick(&[0, 0, 4096, 64 << 10, MIB]),
     }
@@ -145,62 +137,18 @@ fn core_requirements(p: &Platform, devices: &[Device]) -> Requirements {
 }
 
 fn check_requirements(m: &plan::Plan, r: &Requirements, ctx: &str) {
-    assert_eq!(
-        r.window.value,
-        Window::below(m.window_end.value),
-        "window {ctx}"
-    );
-    assert_eq!(
-        causes(r.window.causes),
-        m.window_end.causes,
-        "window causes {ctx}"
-    );
-    assert_eq!(
-        r.max_segments.value.map(NonZeroU32::get),
-        m.max_segments.value,
-        "max_segments {ctx}"
-    );
-    assert_eq!(
-        causes(r.max_segments.causes),
-        m.max_segments.causes,
-        "max_segments causes {ctx}"
-    );
-    assert_eq!(
-        r.max_segment_size.value.map(Size::bytes),
-        m.max_segment_size.value,
-        "max_segment_size {ctx}"
-    );
-    assert_eq!(
-        causes(r.max_segment_size.causes),
-        m.max_segment_size.causes,
-        "max_segment_size causes {ctx}"
-    );
-    assert_eq!(
-        r.segment_boundary.value.get(),
-        m.segment_boundary.value,
-        "boundary {ctx}"
-    );
-    assert_eq!(
-        causes(r.segment_boundary.causes),
-        m.segment_boundary.causes,
-        "boundary causes {ctx}"
-    );
-    assert_eq!(
-        r.alignment.value.get(),
-        m.alignment.value,
-        "alignment {ctx}"
-    );
-    assert_eq!(
-        causes(r.alignment.causes),
-        m.alignment.causes,
-        "alignment causes {ctx}"
-    );
+    assert_eq!(r.window.value, Window::below(m.window_end.value), "window {ctx}");
+    assert_eq!(causes(r.window.causes), m.window_end.causes, "window causes {ctx}");
+    assert_eq!(r.max_segments.value.map(NonZeroU32::get), m.max_segments.value, "max_segments {ctx}");
+    assert_eq!(causes(r.max_segments.causes), m.max_segments.causes, "max_segments causes {ctx}");
+    assert_eq!(r.max_segment_size.value.map(Size::bytes), m.max_segment_size.value, "max_segment_size {ctx}");
+    assert_eq!(causes(r.max_segment_size.causes), m.max_segment_size.causes, "max_segment_size causes {ctx}");
+    assert_eq!(r.segment_boundary.value.get(), m.segment_boundary.value, "boundary {ctx}");
+    assert_eq!(causes(r.segment_boundary.causes), m.segment_boundary.causes, "boundary causes {ctx}");
+    assert_eq!(r.alignment.value.get(), m.alignment.value, "alignment {ctx}");
+    assert_eq!(causes(r.alignment.causes), m.alignment.causes, "alignment causes {ctx}");
     assert_eq!(r.granule.value.get(), m.granule.value, "granule {ctx}");
-    assert_eq!(
-        causes(r.granule.causes),
-        m.granule.causes,
-        "granule causes {ctx}"
-    );
+    assert_eq!(causes(r.granule.causes), m.granule.causes, "granule causes {ctx}");
     assert_eq!(r.contiguous(), m.contiguous(), "contiguous {ctx}");
 }
 
@@ -215,45 +163,20 @@ fn merge_equals_core_on_random_device_sets() {
         let pages = if r.below(4) == 0 { 65536 } else { 4096 };
         let size = (1 + r.below(pages)) * 4096;
         let m = plan::merge(&devs, size, RAM_END);
-        let devices: Vec<Device> = devs
-            .iter()
-            .enumerate()
-            .map(|(i, d)| core_device(i, d))
-            .collect();
+        let devices: Vec<Device> = devs.iter().enumerate().map(|(i, d)| core_device(i, d)).collect();
         let ctx = format!("(iteration {iter}, size {size:#x}, devices {devs:#x?})");
         check_requirements(&m, &core_requirements(&p, &devices), &ctx);
-        let requests: Vec<Request<'_>> = devices
-            .iter()
-            .map(|d| Request {
-                device: d,
-                hints: Usage::empty(),
-            })
-            .collect();
+        let requests: Vec<Request<'_>> = devices.iter().map(|d| Request { device: d, hints: Usage::empty() }).collect();
         match solve(&p, &BufferDesc::Size(Size::new(size)), &requests) {
             Ok(core) => {
                 solved += 1;
-                assert_eq!(
-                    m.conflict, None,
-                    "the module sees a conflict the core does not {ctx}"
-                );
+                assert_eq!(m.conflict, None, "the module sees a conflict the core does not {ctx}");
                 assert_eq!(core.size.bytes(), m.size, "size {ctx}");
-                let prefs: Vec<(u64, u32)> = core
-                    .preferences
-                    .chunk_sizes
-                    .iter()
-                    .map(|c| (c.size.get(), causes(c.devices)))
-                    .collect();
-                let mine: Vec<(u64, u32)> = m
-                    .chunk_sizes()
-                    .iter()
-                    .map(|c| (c.size, c.devices))
-                    .collect();
+                let prefs: Vec<(u64, u32)> =
+                    core.preferences.chunk_sizes.iter().map(|c| (c.size.get(), causes(c.devices))).collect();
+                let mine: Vec<(u64, u32)> = m.chunk_sizes().iter().map(|c| (c.size, c.devices)).collect();
                 assert_eq!(prefs, mine, "chunk sizes {ctx}");
-                assert_eq!(
-                    core.preferences.min_chunk.map(Size::bytes),
-                    m.min_chunk,
-                    "min_chunk {ctx}"
-                );
+                assert_eq!(core.preferences.min_chunk.map(Size::bytes), m.min_chunk, "min_chunk {ctx}");
                 check_serves(&mut r, &core, &devs, m.size, &ctx);
             }
             Err(SolveError::Conflict(c)) => {
@@ -277,14 +200,8 @@ fn merge_equals_core_on_random_device_sets() {
         }
         let s = plan::strategy(&m);
         assert!(s.contiguous || s.n_orders >= 1, "{ctx}");
-        assert!(
-            s.orders[..s.n_orders].windows(2).all(|w| w[0] > w[1]),
-            "orders descend {ctx}"
-        );
-        assert!(
-            s.orders[..s.n_orders].iter().all(|o| *o <= plan::MAX_ORDER),
-            "orders within MAX_ORDER {ctx}"
-        );
+        assert!(s.orders[..s.n_orders].windows(2).all(|w| w[0] > w[1]), "orders descend {ctx}");
+        assert!(s.orders[..s.n_orders].iter().all(|o| *o <= plan::MAX_ORDER), "orders within MAX_ORDER {ctx}");
     }
     assert!(
         solved > 1000 && conflicts > 10,
@@ -294,13 +211,7 @@ fn merge_equals_core_on_random_device_sets() {
 
 /// Random backings: the module's `serves` agrees with `dmaplace_core::verify`
 /// device by device, and `sg_entries` with the core's count.
-fn check_serves(
-    r: &mut Rng,
-    core: &dmaplace_core::Plan,
-    devs: &[DeviceConstraints],
-    size: u64,
-    ctx: &str,
-) {
+fn check_serves(r: &mut Rng, core: &dmaplace_core::Plan, devs: &[DeviceConstraints], size: u64, ctx: &str) {
     for _ in 0..4 {
         let mut segs = Vec::new();
         let mut left = size;
@@ -309,12 +220,7 @@ fn check_serves(
             let len = (r.pick(&[0x1000u64, 0x1_0000, 0x20_0000, 0x40_0000, 0x100_0000])).min(left);
             segs.push((at, len));
             left -= len;
-            at += len
-                + if r.below(3) == 0 {
-                    0
-                } else {
-                    r.below(16) * 0x1000 + 0x1000
-                };
+            at += len + if r.below(3) == 0 { 0 } else { r.below(16) * 0x1000 + 0x1000 };
         }
         let backing = Backing {
             segments: segs
@@ -327,10 +233,7 @@ fn check_serves(
         for (i, d) in devs.iter().enumerate() {
             let mine = plan::serves(&plan::Effective::of(d), size, segs.iter().copied()).is_ok();
             let theirs = verify(core, std::slice::from_ref(&core.devices[i]), &backing).is_ok();
-            assert_eq!(
-                mine, theirs,
-                "serves vs verify for dev{i} on {segs:#x?} {ctx}"
-            );
+            assert_eq!(mine, theirs, "serves vs verify for dev{i} on {segs:#x?} {ctx}");
             let e = plan::Effective::of(d);
             let a = plan::sg_entries(segs.iter().copied(), e.max_segment_size, e.segment_boundary);
             let b = dmaplace_core::verify::sg_entries(
@@ -373,38 +276,18 @@ fn the_seed_scenarios_merge_as_expected() {
     let g = plan::merge(&[gpu], 8 * MIB + 4096, RAM_END);
     let s = plan::strategy(&g);
     assert_eq!(&s.orders[..s.n_orders], &[9, 0]);
-    assert_eq!(
-        g.chunk_sizes().iter().map(|c| c.size).collect::<Vec<_>>(),
-        vec![2 * MIB, 4096]
-    );
+    assert_eq!(g.chunk_sizes().iter().map(|c| c.size).collect::<Vec<_>>(), vec![2 * MIB, 4096]);
     // Four segments without an IOMMU: 8 MiB needs chunks of at least 2 MiB.
-    let isp = DeviceConstraints {
-        declared_max_segments: 4,
-        dma_mask: u64::MAX,
-        ..display
-    };
+    let isp = DeviceConstraints { declared_max_segments: 4, dma_mask: u64::MAX, ..display };
     let i = plan::merge(&[isp], 8 * MIB, RAM_END);
     assert_eq!(i.min_chunk, Some(2 * MIB));
     let s = plan::strategy(&i);
     assert_eq!(&s.orders[..s.n_orders], &[10, 9]);
     // Nothing to please: the largest blocks first, as the system heap does.
-    let any = plan::merge(
-        &[DeviceConstraints {
-            declared_max_segments: 0,
-            ..isp
-        }],
-        MIB,
-        RAM_END,
-    );
+    let any = plan::merge(&[DeviceConstraints { declared_max_segments: 0, ..isp }], MIB, RAM_END);
     let s = plan::strategy(&any);
     assert_eq!(&s.orders[..s.n_orders], &[10, 9, 8, 4, 0]);
     // 64 KiB segments cannot make 8 MiB in 4 pieces.
-    let tiny = DeviceConstraints {
-        max_segment_size: 0x1_0000,
-        ..isp
-    };
-    assert!(matches!(
-        plan::merge(&[tiny], 8 * MIB, RAM_END).conflict,
-        Some(plan::Conflict::SegmentLimit { .. })
-    ));
+    let tiny = DeviceConstraints { max_segment_size: 0x1_0000, ..isp };
+    assert!(matches!(plan::merge(&[tiny], 8 * MIB, RAM_END).conflict, Some(plan::Conflict::SegmentLimit { .. })));
 }

@@ -15,10 +15,7 @@ const MIB: u64 = 1 << 20;
 const MODULES: [&str; 2] = ["dmaplace_testdev", "dmaplace"];
 
 fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
     assert!(
         out.status.success(),
         "{cmd} {args:?} failed: {}{}",
@@ -32,10 +29,7 @@ fn unload() {
         run("rmmod", &[m]);
     }
     assert!(!kmod::modules_loaded());
-    assert!(
-        std::fs::metadata("/sys/kernel/debug/dmaplace").is_err(),
-        "debugfs directory left behind"
-    );
+    assert!(std::fs::metadata("/sys/kernel/debug/dmaplace").is_err(), "debugfs directory left behind");
 }
 
 fn load() {
@@ -65,37 +59,27 @@ fn measure() -> (u64, usize) {
         .filter_map(|v| v.trim().parse::<u64>().ok())
         .sum();
     let bufinfo = std::fs::read_to_string("/sys/kernel/debug/dma_buf/bufinfo").expect("bufinfo");
-    (
-        free + pcp * 4096,
-        dmaplace_linux::parse::bufinfo(&bufinfo).len(),
-    )
+    (free + pcp * 4096, dmaplace_linux::parse::bufinfo(&bufinfo).len())
 }
 
 fn workload() -> u64 {
     let dp = Dmaplace::open().expect("open");
     let td = TestDev::open().expect("open testdev");
-    td.ensure_device(&FakeDevice::new("dp-unload64", 64))
-        .expect("device");
-    td.ensure_device(&FakeDevice::new("dp-unload32", 32))
-        .expect("device");
+    td.ensure_device(&FakeDevice::new("dp-unload64", 64)).expect("device");
+    td.ensure_device(&FakeDevice::new("dp-unload32", 32)).expect("device");
     dp.declare("dp-unload32", 1, 0).expect("declare");
     let mut total = 0;
     let mut keep = Vec::new();
     for i in 0..24u64 {
         let size = (1 + i % 4) * MIB;
         let buf = dp.create(size, "unload").expect("create");
-        let h = td
-            .attach(buf.fd.as_fd(), "dp-unload64", true)
-            .expect("attach");
+        let h = td.attach(buf.fd.as_fd(), "dp-unload64", true).expect("attach");
         td.map(h).expect("map");
-        let mut map =
-            RawMap::shared(buf.fd.as_fd(), usize::try_from(size).unwrap(), 0, true).expect("mmap");
+        let mut map = RawMap::shared(buf.fd.as_fd(), usize::try_from(size).unwrap(), 0, true).expect("mmap");
         map.as_mut_slice()[0] = 1;
         if i % 2 == 0 {
             td.unmap(h).expect("unmap");
-            let h2 = td
-                .attach(buf.fd.as_fd(), "dp-unload32", true)
-                .expect("late attach");
+            let h2 = td.attach(buf.fd.as_fd(), "dp-unload32", true).expect("late attach");
             td.map(h2).expect("migrating map");
         }
         total += size;
@@ -133,12 +117,7 @@ fn rmmod_leaves_no_memory_and_no_dma_buf_behind() {
         snap.live_bytes,
         snap.buffers.len()
     );
-    assert!(
-        snap.buffers.is_empty()
-            && snap.live_bytes == 0
-            && snap.chunks_allocated == snap.chunks_freed,
-        "{snap:#?}"
-    );
+    assert!(snap.buffers.is_empty() && snap.live_bytes == 0 && snap.chunks_allocated == snap.chunks_freed, "{snap:#?}");
     unload();
     let (free1, bufs1) = measure();
     println!(
