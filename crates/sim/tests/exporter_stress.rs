@@ -22,6 +22,10 @@ use rand::{RngExt, SeedableRng};
 const HINTS: [Usage; 6] =
     [Usage::empty(), Usage::SCANOUT, Usage::RENDERING, Usage::VIDEO_ENCODE, Usage::CAMERA_WRITE, Usage::LINEAR];
 const FORMATS: [&str; 3] = ["NV12", "XR24", "AR24"];
+/// Population caps keep the state (and so the cost of a full check) bounded.
+const MAX_BUFFERS: usize = 12;
+const MAX_ATTACHMENTS: usize = 32;
+const MAX_MAPPINGS: usize = 48;
 
 /// Other users hold 30% of memory in 4 KiB-1 MiB blocks, after filling 60% and freeing at
 /// random: fragmented, with CMA borrowers, yet few enough blocks (about 8,000 on refsoc)
@@ -37,7 +41,7 @@ struct World {
     fences: Vec<FenceId>,
     cpu: Vec<BufferId>,
     devices: Vec<String>,
-    counts: [u64; 12],
+    counts: [u64; 13],
 }
 
 impl World {
@@ -54,7 +58,7 @@ impl World {
             fences: Vec::new(),
             cpu: Vec::new(),
             devices,
-            counts: [0; 12],
+            counts: [0; 13],
         }
     }
 
@@ -79,16 +83,16 @@ impl World {
     /// One random operation. Errors the exporter reports for a reason are fine; a
     /// panic, an invariant violation, or a stale mapping that still works is not.
     fn step(&mut self) {
-        let op = self.rng.random_range(0..12u32);
+        let op = self.rng.random_range(0..13u32);
         self.counts[op as usize] += 1;
         match op {
-            0 if self.buffers.len() < 12 => {
+            0 if self.buffers.len() < MAX_BUFFERS => {
                 let d = self.desc();
                 if let Ok(b) = self.e.export(d, "stress") {
                     self.buffers.push(b);
                 }
             }
-            1 | 2 => {
+            1 | 2 if self.attachments.len() < MAX_ATTACHMENTS => {
                 let (Some(b), Some(i)) =
                     (self.pick(&self.buffers.clone()), self.pick(&(0..self.devices.len()).collect::<Vec<_>>()))
                 else {
@@ -100,7 +104,7 @@ impl World {
                     self.attachments.push((a, b));
                 }
             }
-            3 | 4 => {
+            3 | 4 if self.mappings.len() < MAX_MAPPINGS => {
                 let Some((a, _)) = self.pick(&self.attachments.clone()) else { return };
                 if let Ok((m, _)) = self.e.map(a) {
                     self.mappings.push(m);
@@ -151,13 +155,47 @@ impl World {
                     self.attachments.retain(|x| x.0 != a);
                 }
             }
-            _ => {
+            11 => {
                 let Some(b) = self.pick(&self.buffers.clone()) else { return };
                 if !self.cpu.contains(&b) && self.e.release(b).is_ok() {
                     self.buffers.retain(|x| *x != b);
                 }
             }
+            12 => {
+                if let Some(b) = self.pick(&self.buffers.clone()) {
+                    self.retire(b);
+                }
+            }
+            _ => {}
         }
+    }
+
+    /// The whole life of a buffer ends: its DMA completes, every importer unmaps and
+    /// detaches, the CPU lets go, and the buffer is released.
+    fn retire(&mut self, b: BufferId) {
+        let atts: Vec<AttachmentId> = self.attachments.iter().filter(|(_, x)| *x == b).map(|(a, _)| *a).collect();
+        let fences: Vec<FenceId> = self.fences.clone();
+        for f in fences {
+            // A fence belongs to some mapping; signalling others' fences early is harmless.
+            if self.e.signal(f).is_ok() {
+                self.fences.retain(|x| *x != f);
+            }
+        }
+        for m in self.mappings.clone() {
+            if self.e.unmap(m).is_ok() {
+                self.mappings.retain(|x| *x != m);
+            }
+        }
+        for a in atts {
+            self.e.detach(a).unwrap();
+            self.attachments.retain(|x| x.0 != a);
+        }
+        if self.cpu.contains(&b) {
+            self.e.end_cpu_access(b).unwrap();
+            self.cpu.retain(|x| *x != b);
+        }
+        self.e.release(b).unwrap();
+        self.buffers.retain(|x| *x != b);
     }
 
     fn check(&self, step: usize) {
