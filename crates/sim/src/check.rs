@@ -242,7 +242,7 @@ impl Machine {
                 name: c.name.clone(),
                 kind: PoolKind::Carveout { protected: c.protected },
                 total: Size::new((c.end - c.start) * PAGE),
-                free: Size::new(c.free_pages * PAGE),
+                free: Size::new(c.free_pages() * PAGE),
                 largest: Size::new(c.largest_free() * PAGE),
             });
         }
@@ -253,7 +253,7 @@ impl Machine {
     pub fn free_bytes(&self) -> Size {
         let pages = self.areas.iter().map(|a| a.area.free_pages()).sum::<u64>()
             + self.cma.iter().map(|c| c.area.free_pages()).sum::<u64>()
-            + self.carveouts.iter().map(|c| c.free_pages).sum::<u64>();
+            + self.carveouts.iter().map(|c| c.free_pages()).sum::<u64>();
         Size::new(pages * PAGE)
     }
 
@@ -300,15 +300,15 @@ impl Machine {
         for (i, c) in self.carveouts.iter().enumerate() {
             pools.push((c.start, c.end, Src::Carveout(i)));
             let mut free = 0;
-            for (&s, &e) in &c.free {
+            for (s, e) in c.free.iter() {
                 held.push((s, e, Owner::FreeCarveout(i)));
                 free += e - s;
             }
-            if free != c.free_pages {
+            if free != c.free_pages() {
                 v.push(InvariantViolation::Accounting {
                     pool: self.pool_name(Src::Carveout(i)),
                     what: "free pages",
-                    recorded: c.free_pages,
+                    recorded: c.free_pages(),
                     counted: free,
                 });
             }

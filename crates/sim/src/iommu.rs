@@ -8,61 +8,35 @@ use std::fmt;
 use dmaplace_core::iommu::{self, PteCounts};
 use dmaplace_core::units::{DmaAddr, PageSize, PageSizes, Size};
 
+use crate::ranges::FreeRanges;
+
 /// A first-fit allocator of aligned IOVA ranges in `start..end`.
 #[derive(Clone, Debug)]
 pub(crate) struct IovaAllocator {
     start: u64,
     end: u64,
-    /// Free ranges, `start -> end`, disjoint and not adjacent.
-    free: BTreeMap<u64, u64>,
+    free: FreeRanges,
 }
 
 impl IovaAllocator {
     pub(crate) fn new(start: u64, end: u64) -> IovaAllocator {
-        let mut free = BTreeMap::new();
-        if end > start {
-            free.insert(start, end);
-        }
-        IovaAllocator { start, end, free }
+        IovaAllocator { start, end, free: FreeRanges::new(start, end) }
     }
 
     /// The lowest `align`-aligned free range of `len` bytes.
     pub(crate) fn alloc(&mut self, len: u64, align: u64) -> Option<u64> {
-        let (s, e, t) = self.free.iter().find_map(|(&s, &e)| {
-            let t = s.checked_next_multiple_of(align)?;
-            (t.checked_add(len)? <= e).then_some((s, e, t))
-        })?;
-        self.free.remove(&s);
-        if t > s {
-            self.free.insert(s, t);
-        }
-        if t + len < e {
-            self.free.insert(t + len, e);
-        }
-        Some(t)
+        self.free.claim(len, align, self.start, self.end)
     }
 
     /// Returns `start..start + len`.
     pub(crate) fn release(&mut self, start: u64, len: u64) {
-        let (mut s, mut e) = (start, start + len);
-        debug_assert!(s >= self.start && e <= self.end, "IOVA {s:#x}..{e:#x} outside the space");
-        if let Some((&ps, &pe)) = self.free.range(..s).next_back() {
-            debug_assert!(pe <= s, "IOVA {s:#x} freed twice");
-            if pe == s {
-                self.free.remove(&ps);
-                s = ps;
-            }
-        }
-        if let Some(&ne) = self.free.get(&e) {
-            self.free.remove(&e);
-            e = ne;
-        }
-        self.free.insert(s, e);
+        debug_assert!(start >= self.start && start + len <= self.end, "IOVA {start:#x}+{len:#x} outside the space");
+        self.free.release(start, len);
     }
 
     /// Free ranges.
     pub(crate) fn free_ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.free.iter().map(|(&s, &e)| (s, e))
+        self.free.iter()
     }
 
     /// The whole space.

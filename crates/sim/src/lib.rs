@@ -44,6 +44,7 @@ mod hbitmap;
 mod iommu;
 mod machine;
 mod phys;
+mod ranges;
 mod synthetic;
 
 pub use check::{FreeReport, Holder, InvariantViolation, PoolFree, PoolKind, Violations};

@@ -537,7 +537,7 @@ impl Machine {
             scan(&self.cma[i].area, lo, hi);
         }
         for &(i, lo, hi) in &t.carveouts {
-            for (&s, &e) in &self.carveouts[i].free {
+            for (s, e) in self.carveouts[i].free.iter() {
                 free += overlap(s, e - s, lo, hi);
             }
         }

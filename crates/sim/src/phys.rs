@@ -1,10 +1,11 @@
-//! The pools physical memory is split into: buddy zones (DMA32, Normal), CMA regions and
+//! The pools physical memory is split into: buddy zones (DMA, DMA32, Normal), CMA regions and
 //! carveouts.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::buddy::{Area, Pfn};
+use crate::ranges::FreeRanges;
 
 /// A page-allocator zone, as Linux names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -76,53 +77,32 @@ pub(crate) struct Carveout {
     pub(crate) start: Pfn,
     pub(crate) end: Pfn,
     pub(crate) protected: bool,
-    /// Free ranges: start -> end, disjoint, not adjacent.
-    pub(crate) free: BTreeMap<Pfn, Pfn>,
-    pub(crate) free_pages: u64,
+    /// Free frames.
+    pub(crate) free: FreeRanges,
 }
 
 impl Carveout {
     pub(crate) fn new(name: String, start: Pfn, end: Pfn, protected: bool) -> Carveout {
-        Carveout { name, start, end, protected, free: BTreeMap::from([(start, end)]), free_pages: end - start }
+        Carveout { name, start, end, protected, free: FreeRanges::new(start, end) }
     }
 
     /// The lowest `align`-aligned run of `pages` frames inside `lo..hi`.
     pub(crate) fn claim(&mut self, pages: u64, align: u64, lo: Pfn, hi: Pfn) -> Option<Pfn> {
-        let (s, e, t) = self.free.range(..hi).find_map(|(&s, &e)| {
-            let t = s.max(lo).next_multiple_of(align);
-            (t + pages <= e.min(hi)).then_some((s, e, t))
-        })?;
-        self.free.remove(&s);
-        if t > s {
-            self.free.insert(s, t);
-        }
-        if t + pages < e {
-            self.free.insert(t + pages, e);
-        }
-        self.free_pages -= pages;
-        Some(t)
+        self.free.claim(pages, align, lo, hi)
     }
 
     /// Returns `pages` frames at `pfn`.
     pub(crate) fn release(&mut self, pfn: Pfn, pages: u64) {
-        let (mut s, mut e) = (pfn, pfn + pages);
-        if let Some((&ps, &pe)) = self.free.range(..s).next_back() {
-            debug_assert!(pe <= s, "carveout frame {s:#x} freed twice");
-            if pe == s {
-                self.free.remove(&ps);
-                s = ps;
-            }
-        }
-        if let Some(&ne) = self.free.get(&e) {
-            self.free.remove(&e);
-            e = ne;
-        }
-        self.free.insert(s, e);
-        self.free_pages += pages;
+        self.free.release(pfn, pages);
+    }
+
+    /// Free frames, as recorded.
+    pub(crate) fn free_pages(&self) -> u64 {
+        self.free.total()
     }
 
     /// The longest free run, in frames.
     pub(crate) fn largest_free(&self) -> u64 {
-        self.free.iter().map(|(s, e)| e - s).max().unwrap_or(0)
+        self.free.largest()
     }
 }
