@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 
 use anyhow::{Context, Result, anyhow};
 use clap::Args;
-use dmaplace_core::exporter::{AttachmentId, BufferId, Event, ExportError, Exporter, ExporterConfig};
+use dmaplace_core::exporter::{AttachmentId, BufferId, Event, ExportError, Exporter, ExporterConfig, MappingId};
 use dmaplace_core::layout::fourcc_name;
 use dmaplace_core::{BufferDesc, Device, DeviceClass, ImageDesc, Plan, Platform, Request, Usage, solve, verify};
 use dmaplace_sim::{BackgroundLoad, Holder, Machine, SimConfig};
@@ -281,7 +281,7 @@ fn late_attach(
     Ok(())
 }
 
-fn dma_mapping(events: &[Event], attachment: AttachmentId) -> Option<dmaplace_core::exporter::MappingId> {
+fn dma_mapping(events: &[Event], attachment: AttachmentId) -> Option<MappingId> {
     events.iter().find_map(|e| match e {
         Event::MoveNotify(n) if n.attachment == attachment => n.invalidated.first().copied(),
         _ => None,
@@ -308,48 +308,32 @@ fn refuse(s: &mut Story, buf: BufferId, d: &Device) -> Result<()> {
     Ok(())
 }
 
-fn first_mapping(s: &Story, buf: BufferId) -> Result<dmaplace_core::exporter::MappingId> {
-    s.steps
-        .iter()
-        .flat_map(|st| &st.events)
-        .filter_map(|e| match e {
-            Event::Mapped { buffer, mapping, .. } if *buffer == buf => Some(*mapping),
-            _ => None,
-        })
-        .rev()
-        .find(|m| s.e.sg_table(*m).is_ok())
-        .ok_or_else(|| anyhow!("no live mapping"))
+/// A live mapping of the buffer (the GPU's, which maps first).
+fn first_mapping(s: &Story, buf: BufferId) -> Result<MappingId> {
+    for a in s.e.attachments_of(buf)? {
+        if let Some(m) = s.e.mappings_of(*a)?.iter().copied().find(|m| s.e.sg_table(*m).is_ok()) {
+            return Ok(m);
+        }
+    }
+    Err(anyhow!("no live mapping"))
 }
 
 fn release_all(s: &mut Story, buf: BufferId, start_free: dmaplace_core::Size) -> Result<()> {
-    let maps: Vec<_> = s
-        .steps
-        .iter()
-        .flat_map(|st| &st.events)
-        .filter_map(|e| match e {
-            Event::Mapped { mapping, .. } => Some(*mapping),
-            _ => None,
-        })
-        .collect();
-    for m in maps {
-        let _ = s.e.unmap(m);
-    }
-    let atts: Vec<_> = s
-        .steps
-        .iter()
-        .flat_map(|st| &st.events)
-        .filter_map(|e| match e {
-            Event::Attached { attachment, .. } => Some(*attachment),
-            _ => None,
-        })
-        .collect();
-    for a in atts {
-        let _ = s.e.detach(a);
+    for a in s.e.attachments_of(buf)?.to_vec() {
+        for m in s.e.mappings_of(a)?.to_vec() {
+            s.e.unmap(m)?;
+        }
+        s.e.detach(a)?;
     }
     s.e.release(buf)?;
     s.e.backend().check().map_err(|v| anyhow!("simulated machine invariant: {v:?}"))?;
     let end_free = s.e.backend().free_report().free();
-    s.step("release", format!("Everything is unmapped, detached and released: {end_free} free, as at the start ({start_free}); no frame owned twice, none leaked."));
+    s.step(
+        "release",
+        format!(
+            "Everything is unmapped, detached and released: {end_free} free, as at the start ({start_free}); no frame owned twice, none leaked."
+        ),
+    );
     if end_free != start_free {
         return Err(anyhow!("free memory {end_free} differs from the start {start_free}"));
     }

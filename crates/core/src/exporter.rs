@@ -394,6 +394,8 @@ struct Attachment {
     buffer: BufferId,
     device: Device,
     hints: Usage,
+    /// The device's constraints for this use, what its maps and CPU syncs are done for.
+    effective: Effective,
     mappings: Vec<MappingId>,
     notify: Option<MoveNotify>,
 }
@@ -526,7 +528,7 @@ impl<B: Backend> Exporter<B> {
 
     /// Creates a buffer with no backing (`dma_buf_export` without pages).
     pub fn export(&mut self, desc: BufferDesc, name: &str) -> Result<BufferId> {
-        validate_desc(&desc)?;
+        crate::solver::validate_desc(&desc)?;
         let id = BufferId(self.id());
         let size = match &desc {
             BufferDesc::Size(s) => *s,
@@ -633,7 +635,8 @@ impl<B: Backend> Exporter<B> {
             }
         };
         let id = AttachmentId(self.id());
-        self.attachments.insert(id, Attachment { buffer, device: dev, hints, mappings: Vec::new(), notify });
+        let effective = Effective::new(&self.platform, &dev, hints);
+        self.attachments.insert(id, Attachment { buffer, device: dev, hints, effective, mappings: Vec::new(), notify });
         let buf = self.buffers.get_mut(&buffer).expect("checked above");
         buf.attachments.push(id);
         self.events.push(Event::Attached { buffer, attachment: id, device: device.to_owned(), hints, how });
@@ -799,10 +802,9 @@ impl<B: Backend> Exporter<B> {
         let atts = self.buffers.get(&buffer).map(|b| b.attachments.clone()).unwrap_or_default();
         for a in atts {
             let Some(att) = self.attachments.get(&a) else { continue };
-            let effective = Effective::new(&self.platform, &att.device, att.hints);
-            for m in att.mappings.clone() {
-                if let Some(inner) = self.mappings.get_mut(&m).and_then(|m| m.inner.take()) {
-                    self.backend.unmap(&effective, inner);
+            for m in &att.mappings {
+                if let Some(inner) = self.mappings.get_mut(m).and_then(|m| m.inner.take()) {
+                    self.backend.unmap(&att.effective, inner);
                 }
             }
         }
@@ -849,16 +851,15 @@ impl<B: Backend> Exporter<B> {
         if buf.backing.is_none() {
             self.allocate(buffer, None)?;
         }
-        let att = self.attachment(attachment)?;
-        let effective = Effective::new(&self.platform, &att.device, att.hints);
+        let att = self.attachments.get(&attachment).ok_or(ExportError::NoAttachment(attachment))?;
         let buf = self.buffers.get(&buffer).expect("exists");
         let backing = buf.backing.as_ref().expect("allocated above");
         let generation = buf.generation;
-        let (inner, sg) = self.backend.map(&effective, backing).map_err(backend_err)?;
+        let (inner, sg) = self.backend.map(&att.effective, backing).map_err(backend_err)?;
+        let device = att.device.name.clone();
         let id = MappingId(self.id());
         self.mappings
             .insert(id, Mapping { attachment, generation, inner: Some(inner), sg: sg.clone(), fences: Vec::new() });
-        let device = effective.device;
         self.attachments.get_mut(&attachment).expect("exists").mappings.push(id);
         self.events.push(Event::Mapped { buffer, mapping: id, device, sg: sg.clone() });
         Ok((id, sg))
@@ -973,8 +974,7 @@ impl<B: Backend> Exporter<B> {
         if let Some(att) = self.attachments.get_mut(&m.attachment) {
             att.mappings.retain(|x| *x != mapping);
             if let Some(inner) = m.inner {
-                let effective = Effective::new(&self.platform, &att.device, att.hints);
-                self.backend.unmap(&effective, inner);
+                self.backend.unmap(&att.effective, inner);
             }
         }
         self.events.push(Event::Unmapped { mapping });
@@ -1039,14 +1039,13 @@ impl<B: Backend> Exporter<B> {
 
     fn cpu_sync(&mut self, buffer: BufferId, access: CpuAccess, begin: bool) -> Result<u64> {
         let buf = self.buffers.get(&buffer).ok_or(ExportError::NoBuffer(buffer))?;
-        let mapped: Vec<Effective> = buf
+        let refs: Vec<&Effective> = buf
             .attachments
             .iter()
             .filter_map(|a| self.attachments.get(a))
             .filter(|a| !a.mappings.is_empty())
-            .map(|a| Effective::new(&self.platform, &a.device, a.hints))
+            .map(|a| &a.effective)
             .collect();
-        let refs: Vec<&Effective> = mapped.iter().collect();
         let backing = buf.backing.as_ref().expect("CPU access needs a backing");
         let ops = self.backend.cpu_sync(backing, &refs, access, begin).map_err(backend_err)?;
         self.stats.maintenance_ops += ops;
@@ -1157,6 +1156,16 @@ impl<B: Backend> Exporter<B> {
         Ok(&self.buffer(buffer)?.name)
     }
 
+    /// The buffer's attachments, in attach order.
+    pub fn attachments_of(&self, buffer: BufferId) -> Result<&[AttachmentId]> {
+        Ok(&self.buffer(buffer)?.attachments)
+    }
+
+    /// An attachment's mappings, live and stale, in map order.
+    pub fn mappings_of(&self, attachment: AttachmentId) -> Result<&[MappingId]> {
+        Ok(&self.attachment(attachment)?.mappings)
+    }
+
     /// The device of an attachment.
     pub fn device_of(&self, attachment: AttachmentId) -> Result<&str> {
         Ok(&self.attachment(attachment)?.device.name)
@@ -1195,21 +1204,5 @@ impl<B: Backend> Exporter<B> {
             }
         }
         Ok(())
-    }
-}
-
-fn validate_desc(desc: &BufferDesc) -> Result<(), InvalidRequest> {
-    match desc {
-        BufferDesc::Size(s) if s.is_zero() => Err(InvalidRequest::ZeroSize),
-        BufferDesc::Size(s) if *s > crate::solver::MAX_BUFFER_SIZE => Err(InvalidRequest::TooLarge(*s)),
-        BufferDesc::Image(img)
-            if img.width == 0
-                || img.height == 0
-                || img.width > crate::solver::MAX_DIMENSION
-                || img.height > crate::solver::MAX_DIMENSION =>
-        {
-            Err(InvalidRequest::BadDimensions { width: img.width, height: img.height })
-        }
-        _ => Ok(()),
     }
 }

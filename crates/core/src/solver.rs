@@ -325,6 +325,11 @@ fn validate(desc: &BufferDesc, requests: &[Request<'_>]) -> Result<(), InvalidRe
     if requests.len() > MAX_DEVICES {
         return Err(InvalidRequest::TooManyDevices(requests.len()));
     }
+    validate_desc(desc)
+}
+
+/// Rejects zero or absurd sizes, bad dimensions and formats without a layout rule.
+pub(crate) fn validate_desc(desc: &BufferDesc) -> Result<(), InvalidRequest> {
     match desc {
         BufferDesc::Size(s) if s.is_zero() => Err(InvalidRequest::ZeroSize),
         BufferDesc::Size(s) if *s > MAX_BUFFER_SIZE => Err(InvalidRequest::TooLarge(*s)),
