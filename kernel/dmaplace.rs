@@ -476,9 +476,9 @@ unsafe extern "C" fn dbg_open(inode: *mut bindings::inode, file: *mut bindings::
 
 struct Dmaplace {
     global: Pin<KBox<Global>>,
-    fops: Raw<Opaque<bindings::file_operations>>,
+    /// `Some` until drop, which deregisters it first.
+    misc: Option<sys::MiscDevice>,
     dbg_fops: Raw<Opaque<bindings::file_operations>>,
-    misc: Raw<Opaque<bindings::miscdevice>>,
     debugfs: Raw<bindings::dentry>,
 }
 
@@ -494,15 +494,6 @@ impl kernel::Module for Dmaplace {
             GFP_KERNEL,
         )?;
         GLOBAL.store((&*global as *const Global).cast_mut(), Ordering::Release);
-        let fops = KBox::into_raw(KBox::new(
-            Opaque::new(bindings::file_operations {
-                owner: module.as_ptr(),
-                unlocked_ioctl: Some(dp_ioctl),
-                llseek: Some(bindings::noop_llseek),
-                ..Default::default()
-            }),
-            GFP_KERNEL,
-        )?);
         let dbg_fops = KBox::into_raw(KBox::new(
             Opaque::new(bindings::file_operations {
                 owner: module.as_ptr(),
@@ -514,30 +505,15 @@ impl kernel::Module for Dmaplace {
             }),
             GFP_KERNEL,
         )?);
-        let misc = KBox::into_raw(KBox::new(
-            Opaque::new(bindings::miscdevice {
-                // CAST: MISC_DYNAMIC_MINOR is 255.
-                minor: bindings::MISC_DYNAMIC_MINOR as c_int,
-                name: c"dmaplace".as_ptr().cast(),
-                fops: Opaque::raw_get(fops),
-                mode: 0o600,
-                ..Default::default()
-            }),
-            GFP_KERNEL,
-        )?);
-        let mut this =
-            Dmaplace { global, fops: Raw(fops), dbg_fops: Raw(dbg_fops), misc: Raw(misc), debugfs: Raw::null() };
-        // SAFETY: `misc` is a fully set up miscdevice that stays put until misc_deregister in drop.
-        let ret = unsafe { bindings::misc_register(Opaque::raw_get(misc)) };
-        if ret < 0 {
-            this.misc = Raw::null();
-            // SAFETY: registration failed, so nothing refers to the box.
-            drop(unsafe { KBox::from_raw(misc) });
-            return Err(Error::from_errno(ret));
-        }
-        // SAFETY: misc_register set this_device.
-        let dev = unsafe { (*Opaque::raw_get(misc)).this_device };
-        this.global.allocdev.store(dev, Ordering::Release);
+        let mut this = Dmaplace { global, misc: None, dbg_fops: Raw(dbg_fops), debugfs: Raw::null() };
+        let fops = bindings::file_operations {
+            owner: module.as_ptr(),
+            unlocked_ioctl: Some(dp_ioctl),
+            llseek: Some(bindings::noop_llseek),
+            ..Default::default()
+        };
+        let misc = this.misc.insert(sys::MiscDevice::register(c"dmaplace", fops)?);
+        this.global.allocdev.store(misc.this_device(), Ordering::Release);
         // SAFETY: plain debugfs calls; failures come back as ERR_PTRs that debugfs_remove ignores.
         this.debugfs = Raw(unsafe {
             let dir = bindings::debugfs_create_dir(c"dmaplace".as_ptr().cast(), core::ptr::null_mut());
@@ -559,18 +535,10 @@ impl Drop for Dmaplace {
     fn drop(&mut self) {
         // SAFETY: debugfs_remove waits for readers to leave; the dentry came from debugfs_create_dir.
         unsafe { bindings::debugfs_remove(self.debugfs.0) };
-        if !self.misc.0.is_null() {
-            // SAFETY: registered in init; no file is open (each pins the module).
-            unsafe { bindings::misc_deregister(Opaque::raw_get(self.misc.0)) };
-            // SAFETY: deregistered: nothing refers to the box any more.
-            drop(unsafe { KBox::from_raw(self.misc.0) });
-        }
+        drop(self.misc.take());
         GLOBAL.store(core::ptr::null_mut(), Ordering::Release);
-        // SAFETY: the misc device and debugfs file that pointed to these are gone.
-        unsafe {
-            drop(KBox::from_raw(self.fops.0));
-            drop(KBox::from_raw(self.dbg_fops.0));
-        }
+        // SAFETY: the debugfs file that pointed to it is gone.
+        drop(unsafe { KBox::from_raw(self.dbg_fops.0) });
         let _ = &self.global;
         pr_info!("unloaded\n");
     }

@@ -20,7 +20,6 @@ use kernel::error::{Error, Result, code};
 use kernel::ffi::{c_int, c_long, c_uint, c_ulong};
 use kernel::prelude::*;
 use kernel::sync::Mutex;
-use kernel::types::Opaque;
 use kernel::uaccess::UserSlice;
 
 pub mod abi;
@@ -426,8 +425,8 @@ unsafe extern "C" fn td_ioctl(file: *mut bindings::file, cmd: c_uint, arg: c_ulo
 
 struct Testdev {
     global: Pin<KBox<Global>>,
-    fops: Raw<Opaque<bindings::file_operations>>,
-    misc: Raw<Opaque<bindings::miscdevice>>,
+    /// `Some` until drop, which deregisters it first.
+    misc: Option<sys::MiscDevice>,
 }
 
 impl kernel::Module for Testdev {
@@ -437,50 +436,23 @@ impl kernel::Module for Testdev {
             GFP_KERNEL,
         )?;
         GLOBAL.store((&*global as *const Global).cast_mut(), Ordering::Release);
-        let fops = KBox::into_raw(KBox::new(
-            Opaque::new(bindings::file_operations {
-                owner: module.as_ptr(),
-                open: Some(td_open),
-                release: Some(td_release),
-                unlocked_ioctl: Some(td_ioctl),
-                llseek: Some(bindings::noop_llseek),
-                ..Default::default()
-            }),
-            GFP_KERNEL,
-        )?);
-        let misc = KBox::into_raw(KBox::new(
-            Opaque::new(bindings::miscdevice {
-                // CAST: MISC_DYNAMIC_MINOR is 255.
-                minor: bindings::MISC_DYNAMIC_MINOR as c_int,
-                name: c"dmaplace_testdev".as_ptr().cast(),
-                fops: Opaque::raw_get(fops),
-                mode: 0o600,
-                ..Default::default()
-            }),
-            GFP_KERNEL,
-        )?);
-        let mut this = Testdev { global, fops: Raw(fops), misc: Raw(misc) };
-        // SAFETY: a fully set up miscdevice that stays put until drop.
-        let ret = unsafe { bindings::misc_register(Opaque::raw_get(misc)) };
-        if ret < 0 {
-            this.misc = Raw::null();
-            // SAFETY: registration failed; nothing refers to the box.
-            drop(unsafe { KBox::from_raw(misc) });
-            return Err(Error::from_errno(ret));
-        }
+        let mut this = Testdev { global, misc: None };
+        let fops = bindings::file_operations {
+            owner: module.as_ptr(),
+            open: Some(td_open),
+            release: Some(td_release),
+            unlocked_ioctl: Some(td_ioctl),
+            llseek: Some(bindings::noop_llseek),
+            ..Default::default()
+        };
+        this.misc = Some(sys::MiscDevice::register(c"dmaplace_testdev", fops)?);
         Ok(this)
     }
 }
 
 impl Drop for Testdev {
     fn drop(&mut self) {
-        if !self.misc.0.is_null() {
-            // SAFETY: registered in init; no file is open (each pins the module).
-            unsafe {
-                bindings::misc_deregister(Opaque::raw_get(self.misc.0));
-                drop(KBox::from_raw(self.misc.0));
-            }
-        }
+        drop(self.misc.take());
         let mut devs = self.global.devices.lock();
         while !devs.is_empty() {
             let last = devs.len() - 1;
@@ -490,7 +462,5 @@ impl Drop for Testdev {
         }
         drop(devs);
         GLOBAL.store(core::ptr::null_mut(), Ordering::Release);
-        // SAFETY: the misc device that pointed to it is gone.
-        drop(unsafe { KBox::from_raw(self.fops.0) });
     }
 }

@@ -308,6 +308,68 @@ impl DevRef {
 
 // ------------------------------------------------------------------ mutex-protected raw pointers
 
+/// A registered misc device and the file operations it points to. Both live in boxes
+/// that stay put while registered; dropping it deregisters and frees them (no file can be
+/// open then: each pins the module).
+pub struct MiscDevice {
+    misc: Raw<kernel::types::Opaque<bindings::miscdevice>>,
+    fops: Raw<kernel::types::Opaque<bindings::file_operations>>,
+}
+
+impl MiscDevice {
+    /// Registers `/dev/<name>` (mode 0600, dynamic minor) with `fops`.
+    pub fn register(name: &'static core::ffi::CStr, fops: bindings::file_operations) -> Result<Self> {
+        use kernel::alloc::{KBox, flags::GFP_KERNEL};
+        use kernel::types::Opaque;
+        let fops = KBox::into_raw(KBox::new(Opaque::new(fops), GFP_KERNEL)?);
+        let misc = bindings::miscdevice {
+            // CAST: MISC_DYNAMIC_MINOR is 255.
+            minor: bindings::MISC_DYNAMIC_MINOR as kernel::ffi::c_int,
+            name: name.as_ptr().cast(),
+            fops: Opaque::raw_get(fops),
+            mode: 0o600,
+            ..Default::default()
+        };
+        let misc = match KBox::new(Opaque::new(misc), GFP_KERNEL) {
+            Ok(b) => KBox::into_raw(b),
+            Err(e) => {
+                // SAFETY: nothing refers to the fops box yet.
+                drop(unsafe { KBox::from_raw(fops) });
+                return Err(e.into());
+            }
+        };
+        // SAFETY: `misc` is a fully set up miscdevice that stays put until misc_deregister in drop.
+        let ret = unsafe { bindings::misc_register(Opaque::raw_get(misc)) };
+        if ret < 0 {
+            // SAFETY: registration failed, so nothing refers to either box.
+            unsafe {
+                drop(KBox::from_raw(misc));
+                drop(KBox::from_raw(fops));
+            }
+            return Err(Error::from_errno(ret));
+        }
+        Ok(MiscDevice { misc: Raw(misc), fops: Raw(fops) })
+    }
+
+    /// The device `misc_register` created.
+    pub fn this_device(&self) -> *mut bindings::device {
+        // SAFETY: registered in `register`, so the box is live and this_device is set.
+        unsafe { (*kernel::types::Opaque::raw_get(self.misc.0)).this_device }
+    }
+}
+
+impl Drop for MiscDevice {
+    fn drop(&mut self) {
+        use kernel::alloc::KBox;
+        // SAFETY: registered in `register`; after misc_deregister nothing refers to the boxes.
+        unsafe {
+            bindings::misc_deregister(kernel::types::Opaque::raw_get(self.misc.0));
+            drop(KBox::from_raw(self.misc.0));
+            drop(KBox::from_raw(self.fops.0));
+        }
+    }
+}
+
 /// A raw pointer that a lock protects, so that the structure holding it can be
 /// `Send`. The lock holder is the only one dereferencing it.
 #[derive(Clone, Copy, PartialEq, Eq)]
