@@ -31,6 +31,9 @@ pub enum Why {
     MaxSegments(Option<NonZeroU32>),
     /// Its `max_segment_size`.
     MaxSegmentSize(Option<Size>),
+    /// Its `max_segment_size`, which is not a whole number of pages: rounded down, as
+    /// `sg_alloc_append_table_from_pages()` (`lib/scatterlist.c`) rounds it.
+    MaxSegmentSizeRounded(Size),
     /// Its `segment_boundary_mask`.
     Boundary(BoundaryMask),
     /// Its `alignment`.
@@ -68,6 +71,9 @@ impl fmt::Display for Why {
             Why::MaxSegments(None) => f.write_str("no max_segments limit"),
             Why::MaxSegmentSize(Some(s)) => write!(f, "max_segment_size = {s}"),
             Why::MaxSegmentSize(None) => f.write_str("no max_segment_size limit"),
+            Why::MaxSegmentSizeRounded(raw) => {
+                write!(f, "max_segment_size = {raw}, rounded down to whole pages as lib/scatterlist.c does")
+            }
             Why::Boundary(b) => write!(f, "segment_boundary_mask = {b}"),
             Why::Alignment(a) => write!(f, "alignment = {a}"),
             Why::IommuMerges => f.write_str("its IOMMU maps any number of pages as one range"),
@@ -222,7 +228,7 @@ impl Effective {
             iommu: p.iommu.clone(),
             iova_space,
             max_segments: Sourced::new(p.max_segments, Why::MaxSegments(p.max_segments)),
-            max_segment_size: Sourced::new(p.max_segment_size, Why::MaxSegmentSize(p.max_segment_size)),
+            max_segment_size: page_rounded(p.max_segment_size),
             segment_boundary: Sourced::new(p.segment_boundary_mask, Why::Boundary(p.segment_boundary_mask)),
             alignment: Sourced::new(p.alignment, Why::Alignment(p.alignment)),
             granule: Sourced::new(PageSize::SZ_4K, Why::BasePages),
@@ -266,7 +272,7 @@ impl Effective {
             self.iova_space = None;
             self.reach = physical_reach(p.dma_mask, p.bus_dma_limit);
             self.max_segments = Sourced::new(p.max_segments, Why::MaxSegments(p.max_segments));
-            self.max_segment_size = Sourced::new(p.max_segment_size, Why::MaxSegmentSize(p.max_segment_size));
+            self.max_segment_size = page_rounded(p.max_segment_size);
             self.segment_boundary = Sourced::new(p.segment_boundary_mask, Why::Boundary(p.segment_boundary_mask));
             self.granule = Sourced::new(PageSize::SZ_4K, Why::BasePages);
             self.alignment = Sourced::new(p.alignment, Why::Alignment(p.alignment));
@@ -301,6 +307,18 @@ impl Effective {
         if rule.protected {
             self.require_protected(platform, why);
         }
+    }
+}
+
+/// A `max_segment_size` as the kernel applies it: rounded down to whole 4 KiB pages
+/// (`sg_alloc_append_table_from_pages()` does `ALIGN_DOWN(max_segment, PAGE_SIZE)`). A
+/// limit below one page rounds to 0: the device cannot map a page-backed buffer at all.
+fn page_rounded(limit: Option<Size>) -> Sourced<Option<Size>> {
+    match limit {
+        Some(raw) if !raw.is_aligned(PageSize::SZ_4K) => {
+            Sourced::new(Some(Size::new(raw.bytes() & !(PageSize::SZ_4K.get() - 1))), Why::MaxSegmentSizeRounded(raw))
+        }
+        _ => Sourced::new(limit, Why::MaxSegmentSize(limit)),
     }
 }
 

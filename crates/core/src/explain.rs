@@ -2,7 +2,7 @@
 
 use crate::effective::Effective;
 use crate::platform::Platform;
-use crate::solver::{BufferDesc, ConflictItem, ConflictKind};
+use crate::solver::{BufferDesc, CandidateConflict, ConflictItem, ConflictKind};
 use crate::window::Window;
 
 /// The explanation of a conflict among `effs` (the minimal set).
@@ -17,16 +17,24 @@ pub(crate) fn message(
     let p = &platform.name;
     match kind {
         ConflictKind::NoCommonMemory => no_common_memory(platform, effs),
-        ConflictKind::NoRoom { within, needed, contiguous, available } => {
-            let what = if *contiguous { "physically contiguous memory" } else { "memory" };
-            let run = if *contiguous { "the longest run there is" } else { "only" };
-            format!(
-                "{} ({p}) {} {needed} of {what} within {}, but {run} {available}{}",
-                names(effs),
-                verb(effs, "needs", "need"),
-                within,
-                if *contiguous { "" } else { " lies there" }
-            ) + &because(effs, platform)
+        ConflictKind::NoRoom { within, needed, contiguous, max_segments, available, longest } => {
+            let who = names(effs);
+            let need = verb(effs, "needs", "need");
+            let tail = because(effs, platform);
+            let head = match (*contiguous, max_segments) {
+                (true, _) => format!(
+                    "{who} ({p}) {need} {needed} of physically contiguous memory within {within}, but the longest run there is {available}{}",
+                    aligned_note(effs)
+                ),
+                (false, Some(n)) => format!(
+                    "{who} ({p}) {need} {needed} in at most {n} segments within {within}, but {n} segments hold at most {available} there (the longest run is {longest}){}",
+                    aligned_note(effs)
+                ),
+                (false, None) => {
+                    format!("{who} ({p}) {need} {needed} of memory within {within}, but only {available} lies there")
+                }
+            };
+            head + &tail
         }
         ConflictKind::NoContiguousPool { within, needed, max_block } => format!(
             "{} ({p}) {} a physically contiguous run of {needed} within {}; that is more than the page allocator's largest block ({max_block}), and no CMA area or carveout lies there (CMA: {}){}",
@@ -40,6 +48,12 @@ pub(crate) fn message(
             "{} ({p}) {} at most {max_segments} segment(s) of at most {segment_cap} each, which cannot hold {size}: {}",
             names(effs),
             verb(effs, "allows", "allow"),
+            list_items(items, &label)
+        ),
+        ConflictKind::SegmentSize { max_segment_size } => format!(
+            "{} ({p}) {} a max_segment_size that rounds down to {max_segment_size} whole pages: no sg table of pages can meet it (lib/scatterlist.c refuses it): {}",
+            names(effs),
+            verb(effs, "has", "have"),
             list_items(items, &label)
         ),
         ConflictKind::CacheModes => format!("no cache mode suits every device ({p}): {}", list_items(items, &label)),
@@ -63,10 +77,38 @@ pub(crate) fn message(
         ConflictKind::Dimension { what, value, max } => {
             format!("the image's {what} is {value}, over the limit of {max} ({p}): {}", list_items(items, &label))
         }
-        ConflictKind::IovaSpace { size, space } => {
-            format!("the buffer ({size}) does not fit the IOVA space ({space}) ({p}): {}", list_items(items, &label))
-        }
+        ConflictKind::IovaSpace { size, space, reserved, alignment } => format!(
+            "the buffer ({size}) does not fit the IOVA space ({space}, of which the first {reserved} is kept back, mappings of this size {alignment}-aligned) ({p}): {}",
+            list_items(items, &label)
+        ),
     }
+}
+
+/// " (starting on 64 KiB)" when the buffer's alignment is above the base page.
+fn aligned_note(effs: &[Effective]) -> String {
+    let align = effs.iter().map(|e| e.alignment.value.max(e.granule.value)).max();
+    match align {
+        Some(a) if a > crate::units::PageSize::SZ_4K => format!(" starting on {a}"),
+        _ => String::new(),
+    }
+}
+
+/// The explanation when no layout candidate can be placed: the preferred first, then the
+/// others, each with its reason.
+pub(crate) fn candidates(desc: &BufferDesc, tried: &[CandidateConflict]) -> String {
+    let image = match desc {
+        BufferDesc::Image(img) => format!("{} {}x{}", crate::layout::fourcc_name(img.format), img.width, img.height),
+        BufferDesc::Size(s) => s.to_string(),
+    };
+    let mut out = format!("no layout of {image} that every device accepts can be placed; ");
+    for (i, c) in tried.iter().enumerate() {
+        let role = if i == 0 { "preferred" } else { "then tried" };
+        if i > 0 {
+            out.push_str("; ");
+        }
+        out.push_str(&format!("{} ({role}, {}): {}", c.modifier_name, c.size, c.message));
+    }
+    out
 }
 
 fn verb(effs: &[Effective], one: &'static str, many: &'static str) -> &'static str {

@@ -15,6 +15,7 @@ mod explain;
 pub mod exporter;
 pub mod iommu;
 pub mod layout;
+pub mod memory;
 pub mod model;
 mod plan_json;
 pub mod platform;

@@ -5,6 +5,18 @@
 //! loosens a requirement (the property tests check all four). Causes are kept as a bit
 //! set of device indices, so merging allocates nothing; words come from
 //! [`crate::Plan::causes`] when someone reads them.
+//!
+//! # Segment limits are stacked
+//!
+//! One backing serves every device, and the exporter builds each device's sg table from it
+//! (split at that device's own `max_segment_size` and `segment_boundary_mask`). The plan
+//! promises the stacked limits, as the block layer's `blk_stack_limits()` stacks queue
+//! limits: at most `max_segments` (the smallest count limit) segments, none longer than
+//! `max_segment_size` nor crossing `segment_boundary_mask` (the tightest of the devices
+//! that limit the count). A backing within the stacked limits gives every device a table
+//! within its own limits. A device with no count limit takes any number of entries, so its
+//! `max_segment_size` and boundary only shape its own table and are not stacked (except a
+//! `max_segment_size` below one page, which no table can meet).
 
 use std::fmt;
 use std::num::NonZeroU32;
@@ -137,9 +149,11 @@ pub struct Requirements {
     pub pool: Req<Option<Window>>,
     /// Physical segments at most (1: contiguous).
     pub max_segments: Req<Option<NonZeroU32>>,
-    /// Physical segment length at most.
+    /// Physical segment length at most, stacked over the devices with a segment count
+    /// limit (page-rounded; see the module docs).
     pub max_segment_size: Req<Option<Size>>,
-    /// Segments may not cross a multiple of `mask + 1`.
+    /// Segments may not cross a multiple of `mask + 1`, stacked over the devices with a
+    /// segment count limit.
     pub segment_boundary: Req<BoundaryMask>,
     /// Alignment of the first byte.
     pub alignment: Req<PageSize>,
@@ -165,16 +179,24 @@ impl Requirements {
     /// The requirements of device number `index`. `ram` tells which address limits
     /// restrict anything.
     pub fn of(e: &Effective, index: usize, ram: &Window) -> Requirements {
+        let counted = e.max_segments.value.is_some();
+        let unmappable = e.max_segment_size.value.is_some_and(Size::is_zero);
+        let max_segment_size = if counted || unmappable {
+            Req::from_device(index, &e.max_segment_size, e.max_segment_size.value.is_some())
+        } else {
+            Req { value: None, causes: DeviceSet::EMPTY }
+        };
+        let segment_boundary = if counted {
+            Req::from_device(index, &e.segment_boundary, e.segment_boundary.value != BoundaryMask::NONE)
+        } else {
+            Req { value: BoundaryMask::NONE, causes: DeviceSet::EMPTY }
+        };
         Requirements {
             window: Req::from_device(index, &e.reach, !ram.is_subset_of(&e.reach.value)),
             pool: Req::from_device(index, &e.pool, e.pool.value.is_some()),
             max_segments: Req::from_device(index, &e.max_segments, e.max_segments.value.is_some()),
-            max_segment_size: Req::from_device(index, &e.max_segment_size, e.max_segment_size.value.is_some()),
-            segment_boundary: Req::from_device(
-                index,
-                &e.segment_boundary,
-                e.segment_boundary.value != BoundaryMask::NONE,
-            ),
+            max_segment_size,
+            segment_boundary,
             alignment: Req::from_device(index, &e.alignment, e.alignment.value > PageSize::SZ_4K),
             granule: Req::from_device(index, &e.granule, e.granule.value > PageSize::SZ_4K),
             cache_modes: Req::from_device(index, &e.cache_modes, e.cache_modes.value != CacheModes::all()),

@@ -1,5 +1,30 @@
 //! The solver: merges every requesting device's constraints into one [`Plan`], or
 //! explains the [`Conflict`] naming a minimal set of devices.
+//!
+//! # What an answer means
+//!
+//! - **A Plan means a placement exists.** [`solve`] returns a plan only when a backing
+//!   exists on the platform's empty machine that satisfies every device: the memory model
+//!   of [`crate::memory`] (sources, page-allocator blocks, one source per run, granule,
+//!   alignment, the stacked segment limits of [`crate::requirements`]) and the IOVA model
+//!   of [`crate::iommu`] (the first granule kept back, mappings aligned to the largest
+//!   page that fits). [`Plan::witness`] builds such a backing; [`crate::verify`] accepts
+//!   it for every device.
+//! - **A Conflict means no plan exists.** Layout and placement are decided together: the
+//!   solver tries every layout the devices all accept, in preference order (the modifiers;
+//!   an image leaves no other layout freedom: pitches, offsets and padding are the smallest
+//!   every device accepts, and larger ones are never easier to place), and returns the
+//!   first that can also be placed. When none can, the [`Conflict`] keeps one entry per
+//!   candidate, the preferred one first, and its message says why each failed. Within that
+//!   model the search is complete: a conflict means no layout and no backing exist.
+//! - **The reported conflict is canonical.** The devices are ordered by the platform's
+//!   device order (then hints), and devices are dropped from the last while the rest
+//!   still conflict, until every remaining one is needed: the conflicting set reported is
+//!   the minimal one that comes first in platform order, whatever the order of the
+//!   request.
+//!
+//! The first candidate that can be placed is found without trying the others, so the
+//! common case (the preferred layout fits) costs one pass.
 
 use std::fmt;
 use std::num::NonZeroU32;
@@ -11,10 +36,11 @@ use crate::Usage;
 use crate::effective::Effective;
 use crate::iommu::{self, PteCounts};
 use crate::layout::{self, Layout, LayoutAlign, LayoutError, MOD_LINEAR};
+use crate::memory::{self, Limits, Source, SourceKind};
 use crate::model::{CacheMode, Device};
 use crate::platform::Platform;
 use crate::requirements::{DeviceSet, Field, MAX_DEVICES, Req, Requirements};
-use crate::units::{PageSize, PageSizes, Size, UnitError};
+use crate::units::{BoundaryMask, PageSize, PageSizes, Size, UnitError};
 use crate::window::Window;
 
 /// Buffers larger than this are rejected as bad input (256 TiB).
@@ -128,6 +154,21 @@ pub struct DeviceEntries {
     pub ptes: PteCounts,
 }
 
+/// A layout candidate that was preferred to the chosen one but could not be placed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Rejected {
+    /// Its modifier.
+    pub modifier: u64,
+    /// The modifier's name on the platform.
+    pub modifier_name: String,
+    /// The buffer size it needs.
+    pub size: Size,
+    /// What failed.
+    pub kind: ConflictKind,
+    /// Why, in words.
+    pub reason: String,
+}
+
 /// The layout part of a plan, with who caused each alignment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LayoutPlan {
@@ -135,6 +176,8 @@ pub struct LayoutPlan {
     pub layout: Layout,
     /// Modifiers every device accepts, in preference order.
     pub candidates: Vec<u64>,
+    /// The candidates preferred to the chosen one, each with why it could not be placed.
+    pub rejected: Vec<Rejected>,
     /// Pitch alignment in bytes.
     pub pitch_align: Req<u32>,
     /// Offset alignment in bytes.
@@ -154,9 +197,12 @@ pub struct Plan {
     pub size: Size,
     /// Hard requirements.
     pub requirements: Requirements,
-    /// Where the backing may go: the window intersected with the pool (general memory
-    /// when no device restricts it).
+    /// Where the backing may go: the usable sources inside the devices' window (narrowed
+    /// to CMA areas and carveouts when one run must be longer than the page allocator's
+    /// largest block).
     pub placement: Window,
+    /// The same, source by source: a run never spans two of them.
+    pub sources: Vec<Source>,
     /// The cache mode chosen.
     pub cache_mode: Req<CacheMode>,
     /// Soft preferences.
@@ -179,6 +225,19 @@ impl Plan {
             .filter_map(|i| self.devices.get(i))
             .map(|e| Cause { device: e.device.clone(), why: e.why(field).to_string() })
             .collect()
+    }
+
+    /// A backing that meets this plan on the platform's empty machine, built by the rules
+    /// of [`crate::memory`] from [`Plan::sources`]: what makes the plan true. `None` would
+    /// be a solver bug (the property tests check that it never happens).
+    pub fn witness(&self, platform: &Platform) -> Option<crate::Backing> {
+        let lim = limits(&self.requirements, self.size, platform.memory.max_buddy_block);
+        let segments = memory::build(&self.sources, &lim)?;
+        Some(crate::Backing {
+            segments,
+            cache_mode: self.cache_mode.value,
+            protected: self.requirements.protected.value,
+        })
     }
 
     /// The names of the devices in `set`.
@@ -216,8 +275,13 @@ pub enum ConflictKind {
         needed: Size,
         /// Whether one contiguous run is needed.
         contiguous: bool,
-        /// The longest run (contiguous) or the total (otherwise) available.
+        /// The segment limit (stacked), if any.
+        max_segments: Option<u32>,
+        /// What fits: the longest run (contiguous), the most `max_segments` segments hold,
+        /// or all the usable memory (no segment limit).
         available: Size,
+        /// The longest run that starts on the buffer's alignment.
+        longest: Size,
     },
     /// A contiguous run larger than the page allocator's largest block is needed where no
     /// CMA area or carveout lies.
@@ -237,6 +301,12 @@ pub enum ConflictKind {
         max_segments: u32,
         /// Longest segment allowed.
         segment_cap: Size,
+    },
+    /// A device's `max_segment_size` is below one page: no sg table of pages can meet it
+    /// (`lib/scatterlist.c` refuses it).
+    SegmentSize {
+        /// The limit, rounded down to whole pages (0).
+        max_segment_size: Size,
     },
     /// No cache mode suits every device.
     CacheModes,
@@ -265,8 +335,12 @@ pub enum ConflictKind {
     IovaSpace {
         /// Buffer size.
         size: Size,
-        /// IOVA space.
+        /// IOVA space (the aperture below `2^min(iova_bits, dma_mask)`).
         space: Size,
+        /// The start of the space that is kept back (IOVA 0 up to the first granule).
+        reserved: Size,
+        /// The alignment of a mapping of this size (the largest page that fits).
+        alignment: Size,
     },
 }
 
@@ -283,8 +357,28 @@ pub struct ConflictItem {
     pub why: String,
 }
 
+/// Why one layout candidate could not be placed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CandidateConflict {
+    /// The candidate's modifier.
+    pub modifier: u64,
+    /// Its name on the platform.
+    pub modifier_name: String,
+    /// The buffer size its layout needs.
+    pub size: Size,
+    /// What failed.
+    #[serde(flatten)]
+    pub kind: ConflictKind,
+    /// Each device's constraint in the failure.
+    pub items: Vec<ConflictItem>,
+    /// In words.
+    pub message: String,
+}
+
 /// An unsatisfiable request, explained. `devices` is a minimal conflicting set: together
-/// they cannot be satisfied, and without any one of them the rest can.
+/// they cannot be satisfied, and without any one of them the rest can. It is the one
+/// that comes first in the platform's device order (see the module docs), listed in that
+/// order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Conflict {
     /// Platform.
@@ -300,6 +394,10 @@ pub struct Conflict {
     pub items: Vec<ConflictItem>,
     /// An engineer's explanation.
     pub message: String,
+    /// For an image: one entry per layout candidate, the preferred first (`kind` and
+    /// `items` above are the preferred one's). Empty for a raw buffer or when the failure
+    /// does not depend on the layout.
+    pub candidates: Vec<CandidateConflict>,
 }
 
 impl fmt::Display for Conflict {
@@ -308,6 +406,7 @@ impl fmt::Display for Conflict {
     }
 }
 
+/// Merges the requests into a plan, or explains why no backing can satisfy them all.
 /// Merges the requests into a plan, or explains why no backing can satisfy them all.
 pub fn solve(platform: &Platform, desc: &BufferDesc, requests: &[Request<'_>]) -> Result<Plan, SolveError> {
     validate(desc, requests)?;
@@ -346,18 +445,28 @@ pub(crate) fn validate_desc(desc: &BufferDesc) -> Result<(), InvalidRequest> {
     }
 }
 
-/// Why one attempt failed: the failing constraint and its culprits, before minimising.
+/// Why one attempt failed, before minimising.
 #[derive(Debug)]
 enum Failure {
     Invalid(InvalidRequest),
-    Conflict(Fail),
+    /// One entry per layout candidate tried (one, without a candidate, when the failure
+    /// does not depend on the layout).
+    Conflict(Vec<Tried>),
 }
 
+/// The failing constraint and its culprits.
 #[derive(Debug)]
 struct Fail {
     kind: ConflictKind,
-    /// Devices (indices into the attempt's requests) whose constraints are involved.
     items: Vec<ConflictItem>,
+}
+
+/// A layout candidate that failed.
+#[derive(Debug)]
+struct Tried {
+    /// The modifier and the size its layout needs; `None` for a failure before layouts.
+    candidate: Option<(u64, Size)>,
+    fail: Fail,
 }
 
 impl From<InvalidRequest> for Failure {
@@ -366,12 +475,29 @@ impl From<InvalidRequest> for Failure {
     }
 }
 
-fn fail<T>(kind: ConflictKind, items: Vec<ConflictItem>) -> Result<T, Failure> {
-    Err(Failure::Conflict(Fail { kind, items }))
+impl From<Fail> for Failure {
+    fn from(fail: Fail) -> Self {
+        Failure::Conflict(vec![Tried { candidate: None, fail }])
+    }
+}
+
+fn fail<T>(kind: ConflictKind, items: Vec<ConflictItem>) -> Result<T, Fail> {
+    Err(Fail { kind, items })
 }
 
 fn item(device: &str, constraint: &str, value: impl Into<String>, why: impl Into<String>) -> ConflictItem {
     ConflictItem { device: device.to_owned(), constraint: constraint.to_owned(), value: value.into(), why: why.into() }
+}
+
+/// What does not depend on the layout: every device's constraints, their meet, the cache
+/// mode, and the memory the buffer may come from.
+struct Common<'p> {
+    platform: &'p Platform,
+    effs: Vec<Effective>,
+    req: Requirements,
+    cache_mode: Req<CacheMode>,
+    /// The usable sources inside the devices' window.
+    usable: Vec<Source>,
 }
 
 fn attempt(platform: &Platform, desc: &BufferDesc, requests: &[Request<'_>]) -> Result<Plan, Failure> {
@@ -385,33 +511,123 @@ fn attempt(platform: &Platform, desc: &BufferDesc, requests: &[Request<'_>]) -> 
     }
     check_protection(&effs, &req)?;
     let cache_mode = choose_cache_mode(platform, &effs, &req)?;
-    let layout = match desc {
-        BufferDesc::Size(_) => None,
-        BufferDesc::Image(img) => Some(plan_layout(platform, requests, &effs, img)?),
+    let usable = usable_sources(platform, requests, &req);
+    let common = Common { platform, effs, req, cache_mode, usable };
+    match desc {
+        BufferDesc::Size(s) => {
+            let size = common.rounded(*s)?;
+            let (placement, sources) = place(&common, size)?;
+            Ok(common.plan(size, placement, sources, None))
+        }
+        BufferDesc::Image(img) => {
+            let (size, placement, sources, lp) = place_image(&common, requests, img)?;
+            Ok(common.plan(size, placement, sources, Some(lp)))
+        }
+    }
+}
+
+impl Common<'_> {
+    /// `raw` bytes rounded up to whole granules.
+    fn rounded(&self, raw: Size) -> Result<Size, InvalidRequest> {
+        Ok(raw.align_up(self.req.granule.value.max(PageSize::SZ_4K))?)
+    }
+
+    fn plan(self, size: Size, placement: Window, sources: Vec<Source>, layout: Option<LayoutPlan>) -> Plan {
+        let preferences = preferences(&self.effs, &self.req, size);
+        Plan {
+            platform: self.platform.name.clone(),
+            size,
+            requirements: self.req,
+            placement,
+            sources,
+            cache_mode: self.cache_mode,
+            preferences,
+            layout,
+            devices: self.effs,
+        }
+    }
+}
+
+/// The sources of the empty machine the buffer may use, clipped to the devices' window:
+/// carveouts only when a device (or a rule for it) names them, protected carveouts only
+/// (and always) for a protected buffer.
+fn usable_sources(platform: &Platform, requests: &[Request<'_>], req: &Requirements) -> Vec<Source> {
+    let named = |name: &str| {
+        requests.iter().any(|r| {
+            r.device.placement.regions.iter().any(|n| n == name)
+                || platform.rules.iter().any(|rule| rule.applies(&r.device.name, r.hints) && rule.regions.iter().any(|n| n == name))
+        })
     };
-    let raw_size = match (&layout, desc) {
-        (Some(l), _) => Size::new(l.layout.size),
-        (None, BufferDesc::Size(s)) => *s,
-        (None, BufferDesc::Image(_)) => unreachable!("images always have a layout"),
+    let all = memory::sources(&platform.memory, req.protected.value, &named);
+    let window = match &req.pool.value {
+        Some(pool) => req.window.value.intersect(pool),
+        None => req.window.value.clone(),
     };
-    let size = raw_size.align_up(req.granule.value.max(PageSize::SZ_4K)).map_err(InvalidRequest::from)?;
-    check_iova_space(&effs, size)?;
-    let window = req.window.value.intersect(req.pool.value.as_ref().unwrap_or(&platform.memory.general()));
-    let placement = check_memory(platform, &effs, &req, window, size)?;
-    let preferences = preferences(&effs, &req, size);
-    Ok(Plan {
-        platform: platform.name.clone(),
+    memory::clip(&all, &window)
+}
+
+/// Places one buffer of `size` bytes: the IOVA spaces, then the memory.
+fn place(c: &Common<'_>, size: Size) -> Result<(Window, Vec<Source>), Fail> {
+    check_iova_space(&c.effs, size)?;
+    check_memory(c, size)
+}
+
+/// Tries each layout every device accepts, most preferred first, and returns the plan of
+/// the first that can be placed.
+fn place_image(
+    c: &Common<'_>,
+    requests: &[Request<'_>],
+    img: &ImageDesc,
+) -> Result<(Size, Window, Vec<Source>, LayoutPlan), Failure> {
+    let shape = layout_shape(c.platform, requests, &c.effs, img)?;
+    let mut tried: Vec<Tried> = Vec::new();
+    for &m in &shape.candidates {
+        let Some(info) = c.platform.modifier_info(m) else { continue };
+        let l = layout::compute(img.format, info, img.width, img.height, shape.align).map_err(InvalidRequest::from)?;
+        let size = c.rounded(Size::new(l.size))?;
+        let widest = l.planes.iter().map(|p| p.pitch).max().unwrap_or(0);
+        let placed = check_dimension(&c.effs, "pitch", widest.into(), |e| e.layout.max_pitch).and_then(|()| place(c, size));
+        match placed {
+            Ok((placement, sources)) => {
+                let rejected = tried.iter().filter_map(|t| rejected(c, img, t)).collect();
+                let lp = LayoutPlan {
+                    layout: l,
+                    candidates: shape.candidates.clone(),
+                    rejected,
+                    pitch_align: shape.pitch_align,
+                    offset_align: shape.offset_align,
+                    height_align: shape.height_align,
+                    size_align: shape.size_align,
+                };
+                return Ok((size, placement, sources, lp));
+            }
+            Err(fail) => tried.push(Tried { candidate: Some((m, size)), fail }),
+        }
+    }
+    if tried.is_empty() {
+        let names: Vec<String> = shape.candidates.iter().map(|m| c.platform.modifier_name(*m)).collect();
+        return Err(InvalidRequest::Layout(LayoutError::UnknownFormat(
+            format!("{} with modifiers {}", layout::fourcc_name(img.format), names.join(" ")),
+            "(no tile geometry known for these modifiers: describe them in a [[modifier]] table)".into(),
+        ))
+        .into());
+    }
+    Err(Failure::Conflict(tried))
+}
+
+fn rejected(c: &Common<'_>, img: &ImageDesc, t: &Tried) -> Option<Rejected> {
+    let (modifier, size) = t.candidate?;
+    let desc = BufferDesc::Image(img.clone());
+    Some(Rejected {
+        modifier,
+        modifier_name: c.platform.modifier_name(modifier),
         size,
-        requirements: req,
-        placement,
-        cache_mode,
-        preferences,
-        layout,
-        devices: effs,
+        kind: t.fail.kind.clone(),
+        reason: crate::explain::message(c.platform, &desc, &c.effs, &t.fail.kind, &t.fail.items),
     })
 }
 
-fn check_protection(effs: &[Effective], req: &Requirements) -> Result<(), Failure> {
+fn check_protection(effs: &[Effective], req: &Requirements) -> Result<(), Fail> {
     if !req.protected.value || req.protected_access.value {
         return Ok(());
     }
@@ -428,7 +644,7 @@ fn check_protection(effs: &[Effective], req: &Requirements) -> Result<(), Failur
     fail(ConflictKind::Protected, items)
 }
 
-fn choose_cache_mode(platform: &Platform, effs: &[Effective], req: &Requirements) -> Result<Req<CacheMode>, Failure> {
+fn choose_cache_mode(platform: &Platform, effs: &[Effective], req: &Requirements) -> Result<Req<CacheMode>, Fail> {
     let modes = req.cache_modes.value;
     match platform.cache_preference.iter().copied().chain(CacheMode::ALL).find(|m| modes.has(*m)) {
         Some(m) => Ok(Req { value: m, causes: req.cache_modes.causes }),
@@ -441,17 +657,29 @@ fn choose_cache_mode(platform: &Platform, effs: &[Effective], req: &Requirements
     }
 }
 
-fn check_iova_space(effs: &[Effective], size: Size) -> Result<(), Failure> {
+/// Every device behind an IOMMU must be able to map the buffer into its empty domain
+/// ([`iommu::iova_fits`], the model the simulator's IOVA allocator follows).
+fn check_iova_space(effs: &[Effective], size: Size) -> Result<(), Fail> {
     for e in effs {
-        if let Some(bits) = e.iova_space {
-            let space = Size::new(bits.mask()).checked_add(Size::new(1)).unwrap_or(Size::new(u64::MAX));
-            if size > space {
-                let name = e.iommu.as_ref().map_or("", |m| &*m.name);
-                return fail(
-                    ConflictKind::IovaSpace { size, space },
-                    vec![item(&e.device, "iova_bits", bits.to_string(), format!("IOMMU {name} aperture and dma_mask"))],
-                );
-            }
+        let (Some(bits), Some(mmu)) = (e.iova_space, &e.iommu) else { continue };
+        let pgs = mmu.pgsize_bitmap;
+        if !iommu::iova_fits(pgs, bits, size.bytes()) {
+            let (start, end) = iommu::iova_window(pgs, bits);
+            let space = if bits.bits() >= 64 { Size::new(u64::MAX) } else { Size::new(end) };
+            return fail(
+                ConflictKind::IovaSpace {
+                    size,
+                    space,
+                    reserved: Size::new(start),
+                    alignment: Size::new(iommu::iova_align(pgs, size.bytes())),
+                },
+                vec![item(
+                    &e.device,
+                    "iova_bits",
+                    bits.to_string(),
+                    format!("IOMMU {} aperture and dma_mask", mmu.name),
+                )],
+            );
         }
     }
     Ok(())
@@ -473,13 +701,16 @@ fn window_items(effs: &[Effective], ram: &Window) -> Vec<ConflictItem> {
 fn segment_items(effs: &[Effective]) -> Vec<ConflictItem> {
     let mut items = Vec::new();
     for e in effs {
+        let counted = e.max_segments.value.is_some();
         if let Some(n) = e.max_segments.value {
             items.push(item(&e.device, "max_segments", n.to_string(), e.max_segments.why.to_string()));
         }
-        if let Some(s) = e.max_segment_size.value {
+        if let Some(s) = e.max_segment_size.value
+            && (counted || s.is_zero())
+        {
             items.push(item(&e.device, "max_segment_size", s.to_string(), e.max_segment_size.why.to_string()));
         }
-        if e.segment_boundary.value != crate::units::BoundaryMask::NONE {
+        if counted && e.segment_boundary.value != BoundaryMask::NONE {
             items.push(item(
                 &e.device,
                 "segment_boundary_mask",
@@ -491,67 +722,78 @@ fn segment_items(effs: &[Effective]) -> Vec<ConflictItem> {
     items
 }
 
-/// Checks that the window can hold the buffer under the segment limits, and returns
-/// where the backing must go: the window, narrowed to CMA areas and carveouts when a
-/// segment must be longer than the page allocator's largest block.
-fn check_memory(
-    platform: &Platform,
-    effs: &[Effective],
-    req: &Requirements,
-    placement: Window,
-    size: Size,
-) -> Result<Window, Failure> {
+/// The segment rules for a buffer of `size` bytes under `req` ([`memory::Limits`]).
+pub(crate) fn limits(req: &Requirements, size: Size, max_block: PageSize) -> Limits {
+    Limits {
+        size: size.bytes(),
+        max_segments: req.max_segments.value.map(NonZeroU32::get),
+        segment_len: req.max_segment_size.value.map(Size::bytes),
+        boundary: req.segment_boundary.value.get().checked_add(1),
+        alignment: req.alignment.value.max(req.granule.value).get(),
+        granule: req.granule.value.max(PageSize::SZ_4K).get(),
+        max_block: max_block.get(),
+    }
+}
+
+/// Checks that the usable memory can hold the buffer under the segment limits, and
+/// returns where the backing may go: the usable sources, only CMA areas and carveouts
+/// when one run must be longer than the page allocator's largest block.
+fn check_memory(c: &Common<'_>, size: Size) -> Result<(Window, Vec<Source>), Fail> {
+    let (platform, effs, req) = (c.platform, &c.effs, &c.req);
     let ram = platform.memory.ram();
-    if placement.is_empty() {
+    if c.usable.is_empty() {
         return fail(ConflictKind::NoCommonMemory, window_items(effs, &ram));
     }
-    let max_segments = req.max_segments.value.map(NonZeroU32::get);
-    if let (Some(n), Some(cap)) = (max_segments, req.segment_cap())
-        && u128::from(n) * u128::from(cap) < u128::from(size.bytes())
-    {
-        return fail(
-            ConflictKind::SegmentLimit { size, max_segments: n, segment_cap: Size::new(cap) },
-            segment_items(effs),
-        );
-    }
-    let Some(n) = max_segments else {
-        let total = placement.total();
-        if total < size {
-            return fail(
-                ConflictKind::NoRoom { within: placement, needed: size, contiguous: false, available: total },
-                window_items(effs, &ram),
-            );
-        }
-        return Ok(placement);
-    };
-    // The longest run needed: with n segments, at least one is size / n long.
-    let run = Size::new(size.bytes().div_ceil(u64::from(n))).align_up(PageSize::SZ_4K).map_err(InvalidRequest::from)?;
-    let max_block = platform.memory.max_buddy_block;
-    let pool = if run > max_block.size() {
-        placement.intersect(&platform.memory.large_contiguous())
-    } else {
-        placement.clone()
-    };
     let items = || {
         let mut items = window_items(effs, &ram);
         items.extend(segment_items(effs));
         items
     };
-    if pool.is_empty() {
+    if let Some(s) = req.max_segment_size.value
+        && s.is_zero()
+    {
+        return fail(ConflictKind::SegmentSize { max_segment_size: s }, segment_items(effs));
+    }
+    let lim = limits(req, size, platform.memory.max_buddy_block);
+    let max_segments = lim.max_segments;
+    if let (Some(n), Some(cap)) = (max_segments, req.segment_cap()) {
+        let cap = cap - cap % lim.granule;
+        if u128::from(n) * u128::from(cap) < u128::from(size.bytes()) {
+            return fail(
+                ConflictKind::SegmentLimit { size, max_segments: n, segment_cap: Size::new(cap) },
+                segment_items(effs),
+            );
+        }
+    }
+    let max_block = platform.memory.max_buddy_block.size();
+    let contiguous = max_segments == Some(1);
+    let sources: Vec<Source> = if contiguous && size > max_block {
+        c.usable.iter().filter(|s| s.kind != SourceKind::PageAllocator).cloned().collect()
+    } else {
+        c.usable.clone()
+    };
+    let within = Window::from_ranges(c.usable.iter().map(|s| s.range));
+    if sources.is_empty() {
+        return fail(ConflictKind::NoContiguousPool { within, needed: size, max_block }, items());
+    }
+    let capacity = memory::capacity(&sources, &lim);
+    if !capacity.fits(size.bytes()) {
+        let within = Window::from_ranges(sources.iter().map(|s| s.range));
+        let holds = Size::new(u64::try_from(capacity.holds).unwrap_or(u64::MAX));
+        let longest = Size::new(capacity.longest);
         return fail(
-            ConflictKind::NoContiguousPool { within: placement, needed: run, max_block: max_block.size() },
+            ConflictKind::NoRoom {
+                within,
+                needed: size,
+                contiguous,
+                max_segments,
+                available: if contiguous { longest } else { holds },
+                longest,
+            },
             items(),
         );
     }
-    let align = if n == 1 { req.alignment.value } else { PageSize::SZ_4K };
-    if pool.first_fit(run, align).is_none() || pool.total() < size {
-        let available = if n == 1 { pool.largest().map_or(Size::ZERO, |r| r.len()) } else { pool.total() };
-        return fail(
-            ConflictKind::NoRoom { within: pool, needed: if n == 1 { size } else { run }, contiguous: true, available },
-            items(),
-        );
-    }
-    Ok(pool)
+    Ok((Window::from_ranges(sources.iter().map(|s| s.range)), sources))
 }
 
 fn preferences(effs: &[Effective], req: &Requirements, size: Size) -> Preferences {
@@ -636,12 +878,24 @@ fn layout_req(
     Ok(Req { value, causes })
 }
 
-fn plan_layout(
+
+/// What every layout candidate shares: the candidates, in preference order, and the
+/// merged alignments.
+struct Shape {
+    candidates: Vec<u64>,
+    align: LayoutAlign,
+    pitch_align: Req<u32>,
+    offset_align: Req<u32>,
+    height_align: Req<u32>,
+    size_align: Req<u32>,
+}
+
+fn layout_shape(
     platform: &Platform,
     requests: &[Request<'_>],
     effs: &[Effective],
     img: &ImageDesc,
-) -> Result<LayoutPlan, Failure> {
+) -> Result<Shape, Failure> {
     let fmt_name = layout::fourcc_name(img.format);
     let missing: Vec<ConflictItem> = requests
         .iter()
@@ -652,7 +906,7 @@ fn plan_layout(
         })
         .collect();
     if !missing.is_empty() {
-        return fail(ConflictKind::Format { format: fmt_name }, missing);
+        return Err(Fail { kind: ConflictKind::Format { format: fmt_name }, items: missing }.into());
     }
     let candidates = modifier_candidates(platform, requests, img);
     if candidates.is_empty() {
@@ -674,7 +928,7 @@ fn plan_layout(
                 )
             })
             .collect();
-        return fail(ConflictKind::Modifiers { format: fmt_name }, items);
+        return Err(Fail { kind: ConflictKind::Modifiers { format: fmt_name }, items }.into());
     }
     check_dimension(effs, "width", img.width.into(), |e| e.layout.max_width)?;
     check_dimension(effs, "height", img.height.into(), |e| e.layout.max_height)?;
@@ -688,29 +942,7 @@ fn plan_layout(
         height: height_align.value,
         size: size_align.value,
     };
-    let mut last_err = None;
-    for m in &candidates {
-        let Some(info) = platform.modifier_info(*m) else { continue };
-        let l = layout::compute(img.format, info, img.width, img.height, align).map_err(InvalidRequest::from)?;
-        let widest = l.planes.iter().map(|p| p.pitch).max().unwrap_or(0);
-        match check_dimension(effs, "pitch", widest.into(), |e| e.layout.max_pitch) {
-            Ok(()) => {
-                return Ok(LayoutPlan { layout: l, candidates, pitch_align, offset_align, height_align, size_align });
-            }
-            Err(e) => last_err = Some(e),
-        }
-    }
-    match last_err {
-        Some(e) => Err(e),
-        None => {
-            let names: Vec<String> = candidates.iter().map(|m| platform.modifier_name(*m)).collect();
-            Err(InvalidRequest::Layout(LayoutError::UnknownFormat(
-                format!("{fmt_name} with modifiers {}", names.join(" ")),
-                "(no tile geometry known for these modifiers: describe them in a [[modifier]] table)".into(),
-            ))
-            .into())
-        }
-    }
+    Ok(Shape { candidates, align, pitch_align, offset_align, height_align, size_align })
 }
 
 fn check_dimension(
@@ -718,7 +950,7 @@ fn check_dimension(
     what: &str,
     value: u64,
     max: impl Fn(&Effective) -> Option<u32>,
-) -> Result<(), Failure> {
+) -> Result<(), Fail> {
     let worst = effs
         .iter()
         .filter_map(|e| max(e).map(|m| (e, u64::from(m))))
@@ -755,31 +987,77 @@ fn modifier_candidates(platform: &Platform, requests: &[Request<'_>], img: &Imag
 }
 
 /// Finds a minimal conflicting subset by deletion and explains its failure.
+
+/// The requests in canonical order: the platform's device order, then hints (then the
+/// request order, which only separates identical requests).
+fn canonical_order(platform: &Platform, requests: &[Request<'_>]) -> Vec<usize> {
+    let rank = |r: &Request<'_>| platform.devices.iter().position(|d| d.name == r.device.name).unwrap_or(usize::MAX);
+    let mut order: Vec<usize> = (0..requests.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (ra, rb) = (&requests[a], &requests[b]);
+        (rank(ra), &ra.device.name, ra.hints.bits(), a).cmp(&(rank(rb), &rb.device.name, rb.hints.bits(), b))
+    });
+    order
+}
+
+/// Finds the canonical minimal conflicting subset and explains its failure: in canonical
+/// order, drop devices from the last while the rest still conflict, and repeat until a
+/// pass drops nothing (so every device left is needed, even where naming a carveout or
+/// asking for protection makes a larger set solvable than a smaller one).
 fn explain(platform: &Platform, desc: &BufferDesc, requests: &[Request<'_>]) -> SolveError {
-    let mut keep: Vec<usize> = (0..requests.len()).collect();
     let subset = |idx: &[usize]| -> Vec<Request<'_>> { idx.iter().map(|&i| requests[i]).collect() };
-    let mut i = 0;
-    while i < keep.len() {
-        let mut without = keep.clone();
-        without.remove(i);
-        if !without.is_empty() && matches!(attempt(platform, desc, &subset(&without)), Err(Failure::Conflict(_))) {
-            keep = without;
-        } else {
-            i += 1;
+    let conflicts = |idx: &[usize]| matches!(attempt(platform, desc, &subset(idx)), Err(Failure::Conflict(_)));
+    let mut keep = canonical_order(platform, requests);
+    loop {
+        let mut dropped = false;
+        for i in (0..keep.len()).rev() {
+            if keep.len() == 1 {
+                break;
+            }
+            let mut without = keep.clone();
+            without.remove(i);
+            if conflicts(&without) {
+                keep = without;
+                dropped = true;
+            }
+        }
+        if !dropped {
+            break;
         }
     }
     let minimal = subset(&keep);
     match attempt(platform, desc, &minimal) {
-        Err(Failure::Conflict(f)) => SolveError::Conflict(Box::new(conflict(platform, desc, &minimal, f))),
+        Err(Failure::Conflict(tried)) => SolveError::Conflict(Box::new(conflict(platform, desc, &minimal, tried))),
         Err(Failure::Invalid(e)) => SolveError::Invalid(e),
         Ok(_) => unreachable!("a subset that failed before fails again: the solver is deterministic"),
     }
 }
 
-fn conflict(platform: &Platform, desc: &BufferDesc, minimal: &[Request<'_>], f: Fail) -> Conflict {
+fn conflict(platform: &Platform, desc: &BufferDesc, minimal: &[Request<'_>], tried: Vec<Tried>) -> Conflict {
     let devices: Vec<String> = minimal.iter().map(|r| r.device.name.clone()).collect();
     let hints: Vec<Usage> = minimal.iter().map(|r| r.hints).collect();
     let effs: Vec<Effective> = minimal.iter().map(|r| Effective::new(platform, r.device, r.hints)).collect();
-    let message = crate::explain::message(platform, desc, &effs, &f.kind, &f.items);
-    Conflict { platform: platform.name.clone(), devices, hints, kind: f.kind, items: f.items, message }
+    let mut candidates: Vec<CandidateConflict> = tried
+        .iter()
+        .filter_map(|t| {
+            let (modifier, size) = t.candidate?;
+            Some(CandidateConflict {
+                modifier,
+                modifier_name: platform.modifier_name(modifier),
+                size,
+                kind: t.fail.kind.clone(),
+                items: t.fail.items.clone(),
+                message: crate::explain::message(platform, desc, &effs, &t.fail.kind, &t.fail.items),
+            })
+        })
+        .collect();
+    let first = tried.into_iter().next().expect("a failure has at least one entry").fail;
+    let message = match candidates.as_slice() {
+        [] | [_] => crate::explain::message(platform, desc, &effs, &first.kind, &first.items),
+        _ => crate::explain::candidates(desc, &candidates),
+    };
+    if candidates.len() == 1 {
+        candidates.clear();
+    }
+    Conflict { platform: platform.name.clone(), devices, hints, kind: first.kind, items: first.items, message, candidates }
 }

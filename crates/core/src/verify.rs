@@ -129,6 +129,16 @@ fn verify_device(e: &Effective, b: &Backing) -> Result<(), Violation> {
             format!("buffer starts at {}, not {}-aligned ({})", first.start(), e.alignment.value, e.alignment.why),
         );
     }
+    if let Some(cap) = e.max_segment_size.value
+        && cap.is_zero()
+        && !b.is_empty()
+    {
+        return violation(
+            d,
+            "max_segment_size",
+            format!("no segment fits: the limit is below one page ({})", e.max_segment_size.why),
+        );
+    }
     if let Some(max) = e.max_segments.value {
         let n = sg_entries(b, e.max_segment_size.value, e.segment_boundary.value);
         if n > u64::from(max.get()) {
