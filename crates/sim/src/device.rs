@@ -9,7 +9,7 @@ use dmaplace_core::{Backing, BoundaryMask, CacheMode, Effective, Plan};
 use crate::content::PAGE;
 use crate::error::SimError;
 use crate::iommu::{
-    AccessPattern, Domain, Iotlb, IotlbStats, IovaAllocator, PteRun, iova_align, page_runs, replay, space_size,
+    AccessPattern, Domain, Iotlb, IotlbStats, PteRun, domain_space, iova_align, page_runs, replay, space_size,
 };
 use crate::machine::{Machine, MapRecord, SimBacking};
 
@@ -143,10 +143,10 @@ impl Machine {
                         granule: granule.size(),
                     });
                 }
-                let end = device.iova_space.unwrap_or(mmu.iova_bits).end();
+                let space = device.iova_space.unwrap_or(mmu.iova_bits);
                 let domain = self.domains.entry(device.device.clone()).or_insert_with(|| Domain {
                     iommu: mmu.name.clone(),
-                    iova: IovaAllocator::new(granule.get(), end),
+                    iova: domain_space(mmu.pgsize_bitmap, space),
                     ptes: PteCounts::default(),
                     live: Default::default(),
                 });

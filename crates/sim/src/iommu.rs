@@ -1,12 +1,17 @@
 //! Per-device IOMMU domains: an IOVA allocator, page tables built with the kernel's
 //! `iommu_pgsize` choice ([`dmaplace_core::iommu`]), and an LRU IOTLB that replays access
 //! patterns.
+//!
+//! The IOVA space and the alignment of each mapping are the core's
+//! ([`dmaplace_core::iommu::iova_window`], [`dmaplace_core::iommu::iova_align`]): the
+//! solver refuses a buffer that does not fit an empty domain, and the allocator here maps
+//! every buffer that does.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use dmaplace_core::iommu::{self, PteCounts};
-use dmaplace_core::units::{DmaAddr, PageSize, PageSizes, Size};
+use dmaplace_core::units::{DmaAddr, DmaMask, PageSize, PageSizes, Size};
 
 use crate::ranges::FreeRanges;
 
@@ -237,9 +242,17 @@ pub(crate) fn replay(runs: &[PteRun], iova: u64, spans: &[(u64, u64)], burst: u6
     IotlbStats { accesses, lookups: tlb.lookups - l0, misses: tlb.misses - m0 }
 }
 
-/// The IOVA alignment for a mapping of `len` bytes: the largest page size that fits.
+/// The IOVA alignment for a mapping of `len` bytes: the largest page size that fits
+/// ([`dmaplace_core::iommu::iova_align`], the rule the solver checks against).
 pub(crate) fn iova_align(pgsizes: PageSizes, len: u64) -> u64 {
-    pgsizes.largest_at_most(len).or(pgsizes.smallest()).map_or(4096, PageSize::get)
+    iommu::iova_align(pgsizes, len)
+}
+
+/// A device's IOVA allocator: [`dmaplace_core::iommu::iova_window`], the first granule
+/// kept back, so that an empty domain maps exactly what the solver says fits.
+pub(crate) fn domain_space(pgsizes: PageSizes, space: DmaMask) -> IovaAllocator {
+    let (start, end) = iommu::iova_window(pgsizes, space);
+    IovaAllocator::new(start, end.max(start))
 }
 
 /// A [`Size`] for an IOVA space end (saturating for 64-bit spaces).
@@ -262,6 +275,50 @@ mod tests {
         a.release(0x20_0000, 0x20_0000);
         assert_eq!(a.free_ranges().collect::<Vec<_>>(), [(0x1000, 0x100_0000)]);
         assert_eq!(a.alloc(0x100_0000, 0x1000), None);
+    }
+
+    /// The domain maps into an empty space exactly what the core says fits: rk3399's RGA
+    /// (25-bit, 4 KiB pages) takes 32 MiB - 4 KiB at IOVA 0x1000, not 32 MiB.
+    #[test]
+    fn empty_domain_agrees_with_the_core() {
+        let bits = DmaMask::new(25).unwrap();
+        let pgs = PageSizes::SZ_4K_ONLY;
+        for len in [4096u64, (32 << 20) - 4096, 32 << 20] {
+            let mut d = domain_space(pgs, bits);
+            let got = d.alloc(len, iova_align(pgs, len));
+            assert_eq!(got, iommu::iova_first_fit(pgs, bits, len), "{len:#x}");
+        }
+        assert_eq!(domain_space(pgs, bits).alloc((32 << 20) - 4096, 4096), Some(0x1000));
+        assert_eq!(domain_space(pgs, bits).alloc(32 << 20, 4096), None);
+        // VT-d pages in a 28-bit space: 2 MiB alignment for 200 MiB.
+        let vtd = PageSizes::from_sizes([PageSize::SZ_4K, PageSize::SZ_2M, PageSize::SZ_1G]);
+        let bits = DmaMask::new(28).unwrap();
+        for len in [200u64 << 20, 254 << 20, 255 << 20] {
+            let got = domain_space(vtd, bits).alloc(len, iova_align(vtd, len));
+            assert_eq!(got, iommu::iova_first_fit(vtd, bits, len), "{len:#x}");
+        }
+    }
+
+    /// The case from the stress test: on rk3399 the solver refuses 32 MiB for the RGA (its
+    /// 32 MiB table keeps IOVA page 0 back), and what it accepts, the machine maps.
+    #[test]
+    fn rk3399_rga_maps_every_size_the_solver_accepts() {
+        use dmaplace_core::{BufferDesc, Request, SolveError, Usage, builtin, solve};
+
+        use crate::config::SimConfig;
+        use crate::machine::Machine;
+
+        let p = builtin::load("rk3399").unwrap().unwrap();
+        let rga = [Request { device: p.device("rga").unwrap(), hints: Usage::empty() }];
+        let too_big = solve(&p, &BufferDesc::Size(Size::mib(32)), &rga);
+        assert!(matches!(too_big, Err(SolveError::Conflict(_))), "{too_big:?}");
+        let plan = solve(&p, &BufferDesc::Size(Size::new((32 << 20) - 4096)), &rga).unwrap();
+        let mut m = Machine::new(&p, SimConfig::seeded(1)).unwrap();
+        let b = m.allocate_plan(&plan, "rga").unwrap();
+        let (map, sg) = m.map_for(&plan.devices[0], &b).unwrap();
+        assert_eq!(sg.entries[0].dma_addr, DmaAddr::new(0x1000));
+        m.unmap_for(&plan.devices[0], map).unwrap();
+        m.release(b).unwrap();
     }
 
     #[test]
