@@ -210,6 +210,9 @@ fn layout_section(p: &Platform, plan: &Plan, lp: &LayoutPlan) -> String {
     let _ = writeln!(s, "\nLayout (userspace side)");
     let _ = writeln!(s, "  format            {} {}x{}", fourcc_name(l.format), l.width, l.height);
     let _ = writeln!(s, "  modifier          {} (common: {})", p.modifier_name(l.modifier), cands.join(", "));
+    for r in &lp.rejected {
+        let _ = writeln!(s, "  not placeable     {} ({}, preferred): {}", r.modifier_name, r.size, r.reason);
+    }
     let _ =
         writeln!(s, "  pitch alignment   {} B{}", lp.pitch_align.value, why(plan, &lp.pitch_align, Field::PitchAlign));
     if lp.offset_align.value > 1 {
