@@ -116,7 +116,8 @@ impl Effective {
         Effective {
             reach_end,
             max_segments: if dev.declared_max_segments == 0 { None } else { Some(dev.declared_max_segments) },
-            max_segment_size: Some(dev.max_segment_size),
+            // `sg_alloc_append_table_from_pages()` rounds it down to whole pages.
+            max_segment_size: Some(dev.max_segment_size & !(PAGE - 1)),
             segment_boundary: dev.segment_boundary_mask,
             alignment: if dev.declared_alignment > PAGE { dev.declared_alignment } else { PAGE },
             granule: PAGE,
@@ -198,6 +199,9 @@ pub enum Conflict {
     /// No attachment: nothing to merge.
     NoDevices,
     /// `max_segments` segments of at most `segment_cap` bytes cannot hold the buffer.
+    /// A `segment_cap` of 0 is a device whose `max_segment_size` is below one page (no sg
+    /// table of pages can meet it; `max_segments` is then `u32::MAX` when nothing limits
+    /// the count): `dmaplace_core`'s `segment_size` conflict.
     SegmentLimit {
         /// Segments allowed.
         max_segments: u32,
@@ -265,8 +269,18 @@ pub fn merge(devs: &[DeviceConstraints], size: u64, ram_end: u64) -> Plan {
             plan.window_end.value = e.reach_end;
         }
         plan.max_segments.tighten(Req::one(i, e.max_segments, e.max_segments.is_some()), opt_lt);
-        plan.max_segment_size.tighten(Req::one(i, e.max_segment_size, e.max_segment_size.is_some()), opt_lt);
-        plan.segment_boundary.tighten(Req::one(i, e.segment_boundary, e.segment_boundary != u64::MAX), |a, b| a < b);
+        // The segment limits are stacked over the devices that limit the count (as
+        // `blk_stack_limits()`): a device that takes any number of entries gets its own
+        // table split at its own limits, and binds nothing else. A limit below one page
+        // binds anyway: no table can meet it.
+        let counted = e.max_segments.is_some();
+        let (cap, boundary) = if counted || e.max_segment_size == Some(0) {
+            (e.max_segment_size, if counted { e.segment_boundary } else { u64::MAX })
+        } else {
+            (None, u64::MAX)
+        };
+        plan.max_segment_size.tighten(Req::one(i, cap, cap.is_some()), opt_lt);
+        plan.segment_boundary.tighten(Req::one(i, boundary, boundary != u64::MAX), |a, b| a < b);
         plan.alignment.tighten(Req::one(i, e.alignment, e.alignment > PAGE), |a, b| a > b);
         plan.granule.tighten(Req::one(i, e.granule, e.granule > PAGE), |a, b| a > b);
         if d.has_iommu() {
@@ -295,7 +309,11 @@ pub fn merge(devs: &[DeviceConstraints], size: u64, ram_end: u64) -> Plan {
         Some(n) if n > 1 => Some(plan.size.div_ceil(u64::from(n))),
         _ => None,
     };
-    if let (Some(n), Some(cap)) = (plan.max_segments.value, plan.segment_cap()) {
+    if plan.max_segment_size.value == Some(0) {
+        let max_segments = plan.max_segments.value.unwrap_or(u32::MAX);
+        plan.conflict = Some(Conflict::SegmentLimit { max_segments, segment_cap: 0 });
+    } else if let (Some(n), Some(cap)) = (plan.max_segments.value, plan.segment_cap()) {
+        let cap = cap - cap % granule;
         if u128::from(n) * u128::from(cap) < u128::from(plan.size) {
             plan.conflict = Some(Conflict::SegmentLimit { max_segments: n, segment_cap: cap });
         }

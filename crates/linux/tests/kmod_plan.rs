@@ -1,8 +1,12 @@
 //! The kernel module's merge (`kernel/plan.rs`, compiled here from the same
 //! source) against `dmaplace-core`: on thousands of random device sets the
 //! module's requirements, causes, preferred chunk sizes and minimum chunk must
-//! equal the core's, its `serves` must agree with `dmaplace_core::verify`, and
-//! its `sg_entries` with the core's. Runs on the host; no kernel needed.
+//! equal the core's, its conflicts the core's (kind and values, on the core's
+//! minimal set), its `serves` must agree with `dmaplace_core::verify`, and its
+//! `sg_entries` with the core's. The core devices are built by
+//! `dmaplace_linux::kmod::AttachInfo::to_device`, the function the guest test
+//! uses. Runs on the host; no kernel needed; the device sets come from a fixed
+//! seed.
 
 #[path = "../../../kernel/plan.rs"]
 #[allow(dead_code, clippy::all, clippy::cast_possible_truncation)]
@@ -11,13 +15,15 @@ mod plan;
 use std::num::NonZeroU32;
 
 use dmaplace_core::effective::Effective as CoreEffective;
-use dmaplace_core::model::{Device, DeviceClass, Iommu, LayoutCaps, Placement};
+use dmaplace_core::model::Device;
 use dmaplace_core::platform::Region;
 use dmaplace_core::requirements::Requirements;
+use dmaplace_core::solver::Conflict;
 use dmaplace_core::{
-    Backing, BoundaryMask, BufferDesc, CacheMode, ConflictKind, DmaMask, PageSize, PageSizes, PhysAddr, PhysRange,
-    Platform, Request, Size, SolveError, Usage, Window, solve, verify,
+    Backing, BoundaryMask, BufferDesc, CacheMode, ConflictKind, PhysAddr, PhysRange, Platform, Request, Size,
+    SolveError, Usage, Window, solve, verify,
 };
+use dmaplace_linux::kmod::AttachInfo;
 use plan::DeviceConstraints;
 
 /// xorshift64*: deterministic, no dependency.
@@ -87,35 +93,31 @@ fn random_device(r: &mut Rng) -> DeviceConstraints {
     }
 }
 
-fn mask_bits(m: u64) -> u32 {
-    (64 - m.leading_zeros()).max(1)
+/// The attachment the module would report for `d` (its debugfs line, parsed).
+fn attach_info(i: usize, d: &DeviceConstraints) -> AttachInfo {
+    AttachInfo {
+        idx: i,
+        dev: format!("dev{i}"),
+        dynamic: false,
+        pinned: false,
+        maps: 0,
+        served: None,
+        dma_mask: d.dma_mask,
+        bus_dma_limit: d.bus_dma_limit,
+        max_segment_size: d.max_segment_size,
+        segment_boundary_mask: d.segment_boundary_mask,
+        iommu: d.has_iommu(),
+        pgsize_bitmap: d.iommu_pgsize_bitmap,
+        aperture_end: d.iommu_aperture_end,
+        declared_max_segments: d.declared_max_segments,
+        declared_alignment: d.declared_alignment,
+    }
 }
 
-/// The core device the module's constraints describe (as `kmod::AttachInfo::to_device`).
+/// The core device the module's constraints describe: exactly what
+/// `dmaplace_linux::kmod::AttachInfo::to_device` (which the guest test uses) builds.
 fn core_device(i: usize, d: &DeviceConstraints) -> Device {
-    let iommu = (d.iommu_pgsize_bitmap != 0).then(|| Iommu {
-        name: "iommu".into(),
-        pgsize_bitmap: PageSizes::from_bitmap(d.iommu_pgsize_bitmap & !0xfff),
-        iova_bits: DmaMask::new(mask_bits(d.iommu_aperture_end)).unwrap(),
-        phys_bits: None,
-    });
-    Device {
-        name: format!("dev{i}"),
-        class: DeviceClass::Other,
-        bus: Default::default(),
-        description: String::new(),
-        placement: Placement {
-            dma_mask: DmaMask::new(mask_bits(d.dma_mask)).unwrap(),
-            bus_dma_limit: (d.bus_dma_limit != 0).then_some(d.bus_dma_limit),
-            iommu,
-            max_segments: NonZeroU32::new(d.declared_max_segments),
-            max_segment_size: Some(Size::new(d.max_segment_size)),
-            segment_boundary_mask: BoundaryMask::new(d.segment_boundary_mask).unwrap(),
-            alignment: PageSize::new(d.declared_alignment.max(4096)).unwrap(),
-            ..Placement::default()
-        },
-        layout: LayoutCaps::default(),
-    }
+    attach_info(i, d).to_device().unwrap_or_else(|e| panic!("dev{i} {d:#x?}: {e}"))
 }
 
 fn causes(s: dmaplace_core::DeviceSet) -> u32 {
@@ -156,7 +158,7 @@ fn check_requirements(m: &plan::Plan, r: &Requirements, ctx: &str) {
 fn merge_equals_core_on_random_device_sets() {
     let p = platform();
     let mut r = Rng(0x9e37_79b9_7f4a_7c15);
-    let (mut solved, mut conflicts) = (0, 0);
+    let (mut solved, mut conflicts, mut segment_conflicts) = (0, 0, 0);
     for iter in 0..4000 {
         let n = 1 + usize::try_from(r.below(6)).expect("small");
         let devs: Vec<DeviceConstraints> = (0..n).map(|_| random_device(&mut r)).collect();
@@ -181,20 +183,7 @@ fn merge_equals_core_on_random_device_sets() {
             }
             Err(SolveError::Conflict(c)) => {
                 conflicts += 1;
-                if m.conflict.is_none() {
-                    // The module does not model memory: only the core's memory checks may fail.
-                    assert!(
-                        matches!(
-                            c.kind,
-                            ConflictKind::NoRoom { .. }
-                                | ConflictKind::NoContiguousPool { .. }
-                                | ConflictKind::NoCommonMemory
-                                | ConflictKind::IovaSpace { .. }
-                        ),
-                        "core conflict {:?} the module misses {ctx}",
-                        c.kind
-                    );
-                }
+                segment_conflicts += usize::from(same_conflict(&c, &devs, size, &ctx));
             }
             Err(e) => panic!("invalid request {e} {ctx}"),
         }
@@ -204,9 +193,42 @@ fn merge_equals_core_on_random_device_sets() {
         assert!(s.orders[..s.n_orders].iter().all(|o| *o <= plan::MAX_ORDER), "orders within MAX_ORDER {ctx}");
     }
     assert!(
-        solved > 1000 && conflicts > 10,
-        "the generator covers both outcomes: {solved} solved, {conflicts} conflicts"
+        solved > 1000 && conflicts > 10 && segment_conflicts > 10,
+        "the generator covers both outcomes: {solved} solved, {conflicts} conflicts ({segment_conflicts} segment limits)"
     );
+}
+
+/// The module's answer for the core's minimal conflicting set agrees with the core's kind:
+/// the same segment limit (values included), no conflict where the core ran out of memory
+/// after the segment checks passed, and anything where the module cannot see why (the
+/// memory window, the IOVA space). Returns whether it compared a segment limit.
+fn same_conflict(c: &Conflict, devs: &[DeviceConstraints], size: u64, ctx: &str) -> bool {
+    let minimal: Vec<DeviceConstraints> = c
+        .devices
+        .iter()
+        .map(|n| devs[n.strip_prefix("dev").and_then(|i| i.parse::<usize>().ok()).expect("devN")])
+        .collect();
+    let m = plan::merge(&minimal, size, RAM_END).conflict;
+    let segments = matches!(c.kind, ConflictKind::SegmentLimit { .. } | ConflictKind::SegmentSize { .. });
+    match c.kind {
+        ConflictKind::SegmentLimit { max_segments, segment_cap, .. } => assert_eq!(
+            m,
+            Some(plan::Conflict::SegmentLimit { max_segments, segment_cap: segment_cap.bytes() }),
+            "{:?} {ctx}",
+            c.devices
+        ),
+        ConflictKind::SegmentSize { .. } => assert!(
+            matches!(m, Some(plan::Conflict::SegmentLimit { segment_cap: 0, .. })),
+            "{m:?} for {:?} {ctx}",
+            c.devices
+        ),
+        ConflictKind::NoRoom { .. } | ConflictKind::NoContiguousPool { .. } => {
+            assert_eq!(m, None, "the core's segment checks passed for {:?} {ctx}", c.devices);
+        }
+        ConflictKind::NoCommonMemory | ConflictKind::IovaSpace { .. } => {}
+        ref other => panic!("core conflict {other:?} cannot arise from kernel devices {ctx}"),
+    }
+    segments
 }
 
 /// Random backings: the module's `serves` agrees with `dmaplace_core::verify`
@@ -290,4 +312,33 @@ fn the_seed_scenarios_merge_as_expected() {
     // 64 KiB segments cannot make 8 MiB in 4 pieces.
     let tiny = DeviceConstraints { max_segment_size: 0x1_0000, ..isp };
     assert!(matches!(plan::merge(&[tiny], 8 * MIB, RAM_END).conflict, Some(plan::Conflict::SegmentLimit { .. })));
+    // max_segment_size is used in whole pages, as lib/scatterlist.c does: 0x1_0fff is
+    // 64 KiB, so 4 segments hold 256 KiB, not 4 x 68 KiB.
+    let odd = DeviceConstraints { max_segment_size: 0x1_0fff, ..isp };
+    assert_eq!(plan::Effective::of(&odd).max_segment_size, Some(0x1_0000));
+    assert_eq!(
+        plan::merge(&[odd], 272 * 1024, RAM_END).conflict,
+        Some(plan::Conflict::SegmentLimit { max_segments: 4, segment_cap: 0x1_0000 })
+    );
+    assert_eq!(plan::merge(&[odd], 256 * 1024, RAM_END).conflict, None);
+    // A device that takes any number of entries does not stack its (default 64 KiB)
+    // max_segment_size onto the contiguous display: 8 MiB scanout is fine.
+    let wide = DeviceConstraints { max_segment_size: u64::from(u32::MAX), ..display };
+    let plain = DeviceConstraints { max_segment_size: 0x1_0000, declared_max_segments: 0, ..display };
+    let both = plan::merge(&[wide, plain], 8 * MIB, RAM_END);
+    assert_eq!((both.conflict, both.max_segment_size.value), (None, Some(0xffff_f000)));
+    assert_eq!(both.max_segment_size.causes, 0b01);
+    // Below one page nothing can be mapped: the core's segment_size conflict.
+    let below = DeviceConstraints { max_segment_size: 2048, declared_max_segments: 0, ..display };
+    let m = plan::merge(&[below], 8 * MIB, RAM_END);
+    assert_eq!(m.conflict, Some(plan::Conflict::SegmentLimit { max_segments: u32::MAX, segment_cap: 0 }));
+    let p = platform();
+    let d = [core_device(0, &below)];
+    match solve(&p, &BufferDesc::Size(Size::mib(8)), &[Request { device: &d[0], hints: Usage::empty() }]) {
+        Err(SolveError::Conflict(c)) => {
+            assert_eq!(c.kind, ConflictKind::SegmentSize { max_segment_size: Size::ZERO });
+            assert!(same_conflict(&c, &[below], 8 * MIB, "below one page"));
+        }
+        other => panic!("{other:?}"),
+    }
 }
