@@ -118,12 +118,11 @@ pub fn sources(memory: &MemoryMap, protected: bool, named: &dyn Fn(&str) -> bool
         let cma = memory.cma_window();
         for bank in &memory.banks {
             let general = Window::from_ranges([bank.range()]).subtract(&cma).subtract(&carveouts);
-            out.extend(
-                general
-                    .ranges()
-                    .iter()
-                    .map(|r| Source { kind: SourceKind::PageAllocator, name: bank.name.clone(), range: *r }),
-            );
+            out.extend(general.ranges().iter().map(|r| Source {
+                kind: SourceKind::PageAllocator,
+                name: bank.name.clone(),
+                range: *r,
+            }));
         }
         out.extend(memory.cma.iter().map(|c| Source { kind: SourceKind::Cma, name: c.name.clone(), range: c.range() }));
     }
@@ -484,9 +483,8 @@ fn select(groups: &[Group], lim: &Limits, enough: bool) -> Option<Selection> {
 pub fn capacity(usable: &[Source], lim: &Limits) -> Capacity {
     let groups = groups(usable, lim);
     let longest = groups.iter().filter(|g| g.aligned > 0).map(|g| g.value).max().unwrap_or(0);
-    let holds = select(&groups, lim, false).map_or(0, |s| {
-        s.take.iter().map(|&(i, n)| u128::from(groups[i].value) * u128::from(n)).sum()
-    });
+    let holds = select(&groups, lim, false)
+        .map_or(0, |s| s.take.iter().map(|&(i, n)| u128::from(groups[i].value) * u128::from(n)).sum());
     Capacity { holds, longest }
 }
 
@@ -577,10 +575,10 @@ mod tests {
         let two = Limits { max_segments: Some(2), ..one };
         assert!(capacity(&piece, &two).fits(4 * M));
         let b = build(&piece, &two).unwrap();
-        assert_eq!(b.iter().map(|r| (r.start().get(), r.len().bytes())).collect::<Vec<_>>(), [
-            (2 * M, 2 * M),
-            (4 * M, 2 * M)
-        ]);
+        assert_eq!(
+            b.iter().map(|r| (r.start().get(), r.len().bytes())).collect::<Vec<_>>(),
+            [(2 * M, 2 * M), (4 * M, 2 * M)]
+        );
         // A CMA area of the same addresses holds 4 MiB in one run.
         let cma = [src(SourceKind::Cma, 2 * M, 6 * M)];
         assert!(capacity(&cma, &one).fits(4 * M));
@@ -650,7 +648,8 @@ mod tests {
     /// once taken from the wrong block after sorting).
     #[test]
     fn swapping_in_the_aligned_segment_keeps_the_count() {
-        let pieces = [src(SourceKind::PageAllocator, 0x3000, 0xb000), src(SourceKind::PageAllocator, 0x1_3000, 0x1_b000)];
+        let pieces =
+            [src(SourceKind::PageAllocator, 0x3000, 0xb000), src(SourceKind::PageAllocator, 0x1_3000, 0x1_b000)];
         let l = Limits {
             max_segments: Some(2),
             segment_len: Some(12 * K),

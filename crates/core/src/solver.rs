@@ -555,7 +555,10 @@ fn usable_sources(platform: &Platform, requests: &[Request<'_>], req: &Requireme
     let named = |name: &str| {
         requests.iter().any(|r| {
             r.device.placement.regions.iter().any(|n| n == name)
-                || platform.rules.iter().any(|rule| rule.applies(&r.device.name, r.hints) && rule.regions.iter().any(|n| n == name))
+                || platform
+                    .rules
+                    .iter()
+                    .any(|rule| rule.applies(&r.device.name, r.hints) && rule.regions.iter().any(|n| n == name))
         })
     };
     let all = memory::sources(&platform.memory, req.protected.value, &named);
@@ -586,7 +589,8 @@ fn place_image(
         let l = layout::compute(img.format, info, img.width, img.height, shape.align).map_err(InvalidRequest::from)?;
         let size = c.rounded(Size::new(l.size))?;
         let widest = l.planes.iter().map(|p| p.pitch).max().unwrap_or(0);
-        let placed = check_dimension(&c.effs, "pitch", widest.into(), |e| e.layout.max_pitch).and_then(|()| place(c, size));
+        let placed =
+            check_dimension(&c.effs, "pitch", widest.into(), |e| e.layout.max_pitch).and_then(|()| place(c, size));
         match placed {
             Ok((placement, sources)) => {
                 let rejected = tried.iter().filter_map(|t| rejected(c, img, t)).collect();
@@ -878,7 +882,6 @@ fn layout_req(
     Ok(Req { value, causes })
 }
 
-
 /// What every layout candidate shares: the candidates, in preference order, and the
 /// merged alignments.
 struct Shape {
@@ -986,8 +989,6 @@ fn modifier_candidates(platform: &Platform, requests: &[Request<'_>], img: &Imag
     common
 }
 
-/// Finds a minimal conflicting subset by deletion and explains its failure.
-
 /// The requests in canonical order: the platform's device order, then hints (then the
 /// request order, which only separates identical requests).
 fn canonical_order(platform: &Platform, requests: &[Request<'_>]) -> Vec<usize> {
@@ -1059,5 +1060,13 @@ fn conflict(platform: &Platform, desc: &BufferDesc, minimal: &[Request<'_>], tri
     if candidates.len() == 1 {
         candidates.clear();
     }
-    Conflict { platform: platform.name.clone(), devices, hints, kind: first.kind, items: first.items, message, candidates }
+    Conflict {
+        platform: platform.name.clone(),
+        devices,
+        hints,
+        kind: first.kind,
+        items: first.items,
+        message,
+        candidates,
+    }
 }

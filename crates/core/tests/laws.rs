@@ -249,7 +249,12 @@ fn rule(device: &str, hints: Usage) -> HintRule {
 /// its IOMMU; VIDEO_ENCODE limits anyone to 4 segments aligned to 64 KiB.
 fn lawful_rules() -> Vec<HintRule> {
     vec![
-        HintRule { contiguous: true, dma_bits: Some(DmaMask::BITS_32), bypass_iommu: true, ..rule("d0", Usage::SCANOUT) },
+        HintRule {
+            contiguous: true,
+            dma_bits: Some(DmaMask::BITS_32),
+            bypass_iommu: true,
+            ..rule("d0", Usage::SCANOUT)
+        },
         HintRule {
             max_segments: NonZeroU32::new(4),
             cache_modes: Some(CacheModes::WRITE_COMBINED | CacheModes::CACHED),
@@ -405,27 +410,42 @@ fn small_placement(regions: Vec<String>) -> impl Strategy<Value = Placement> {
         (
             prop::option::of(1u32..=4),
             prop::option::of(prop::sample::select(vec![4096u64, 6000, 8192, 12288, 16384, 32768])),
-            prop::sample::select(vec![BoundaryMask::NONE, BoundaryMask::new(0x1fff).unwrap(), BoundaryMask::new(0x7fff).unwrap()]),
-            prop::sample::select(vec![PageSize::SZ_4K, PageSize::new(8192).unwrap(), PageSize::SZ_16K, PageSize::new(32768).unwrap()]),
+            prop::sample::select(vec![
+                BoundaryMask::NONE,
+                BoundaryMask::new(0x1fff).unwrap(),
+                BoundaryMask::new(0x7fff).unwrap(),
+            ]),
+            prop::sample::select(vec![
+                PageSize::SZ_4K,
+                PageSize::new(8192).unwrap(),
+                PageSize::SZ_16K,
+                PageSize::new(32768).unwrap(),
+            ]),
         ),
-        (prop_oneof![3 => Just(CacheModes::all()), 1 => cache_modes()], prop::bool::weighted(0.05), prop::bool::weighted(0.9)),
+        (
+            prop_oneof![3 => Just(CacheModes::all()), 1 => cache_modes()],
+            prop::bool::weighted(0.05),
+            prop::bool::weighted(0.9),
+        ),
     )
-        .prop_map(|((mask, limit, regions, iommu), (segs, seg_size, boundary, align), (cache, protected, access))| {
-            Placement {
-                dma_mask: DmaMask::new(mask).unwrap(),
-                bus_dma_limit: limit,
-                regions,
-                iommu,
-                max_segments: segs.and_then(NonZeroU32::new),
-                max_segment_size: seg_size.map(Size::new),
-                segment_boundary_mask: boundary,
-                alignment: align,
-                cache_modes: cache,
-                coherent: false,
-                protected,
-                protected_access: access,
-            }
-        })
+        .prop_map(
+            |((mask, limit, regions, iommu), (segs, seg_size, boundary, align), (cache, protected, access))| {
+                Placement {
+                    dma_mask: DmaMask::new(mask).unwrap(),
+                    bus_dma_limit: limit,
+                    regions,
+                    iommu,
+                    max_segments: segs.and_then(NonZeroU32::new),
+                    max_segment_size: seg_size.map(Size::new),
+                    segment_boundary_mask: boundary,
+                    alignment: align,
+                    cache_modes: cache,
+                    coherent: false,
+                    protected,
+                    protected_access: access,
+                }
+            },
+        )
 }
 
 fn small_layout() -> impl Strategy<Value = LayoutCaps> {
@@ -458,7 +478,11 @@ fn small_layout() -> impl Strategy<Value = LayoutCaps> {
 fn small_desc() -> impl Strategy<Value = BufferDesc> {
     prop_oneof![
         (1u64..=(96 << 10)).prop_map(|b| BufferDesc::Size(Size::new(b))),
-        (1u32..=96, 1u32..=48, prop::sample::select(vec![DrmFourcc::Xrgb8888, DrmFourcc::Nv12, DrmFourcc::Nv12, DrmFourcc::Rgb565]))
+        (
+            1u32..=96,
+            1u32..=48,
+            prop::sample::select(vec![DrmFourcc::Xrgb8888, DrmFourcc::Nv12, DrmFourcc::Nv12, DrmFourcc::Rgb565])
+        )
             .prop_map(|(width, height, format)| BufferDesc::Image(ImageDesc {
                 width,
                 height,
@@ -516,7 +540,10 @@ fn model_sources(p: &Platform, reqs: &[Request<'_>], protected: bool) -> Vec<(bo
         .iter()
         .flat_map(|r| {
             r.device.placement.regions.iter().map(String::as_str).chain(
-                p.rules.iter().filter(|rule| rule.applies(&r.device.name, r.hints)).flat_map(|rule| rule.regions.iter().map(String::as_str)),
+                p.rules
+                    .iter()
+                    .filter(|rule| rule.applies(&r.device.name, r.hints))
+                    .flat_map(|rule| rule.regions.iter().map(String::as_str)),
             )
         })
         .collect();
@@ -558,12 +585,12 @@ fn rules(p: &Platform, effs: &[Effective]) -> Rules {
     let align = effs.iter().map(|e| e.alignment.value.get().max(e.granule.value.get())).max().unwrap_or(K4);
     let counted: Vec<&Effective> = effs.iter().filter(|e| e.max_segments.value.is_some()).collect();
     let max_segments = counted.iter().map(|e| u64::from(e.max_segments.value.unwrap().get())).min();
-    let mut longest = counted.iter().filter_map(|e| e.max_segment_size.value.map(Size::bytes)).min().unwrap_or(u64::MAX);
+    let mut longest =
+        counted.iter().filter_map(|e| e.max_segment_size.value.map(Size::bytes)).min().unwrap_or(u64::MAX);
     if max_segments.is_some_and(|n| n > 1) && longest != u64::MAX && longest >= align {
         longest -= longest % align;
     }
-    let boundary =
-        counted.iter().map(|e| e.segment_boundary.value.get().saturating_add(1)).min().unwrap_or(u64::MAX);
+    let boundary = counted.iter().map(|e| e.segment_boundary.value.get().saturating_add(1)).min().unwrap_or(u64::MAX);
     let unmappable = effs.iter().any(|e| e.max_segment_size.value.is_some_and(|s| s.bytes() < K4));
     Rules {
         granule,
@@ -724,10 +751,8 @@ fn source_best(effs: &[Effective], r: &Rules, buddy: bool, src: PhysRange, budge
     let unlimited = r.max_segments.is_none();
     for x in (0..n).rev() {
         let at = start + x as u64 * g;
-        for f in 0..2 {
-            for k in 0..=budget {
-                best[f][x][k] = best[f][x + 1][k];
-            }
+        for b in best.iter_mut() {
+            b[x] = b[x + 1].clone();
         }
         for len_g in 1..=n - x {
             let len = len_g as u64 * g;
@@ -763,19 +788,21 @@ fn placement_exists(p: &Platform, reqs: &[Request<'_>], effs: &[Effective], size
     let mut acc = [vec![0i64; budget + 1], vec![NONE; budget + 1]];
     for (buddy, src) in model_sources(p, reqs, protected) {
         let here = source_best(effs, &r, buddy, src, budget);
-        let mut next = [vec![NONE; budget + 1], vec![NONE; budget + 1]];
-        for k in 0..=budget {
-            for j in 0..=k {
-                let rest = if r.max_segments.is_none() { k } else { k - j };
-                let j = if r.max_segments.is_none() { k } else { j };
-                for (f, (fa, fb)) in [(0, (0, 0)), (1, (1, 0)), (1, (0, 1))] {
-                    let (a, b) = (acc[fa][rest], here[fb][j]);
-                    if a > NONE && b > NONE {
-                        next[f][k] = next[f][k].max(a + b);
-                    }
-                }
-            }
-        }
+        // k segments: j here and the rest before (without a limit, any number on both sides).
+        let (acc_ref, here_ref) = (&acc, &here);
+        let combine = |k: usize, f: usize| {
+            let splits: Vec<(usize, usize)> =
+                if r.max_segments.is_none() { vec![(k, k)] } else { (0..=k).map(|j| (k - j, j)).collect() };
+            let pairs: &[(usize, usize)] = if f == 0 { &[(0, 0)] } else { &[(1, 0), (0, 1)] };
+            splits
+                .iter()
+                .flat_map(|&(rest, j)| pairs.iter().map(move |&(fa, fb)| (acc_ref[fa][rest], here_ref[fb][j])))
+                .filter(|&(a, b)| a > NONE && b > NONE)
+                .map(|(a, b)| a + b)
+                .max()
+                .unwrap_or(NONE)
+        };
+        let next = [(0..=budget).map(|k| combine(k, 0)).collect(), (0..=budget).map(|k| combine(k, 1)).collect()];
         acc = next;
     }
     acc[1].iter().any(|&v| v >= i64::try_from(size).unwrap())
@@ -865,7 +892,10 @@ fn named_carveouts(p: &Platform, reqs: &[Request<'_>]) -> BTreeSet<String> {
     reqs.iter()
         .flat_map(|r| {
             r.device.placement.regions.iter().chain(
-                p.rules.iter().filter(|rule| rule.applies(&r.device.name, r.hints)).flat_map(|rule| rule.regions.iter()),
+                p.rules
+                    .iter()
+                    .filter(|rule| rule.applies(&r.device.name, r.hints))
+                    .flat_map(|rule| rule.regions.iter()),
             )
         })
         .filter(|n| carveouts.contains(n.as_str()))
@@ -886,7 +916,8 @@ fn adding_a_device_never_loosens() {
         prop_assert!(big_req.at_least_as_tight_as(&small_req));
         let Ok(big) = solve(&p, &d, &all) else { return Ok(()) };
         subsets.fetch_add(1, Ordering::Relaxed);
-        if big_req.protected.value != small_req.protected.value || named_carveouts(&p, &all) != named_carveouts(&p, fewer)
+        if big_req.protected.value != small_req.protected.value
+            || named_carveouts(&p, &all) != named_carveouts(&p, fewer)
         {
             return Ok(());
         }
@@ -953,21 +984,28 @@ fn admitted_backings_satisfy_every_device() {
         Ok(())
     });
     let (solved, admitted) = (solved.into_inner(), admitted.into_inner());
-    assert!(solved > 0 && admitted * 4 >= solved, "the property must not be vacuous: {admitted} admitted of {solved} solved");
+    assert!(
+        solved > 0 && admitted * 4 >= solved,
+        "the property must not be vacuous: {admitted} admitted of {solved} solved"
+    );
 }
 
 /// Every plan is placeable: its witness is built from free memory and every check passes.
 #[test]
 fn every_plan_has_a_backing_every_device_accepts() {
     let (cases, solved) = (AtomicUsize::new(0), AtomicUsize::new(0));
-    check("every_plan_has_a_backing_every_device_accepts", (case(5), builtin_case()), |((p, d, picks), (i, bd, bpicks))| {
-        cases.fetch_add(2, Ordering::Relaxed);
-        let n = usize::from(sound(&p, &d, &requests(&p, &picks))?);
-        let b = &builtins()[i];
-        let m = usize::from(sound(b, &bd, &requests(b, &bpicks))?);
-        solved.fetch_add(n + m, Ordering::Relaxed);
-        Ok(())
-    });
+    check(
+        "every_plan_has_a_backing_every_device_accepts",
+        (case(5), builtin_case()),
+        |((p, d, picks), (i, bd, bpicks))| {
+            cases.fetch_add(2, Ordering::Relaxed);
+            let n = usize::from(sound(&p, &d, &requests(&p, &picks))?);
+            let b = &builtins()[i];
+            let m = usize::from(sound(b, &bd, &requests(b, &bpicks))?);
+            solved.fetch_add(n + m, Ordering::Relaxed);
+            Ok(())
+        },
+    );
     let (cases, solved) = (cases.into_inner(), solved.into_inner());
     assert!(solved * 4 >= cases, "the property must not be vacuous: {solved} plans of {cases} cases");
 }
@@ -1020,7 +1058,11 @@ fn conflicts_name_a_minimal_unsatisfiable_set() {
             .collect();
         // Listed in platform order.
         let rank = |n: &String| p.devices.iter().position(|d| d.name == *n).unwrap();
-        prop_assert!(c.devices.windows(2).all(|w| rank(&w[0]) <= rank(&w[1])), "not in platform order: {:?}", c.devices);
+        prop_assert!(
+            c.devices.windows(2).all(|w| rank(&w[0]) <= rank(&w[1])),
+            "not in platform order: {:?}",
+            c.devices
+        );
         prop_assert!(
             matches!(solve(&p, &d, &named), Err(SolveError::Conflict(_))),
             "named set {:?} is satisfiable",

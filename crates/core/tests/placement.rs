@@ -3,8 +3,8 @@
 //! above it; each test also checks the plan's witness backing against `verify`.
 
 use dmaplace_core::layout::{MOD_I915_Y_TILED, MOD_LINEAR};
-use dmaplace_core::solver::ConflictKind;
 use dmaplace_core::platform::Region;
+use dmaplace_core::solver::ConflictKind;
 use dmaplace_core::{
     Backing, BufferDesc, Conflict, ImageDesc, PhysAddr, PhysRange, Plan, Platform, Request, Size, SolveError, Usage,
     builtin, solve, verify,
@@ -159,7 +159,11 @@ fn alignment_binds_buffers_of_any_segment_count() {
             longest: Size::kib(4),
         }
     );
-    assert!(c.message.contains("2 segments hold at most 36 KiB there (the longest run is 4 KiB) starting on 64 KiB"), "{}", c.message);
+    assert!(
+        c.message.contains("2 segments hold at most 36 KiB there (the longest run is 4 KiB) starting on 64 KiB"),
+        "{}",
+        c.message
+    );
 }
 
 const EDGES: &str = r#"
@@ -369,11 +373,7 @@ fn segments_never_cross_the_boundary() {
     let ok = plan(&p, &bytes(32 * K), &[("dma", NONE)]);
     assert_eq!(segments(&p, &ok), [(0x1_8000, 32 * K)]);
     let c = conflict(&p, &bytes(48 * K), &[("dma", NONE)]);
-    assert!(
-        matches!(&c.kind, ConflictKind::NoRoom { available, .. } if *available == Size::kib(32)),
-        "{:?}",
-        c.kind
-    );
+    assert!(matches!(&c.kind, ConflictKind::NoRoom { available, .. } if *available == Size::kib(32)), "{:?}", c.kind);
     // verify agrees: the 48 KiB run that fits the area crosses the boundary, which makes
     // two sg entries for a device that takes one.
     let b = Backing {
@@ -475,7 +475,7 @@ fn the_reported_conflict_is_the_first_minimal_set_in_platform_order() {
         }
         for i in 0..k {
             permute(k - 1, order, out);
-            let j = if k % 2 == 0 { i } else { 0 };
+            let j = if k.is_multiple_of(2) { i } else { 0 };
             order.swap(j, k - 1);
         }
     }
@@ -572,7 +572,9 @@ fn a_conflict_lists_every_layout_candidate() {
     assert_eq!(tried, [("I915_Y_TILED", Size::kib(256)), ("LINEAR", Size::kib(192))]);
     assert_eq!(c.kind, c.candidates[0].kind);
     assert!(
-        c.message.starts_with("no layout of NV12 4096x32 that every device accepts can be placed; I915_Y_TILED (preferred, 256 KiB): "),
+        c.message.starts_with(
+            "no layout of NV12 4096x32 that every device accepts can be placed; I915_Y_TILED (preferred, 256 KiB): "
+        ),
         "{}",
         c.message
     );

@@ -271,7 +271,11 @@ fn omap4_conflict_buffer_larger_than_the_tiler_container_names_only_the_dss() {
     // not fit, 128 MiB - 4 KiB does.
     let c = conflict(&p, &bytes(Size::mib(128)), &[("sgx", Usage::RENDERING), ("dss", Usage::SCANOUT), ("iva", NONE)]);
     assert_eq!(c.devices, names(&["dss"]));
-    plan(&p, &bytes(Size::new((128 << 20) - 4096)), &[("sgx", Usage::RENDERING), ("dss", Usage::SCANOUT), ("iva", NONE)]);
+    plan(
+        &p,
+        &bytes(Size::new((128 << 20) - 4096)),
+        &[("sgx", Usage::RENDERING), ("dss", Usage::SCANOUT), ("iva", NONE)],
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -354,7 +358,12 @@ fn rk3399_conflict_frame_larger_than_the_rga_mmu_table_names_only_the_rga() {
     assert_eq!(c.devices, names(&["rga"]));
     assert_eq!(
         c.kind,
-        ConflictKind::IovaSpace { size: Size::mib(48), space: Size::mib(32), reserved: Size::kib(4), alignment: Size::kib(4) }
+        ConflictKind::IovaSpace {
+            size: Size::mib(48),
+            space: Size::mib(32),
+            reserved: Size::kib(4),
+            alignment: Size::kib(4)
+        }
     );
     assert!(c.message.contains("DMA engine `rga`") && c.message.contains("rga-mmu"), "{}", c.message);
     assert!(!c.message.contains("`vop`") && !c.message.contains("`gpu`"), "{}", c.message);
