@@ -59,6 +59,8 @@ use std::cmp::Reverse;
 
 use serde::{Deserialize, Serialize};
 
+use smallvec::SmallVec;
+
 use crate::platform::MemoryMap;
 use crate::units::{PhysAddr, PhysRange, Size};
 use crate::window::Window;
@@ -91,52 +93,78 @@ impl SourceKind {
     }
 }
 
-/// A source of memory, or the part of one a buffer may use.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// A source of memory, or the part of one a buffer may use: its kind, its region (the
+/// index into the [`MemoryMap`]'s `banks`, `cma` or `carveouts`, by kind) and its
+/// addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Source {
     /// What kind of memory.
     pub kind: SourceKind,
-    /// The bank (page allocator), CMA area or carveout it belongs to.
-    pub name: String,
+    /// Index into `banks` (page allocator), `cma` or `carveouts` of the memory map.
+    pub region: usize,
     /// Its addresses.
     pub range: PhysRange,
 }
 
-/// The sources of an empty machine a buffer may use: the page allocator's pieces, the CMA
-/// areas and the carveouts `named` accepts; for a `protected` buffer, the protected
-/// carveouts only. Sorted by address.
-pub fn sources(memory: &MemoryMap, protected: bool, named: &dyn Fn(&str) -> bool) -> Vec<Source> {
-    let mut out = Vec::new();
-    let carveouts = Window::from_ranges(memory.carveouts.iter().map(|c| c.range()));
-    for c in &memory.carveouts {
+/// A few sources, kept inline (no allocation for the usual memory maps).
+pub type Sources = SmallVec<[Source; 4]>;
+
+impl Source {
+    /// The name of its bank, CMA area or carveout.
+    pub fn name<'m>(&self, memory: &'m MemoryMap) -> &'m str {
+        let name = match self.kind {
+            SourceKind::PageAllocator => memory.banks.get(self.region).map(|r| r.name.as_str()),
+            SourceKind::Cma => memory.cma.get(self.region).map(|r| r.name.as_str()),
+            SourceKind::Carveout => memory.carveouts.get(self.region).map(|c| c.name.as_str()),
+        };
+        name.unwrap_or_default()
+    }
+}
+
+/// The parts of the sources of an empty machine a buffer may use that lie inside
+/// `window`: the page allocator's pieces, the CMA areas and the carveouts `named` accepts;
+/// for a `protected` buffer, the protected carveouts only. Each part is still one source;
+/// sorted by address.
+pub fn usable(memory: &MemoryMap, protected: bool, named: &dyn Fn(&str) -> bool, window: &Window) -> Sources {
+    let mut out = Sources::new();
+    let mut add = |kind: SourceKind, region: usize, range: PhysRange| {
+        for w in window.ranges() {
+            if let Some(r) = w.intersect(range) {
+                out.push(Source { kind, region, range: r });
+            }
+        }
+    };
+    for (i, c) in memory.carveouts.iter().enumerate() {
         let usable = if protected { c.protected } else { !c.protected && named(&c.name) };
         if usable {
-            out.push(Source { kind: SourceKind::Carveout, name: c.name.clone(), range: c.range() });
+            add(SourceKind::Carveout, i, c.range());
         }
     }
     if !protected {
-        let cma = memory.cma_window();
-        for bank in &memory.banks {
-            let general = Window::from_ranges([bank.range()]).subtract(&cma).subtract(&carveouts);
-            out.extend(general.ranges().iter().map(|r| Source {
-                kind: SourceKind::PageAllocator,
-                name: bank.name.clone(),
-                range: *r,
-            }));
+        for (i, c) in memory.cma.iter().enumerate() {
+            add(SourceKind::Cma, i, c.range());
         }
-        out.extend(memory.cma.iter().map(|c| Source { kind: SourceKind::Cma, name: c.name.clone(), range: c.range() }));
+        for (i, bank) in memory.banks.iter().enumerate() {
+            let b = bank.range();
+            // The page allocator has the gaps between the CMA areas and carveouts inside
+            // the bank: take the next one after `at` each time (there are a few).
+            let taken = || memory.cma.iter().map(|c| c.range()).chain(memory.carveouts.iter().map(|c| c.range()));
+            let mut at = b.start();
+            loop {
+                let next = taken().filter_map(|r| r.intersect(b)).filter(|r| r.end() > at).min_by_key(|r| r.start());
+                let gap_end = next.map_or(b.end(), |r| r.start());
+                if let Ok(range) = PhysRange::new(at, gap_end) {
+                    add(SourceKind::PageAllocator, i, range);
+                }
+                match next {
+                    Some(r) => at = at.max(r.end()),
+                    None => break,
+                }
+            }
+        }
     }
-    out.sort_by_key(|s| s.range);
-    out
-}
-
-/// The parts of `sources` inside `window`, each still one source.
-pub fn clip(sources: &[Source], window: &Window) -> Vec<Source> {
-    let mut out = Vec::new();
-    for s in sources {
-        for r in window.intersect(&Window::from_ranges([s.range])).ranges() {
-            out.push(Source { kind: s.kind, name: s.name.clone(), range: *r });
-        }
+    if !out.is_sorted_by_key(|p| p.range) {
+        out.sort_unstable_by_key(|p| p.range);
     }
     out
 }
@@ -235,10 +263,10 @@ impl Group {
 
 /// Gains of a page-allocator source `[s, e)` (granule-trimmed) whose segments are at most
 /// `longest`.
-fn buddy_groups(s: u64, e: u64, longest: u64, lim: &Limits, out: &mut Vec<Group>) {
+fn buddy_groups<S: Sink>(s: u64, e: u64, longest: u64, lim: &Limits, out: &mut S) {
     let top = longest.next_power_of_two();
     let a = lim.alignment;
-    let block = |at: u64, size: u64, out: &mut Vec<Group>| {
+    let block = |at: u64, size: u64, out: &mut S| {
         if size < top {
             out.push(Group::single(size, at, a, Role::Whole));
         } else {
@@ -269,7 +297,7 @@ fn buddy_groups(s: u64, e: u64, longest: u64, lim: &Limits, out: &mut Vec<Group>
 
 /// `count` blocks of `top` bytes from `at`: their first segments (`longest`, or the whole
 /// block) and, when a block is longer than a segment, their second segments.
-fn push_block_pair(out: &mut Vec<Group>, longest: u64, top: u64, at: u64, count: u64, a: u64) {
+fn push_block_pair(out: &mut impl Sink, longest: u64, top: u64, at: u64, count: u64, a: u64) {
     let aligned = if top >= a {
         count
     } else {
@@ -307,7 +335,7 @@ fn push_block_pair(out: &mut Vec<Group>, longest: u64, top: u64, at: u64, count:
 }
 
 /// Gains of a CMA area or carveout `[s, e)` (granule-trimmed).
-fn pool_groups(s: u64, e: u64, longest: u64, lim: &Limits, out: &mut Vec<Group>) {
+fn pool_groups(s: u64, e: u64, longest: u64, lim: &Limits, out: &mut impl Sink) {
     let boundary = if lim.max_segments.is_some() { lim.boundary } else { None };
     let Some(b) = boundary else {
         piece(s, e, longest, lim.alignment, 1, 0, out);
@@ -341,7 +369,7 @@ fn pool_groups(s: u64, e: u64, longest: u64, lim: &Limits, out: &mut Vec<Group>)
 
 /// The runs of one window piece `[w, end)` (repeated `copies` times, `stride` apart):
 /// segments of `longest` bytes at aligned starts, then a shorter tail.
-fn piece(w: u64, end: u64, longest: u64, a: u64, copies: u64, stride: u64, out: &mut Vec<Group>) {
+fn piece(w: u64, end: u64, longest: u64, a: u64, copies: u64, stride: u64, out: &mut impl Sink) {
     let Some(start) = w.checked_next_multiple_of(a).filter(|s| *s < end) else { return };
     let len = longest.min(end - start);
     let step = len.next_multiple_of(a);
@@ -374,8 +402,57 @@ fn piece(w: u64, end: u64, longest: u64, a: u64, copies: u64, stride: u64, out: 
 }
 
 /// The gains of every usable source.
-fn groups(usable: &[Source], lim: &Limits) -> Vec<Group> {
-    let mut out = Vec::new();
+type Groups = SmallVec<[Group; 12]>;
+
+/// Where gains go as they are found: kept ([`Groups`]), or only totalled ([`Totals`], for
+/// one segment or any number, where no selection is needed).
+trait Sink {
+    /// How many groups so far (a group's id is its position).
+    fn len(&self) -> usize;
+    fn push(&mut self, g: Group);
+}
+
+impl Sink for Groups {
+    fn len(&self) -> usize {
+        SmallVec::len(self)
+    }
+    fn push(&mut self, g: Group) {
+        SmallVec::push(self, g);
+    }
+}
+
+/// The totals of every gain: all of them, and the longest that starts on the alignment.
+#[derive(Default)]
+struct Totals {
+    groups: usize,
+    total: u128,
+    longest_aligned: Option<u64>,
+}
+
+impl Sink for Totals {
+    fn len(&self) -> usize {
+        self.groups
+    }
+    fn push(&mut self, g: Group) {
+        self.groups += 1;
+        self.total += u128::from(g.value) * u128::from(g.count);
+        if g.aligned > 0 {
+            self.longest_aligned = Some(self.longest_aligned.unwrap_or(0).max(g.value));
+        }
+    }
+}
+
+/// The gains of every usable source, sorted largest first.
+fn groups(usable: &[Source], lim: &Limits, out: &mut Groups) {
+    walk(usable, lim, out);
+    for (i, g) in out.iter_mut().enumerate() {
+        g.id = i;
+    }
+    out.sort_by_key(|g| Reverse(g.value));
+}
+
+/// Finds the gains of every usable source, in address order.
+fn walk(usable: &[Source], lim: &Limits, out: &mut impl Sink) {
     for src in usable {
         let g = lim.granule;
         let s = src.range.start().get().next_multiple_of(g);
@@ -385,16 +462,11 @@ fn groups(usable: &[Source], lim: &Limits) -> Vec<Group> {
             continue;
         }
         if src.kind.is_buddy() {
-            buddy_groups(s, e, longest, lim, &mut out);
+            buddy_groups(s, e, longest, lim, out);
         } else {
-            pool_groups(s, e, longest, lim, &mut out);
+            pool_groups(s, e, longest, lim, out);
         }
     }
-    for (i, g) in out.iter_mut().enumerate() {
-        g.id = i;
-    }
-    out.sort_by_key(|g| Reverse(g.value));
-    out
 }
 
 /// How much of a buffer the usable memory can hold under the limits.
@@ -417,7 +489,7 @@ impl Capacity {
 /// Which instances of each group a best backing takes: `(group, count)` largest first,
 /// and the instance that starts on the alignment.
 struct Selection {
-    take: Vec<(usize, u64)>,
+    take: SmallVec<[(usize, u64); 8]>,
     first: (usize, u64),
 }
 
@@ -437,7 +509,7 @@ fn select(groups: &[Group], lim: &Limits, enough: bool) -> Option<Selection> {
     let aligned = groups.iter().position(|g| g.aligned > 0)?;
     let mut left = lim.max_segments.map_or(u64::MAX, u64::from);
     let mut covered = 0u128;
-    let mut take = Vec::new();
+    let mut take: SmallVec<[(usize, u64); 8]> = SmallVec::new();
     let mut first = None;
     for (i, g) in groups.iter().enumerate() {
         if left == 0 || (enough && covered >= u128::from(lim.size)) {
@@ -481,7 +553,21 @@ fn select(groups: &[Group], lim: &Limits, enough: bool) -> Option<Selection> {
 
 /// How much of a buffer the `usable` sources can hold under `lim`.
 pub fn capacity(usable: &[Source], lim: &Limits) -> Capacity {
-    let groups = groups(usable, lim);
+    if matches!(lim.max_segments, None | Some(1)) {
+        // One segment holds the longest aligned run; any number hold everything (one of
+        // them aligned): no selection needed.
+        let mut t = Totals::default();
+        walk(usable, lim, &mut t);
+        let longest = t.longest_aligned.unwrap_or(0);
+        let holds = match (lim.max_segments, t.longest_aligned) {
+            (_, None) => 0,
+            (Some(_), Some(l)) => u128::from(l),
+            (None, Some(_)) => t.total,
+        };
+        return Capacity { holds, longest };
+    }
+    let mut groups = Groups::new();
+    self::groups(usable, lim, &mut groups);
     let longest = groups.iter().filter(|g| g.aligned > 0).map(|g| g.value).max().unwrap_or(0);
     let holds = select(&groups, lim, false)
         .map_or(0, |s| s.take.iter().map(|&(i, n)| u128::from(groups[i].value) * u128::from(n)).sum());
@@ -491,7 +577,8 @@ pub fn capacity(usable: &[Source], lim: &Limits) -> Capacity {
 /// A backing for `lim.size` bytes built from `usable` by the rules above, the aligned
 /// segment first; `None` when none exists.
 pub fn build(usable: &[Source], lim: &Limits) -> Option<Vec<PhysRange>> {
-    let groups = groups(usable, lim);
+    let mut groups = Groups::new();
+    self::groups(usable, lim, &mut groups);
     let sel = select(&groups, lim, true)?;
     let taken = |id: usize| sel.take.iter().filter(|(i, _)| groups[*i].id == id).map(|(_, n)| *n).sum::<u64>();
     let mut segments: Vec<(u64, u64)> = Vec::new();
@@ -546,7 +633,7 @@ mod tests {
     const M: u64 = 1024 * 1024;
 
     fn src(kind: SourceKind, start: u64, end: u64) -> Source {
-        Source { kind, name: "s".into(), range: PhysRange::new(PhysAddr::new(start), PhysAddr::new(end)).unwrap() }
+        Source { kind, region: 0, range: PhysRange::new(PhysAddr::new(start), PhysAddr::new(end)).unwrap() }
     }
 
     fn lim(size: u64) -> Limits {

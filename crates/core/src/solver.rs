@@ -31,12 +31,13 @@ use std::num::NonZeroU32;
 
 use drm_fourcc::DrmFourcc;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::Usage;
 use crate::effective::Effective;
 use crate::iommu::{self, PteCounts};
 use crate::layout::{self, Layout, LayoutAlign, LayoutError, MOD_LINEAR};
-use crate::memory::{self, Limits, Source, SourceKind};
+use crate::memory::{self, Limits, SourceKind, Sources};
 use crate::model::{CacheMode, Device};
 use crate::platform::Platform;
 use crate::requirements::{DeviceSet, Field, MAX_DEVICES, Req, Requirements};
@@ -202,7 +203,7 @@ pub struct Plan {
     /// largest block).
     pub placement: Window,
     /// The same, source by source: a run never spans two of them.
-    pub sources: Vec<Source>,
+    pub sources: Sources,
     /// The cache mode chosen.
     pub cache_mode: Req<CacheMode>,
     /// Soft preferences.
@@ -497,7 +498,7 @@ struct Common<'p> {
     req: Requirements,
     cache_mode: Req<CacheMode>,
     /// The usable sources inside the devices' window.
-    usable: Vec<Source>,
+    usable: Sources,
 }
 
 fn attempt(platform: &Platform, desc: &BufferDesc, requests: &[Request<'_>]) -> Result<Plan, Failure> {
@@ -532,7 +533,7 @@ impl Common<'_> {
         Ok(raw.align_up(self.req.granule.value.max(PageSize::SZ_4K))?)
     }
 
-    fn plan(self, size: Size, placement: Window, sources: Vec<Source>, layout: Option<LayoutPlan>) -> Plan {
+    fn plan(self, size: Size, placement: Window, sources: Sources, layout: Option<LayoutPlan>) -> Plan {
         let preferences = preferences(&self.effs, &self.req, size);
         Plan {
             platform: self.platform.name.clone(),
@@ -551,7 +552,7 @@ impl Common<'_> {
 /// The sources of the empty machine the buffer may use, clipped to the devices' window:
 /// carveouts only when a device (or a rule for it) names them, protected carveouts only
 /// (and always) for a protected buffer.
-fn usable_sources(platform: &Platform, requests: &[Request<'_>], req: &Requirements) -> Vec<Source> {
+fn usable_sources(platform: &Platform, requests: &[Request<'_>], req: &Requirements) -> Sources {
     let named = |name: &str| {
         requests.iter().any(|r| {
             r.device.placement.regions.iter().any(|n| n == name)
@@ -561,16 +562,15 @@ fn usable_sources(platform: &Platform, requests: &[Request<'_>], req: &Requireme
                     .any(|rule| rule.applies(&r.device.name, r.hints) && rule.regions.iter().any(|n| n == name))
         })
     };
-    let all = memory::sources(&platform.memory, req.protected.value, &named);
-    let window = match &req.pool.value {
-        Some(pool) => req.window.value.intersect(pool),
-        None => req.window.value.clone(),
-    };
-    memory::clip(&all, &window)
+    let protected = req.protected.value;
+    match &req.pool.value {
+        Some(pool) => memory::usable(&platform.memory, protected, &named, &req.window.value.intersect(pool)),
+        None => memory::usable(&platform.memory, protected, &named, &req.window.value),
+    }
 }
 
 /// Places one buffer of `size` bytes: the IOVA spaces, then the memory.
-fn place(c: &Common<'_>, size: Size) -> Result<(Window, Vec<Source>), Fail> {
+fn place(c: &Common<'_>, size: Size) -> Result<(Window, Sources), Fail> {
     check_iova_space(&c.effs, size)?;
     check_memory(c, size)
 }
@@ -581,10 +581,11 @@ fn place_image(
     c: &Common<'_>,
     requests: &[Request<'_>],
     img: &ImageDesc,
-) -> Result<(Size, Window, Vec<Source>, LayoutPlan), Failure> {
-    let shape = layout_shape(c.platform, requests, &c.effs, img)?;
+) -> Result<(Size, Window, Sources, LayoutPlan), Failure> {
+    let mut shape = layout_shape(c.platform, requests, &c.effs, img)?;
     let mut tried: Vec<Tried> = Vec::new();
-    for &m in &shape.candidates {
+    for i in 0..shape.candidates.len() {
+        let m = shape.candidates[i];
         let Some(info) = c.platform.modifier_info(m) else { continue };
         let l = layout::compute(img.format, info, img.width, img.height, shape.align).map_err(InvalidRequest::from)?;
         let size = c.rounded(Size::new(l.size))?;
@@ -596,7 +597,7 @@ fn place_image(
                 let rejected = tried.iter().filter_map(|t| rejected(c, img, t)).collect();
                 let lp = LayoutPlan {
                     layout: l,
-                    candidates: shape.candidates.clone(),
+                    candidates: std::mem::take(&mut shape.candidates),
                     rejected,
                     pitch_align: shape.pitch_align,
                     offset_align: shape.offset_align,
@@ -742,14 +743,13 @@ pub(crate) fn limits(req: &Requirements, size: Size, max_block: PageSize) -> Lim
 /// Checks that the usable memory can hold the buffer under the segment limits, and
 /// returns where the backing may go: the usable sources, only CMA areas and carveouts
 /// when one run must be longer than the page allocator's largest block.
-fn check_memory(c: &Common<'_>, size: Size) -> Result<(Window, Vec<Source>), Fail> {
+fn check_memory(c: &Common<'_>, size: Size) -> Result<(Window, Sources), Fail> {
     let (platform, effs, req) = (c.platform, &c.effs, &c.req);
-    let ram = platform.memory.ram();
     if c.usable.is_empty() {
-        return fail(ConflictKind::NoCommonMemory, window_items(effs, &ram));
+        return fail(ConflictKind::NoCommonMemory, window_items(effs, &platform.memory.ram()));
     }
     let items = || {
-        let mut items = window_items(effs, &ram);
+        let mut items = window_items(effs, &platform.memory.ram());
         items.extend(segment_items(effs));
         items
     };
@@ -771,13 +771,13 @@ fn check_memory(c: &Common<'_>, size: Size) -> Result<(Window, Vec<Source>), Fai
     }
     let max_block = platform.memory.max_buddy_block.size();
     let contiguous = max_segments == Some(1);
-    let sources: Vec<Source> = if contiguous && size > max_block {
-        c.usable.iter().filter(|s| s.kind != SourceKind::PageAllocator).cloned().collect()
+    let sources: Sources = if contiguous && size > max_block {
+        c.usable.iter().filter(|s| s.kind != SourceKind::PageAllocator).copied().collect()
     } else {
         c.usable.clone()
     };
-    let within = Window::from_ranges(c.usable.iter().map(|s| s.range));
     if sources.is_empty() {
+        let within = Window::from_ranges(c.usable.iter().map(|s| s.range));
         return fail(ConflictKind::NoContiguousPool { within, needed: size, max_block }, items());
     }
     let capacity = memory::capacity(&sources, &lim);
@@ -797,7 +797,7 @@ fn check_memory(c: &Common<'_>, size: Size) -> Result<(Window, Vec<Source>), Fai
             items(),
         );
     }
-    Ok((Window::from_ranges(sources.iter().map(|s| s.range)), sources))
+    Ok((Window::from_sorted(sources.iter().map(|s| s.range)), sources))
 }
 
 fn preferences(effs: &[Effective], req: &Requirements, size: Size) -> Preferences {
@@ -836,11 +836,12 @@ fn preferences(effs: &[Effective], req: &Requirements, size: Size) -> Preference
 /// The chunking the preferences aim for, as `(offset, len, count)` runs of equal chunks:
 /// one run when contiguous, else the largest preferred chunks first, each naturally
 /// aligned (a chunk's entries do not depend on which of the equal chunks it is).
-fn ideal_chunks(req: &Requirements, prefs: &[ChunkPref], size: Size) -> Vec<(u64, u64, u64)> {
+fn ideal_chunks(req: &Requirements, prefs: &[ChunkPref], size: Size) -> SmallVec<[(u64, u64, u64); 4]> {
+    let mut out = SmallVec::new();
     if req.contiguous() || prefs.is_empty() {
-        return vec![(0, size.bytes(), 1)];
+        out.push((0, size.bytes(), 1));
+        return out;
     }
-    let mut out = Vec::with_capacity(prefs.len() + 1);
     let mut offset = 0u64;
     let mut left = size.bytes();
     for c in prefs {

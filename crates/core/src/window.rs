@@ -49,6 +49,24 @@ impl Window {
         Window(out)
     }
 
+    /// The union of disjoint `ranges` given in address order (adjacent ones merge), without
+    /// sorting; out-of-order input falls back to [`Window::from_ranges`].
+    pub fn from_sorted(ranges: impl IntoIterator<Item = PhysRange>) -> Window {
+        let mut out: SmallVec<[PhysRange; 2]> = SmallVec::new();
+        for r in ranges {
+            match out.last_mut() {
+                Some(last) if r.start() == last.end() => {
+                    *last = PhysRange::new(last.start(), r.end()).expect("extends a non-empty range");
+                }
+                Some(last) if r.start() < last.end() => {
+                    return Window::from_ranges(out.into_iter().chain([r]));
+                }
+                _ => out.push(r),
+            }
+        }
+        Window(out)
+    }
+
     /// The ranges, sorted and disjoint.
     pub fn ranges(&self) -> &[PhysRange] {
         &self.0
@@ -175,6 +193,13 @@ mod tests {
         assert_eq!(a.subtract(&b).ranges(), [r(0, 5), r(25, 30)]);
         assert!(a.intersect(&Window::empty()).is_empty());
         assert!(a.intersect(&b).is_subset_of(&a));
+    }
+
+    #[test]
+    fn from_sorted_merges_adjacent_ranges() {
+        let w = Window::from_sorted([r(0, 5), r(5, 8), r(10, 20)]);
+        assert_eq!(w.ranges(), [r(0, 8), r(10, 20)]);
+        assert_eq!(Window::from_sorted([r(10, 20), r(0, 5)]).ranges(), [r(0, 5), r(10, 20)]);
     }
 
     #[test]
