@@ -46,6 +46,10 @@ fuzz_target!(|input: Input| {
         Ok(plan) => {
             assert!(plan.size.bytes() > 0);
             assert!(!plan.placement.is_empty());
+            // A plan means a placement exists: its witness backing satisfies every device.
+            let w = plan.witness(p).expect("every plan has a backing");
+            dmaplace_core::verify(&plan, &plan.devices, &w).unwrap();
+            assert!(plan.admits(&w));
             if let Some(r) = plan.placement.first_fit(plan.size, plan.requirements.alignment.value) {
                 let b = dmaplace_core::Backing { segments: vec![r], cache_mode: plan.cache_mode.value, protected: plan.requirements.protected.value };
                 if plan.admits(&b) {

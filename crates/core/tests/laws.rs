@@ -57,7 +57,7 @@ const CASES: u32 = 10_000;
 /// The seed and case count of property `name`, from the environment or the defaults.
 fn seed_and_cases(name: &str) -> (u64, u32) {
     let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(CASES);
-    let seed = match std::env::var("PROPTEST_RNG_SEED").ok().as_deref() {
+    let seed = match std::env::var("PROPTEST_RNG_SEED").ok().as_deref().filter(|v| !v.is_empty()) {
         Some("random") => {
             let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
             u64::try_from(t.as_nanos() % u128::from(u64::MAX)).unwrap_or(0) ^ u64::from(std::process::id())
