@@ -19,9 +19,11 @@
 //!   model the search is complete: a conflict means no layout and no backing exist.
 //! - **The reported conflict is canonical.** The devices are ordered by the platform's
 //!   device order (then hints), and devices are dropped from the last while the rest
-//!   still conflict, until every remaining one is needed: the conflicting set reported is
-//!   the minimal one that comes first in platform order, whatever the order of the
-//!   request.
+//!   still conflict, repeated until every remaining one is needed. The set reported is
+//!   minimal, reaches as little far into the platform's device order as this allows
+//!   (where several minimal sets exist, the devices late in the platform's list are
+//!   dropped first), is listed in platform order, and is the same whatever the order of
+//!   the request.
 //!
 //! The first candidate that can be placed is found without trying the others, so the
 //! common case (the preferred layout fits) costs one pass.
@@ -377,9 +379,9 @@ pub struct CandidateConflict {
 }
 
 /// An unsatisfiable request, explained. `devices` is a minimal conflicting set: together
-/// they cannot be satisfied, and without any one of them the rest can. It is the one
-/// that comes first in the platform's device order (see the module docs), listed in that
-/// order.
+/// they cannot be satisfied, and without any one of them the rest can. It is found by
+/// dropping devices from the last in the platform's device order (see the module docs),
+/// and listed in that order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Conflict {
     /// Platform.
