@@ -53,13 +53,14 @@ impl Window {
     /// sorting; out-of-order input falls back to [`Window::from_ranges`].
     pub fn from_sorted(ranges: impl IntoIterator<Item = PhysRange>) -> Window {
         let mut out: SmallVec<[PhysRange; 2]> = SmallVec::new();
-        for r in ranges {
+        let mut rest = ranges.into_iter();
+        while let Some(r) = rest.next() {
             match out.last_mut() {
                 Some(last) if r.start() == last.end() => {
                     *last = PhysRange::new(last.start(), r.end()).expect("extends a non-empty range");
                 }
                 Some(last) if r.start() < last.end() => {
-                    return Window::from_ranges(out.into_iter().chain([r]));
+                    return Window::from_ranges(out.into_iter().chain([r]).chain(rest));
                 }
                 _ => out.push(r),
             }
@@ -199,7 +200,7 @@ mod tests {
     fn from_sorted_merges_adjacent_ranges() {
         let w = Window::from_sorted([r(0, 5), r(5, 8), r(10, 20)]);
         assert_eq!(w.ranges(), [r(0, 8), r(10, 20)]);
-        assert_eq!(Window::from_sorted([r(10, 20), r(0, 5)]).ranges(), [r(0, 5), r(10, 20)]);
+        assert_eq!(Window::from_sorted([r(10, 20), r(0, 5), r(30, 40)]).ranges(), [r(0, 5), r(10, 20), r(30, 40)]);
     }
 
     #[test]
