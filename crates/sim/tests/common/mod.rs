@@ -15,7 +15,7 @@ use proptest::test_runner::{Config, FileFailurePersistence, RngSeed};
 pub const DEFAULT_SEED: u64 = 1;
 
 /// The proptest RNG seed when `PROPTEST_RNG_SEED` is unset.
-pub const DEFAULT_PROPTEST_SEED: u64 = 0x00d3_a9_1ace;
+pub const DEFAULT_PROPTEST_SEED: u64 = 0xd3a9_1ace;
 
 /// Reads a `u64` variable (decimal or `0x` hex); a malformed value is an error, never
 /// silently replaced by the default.
