@@ -16,6 +16,7 @@ use dmaplace_core::{BufferDesc, Device, DeviceClass, ImageDesc, Plan, Platform, 
 use dmaplace_sim::{BackgroundLoad, Holder, Machine, SimConfig};
 use serde::Serialize;
 
+use crate::out::outln;
 use crate::{Outcome, load};
 
 #[derive(Args, Debug)]
@@ -209,10 +210,10 @@ pub fn run(args: &DemoArgs) -> Result<Outcome> {
             steps: &s.steps,
             memory_map: &map,
         };
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        outln!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         for (i, st) in s.steps.iter().enumerate() {
-            println!("{}. {}\n{}\n", i + 1, st.title, indent(&st.text));
+            outln!("{}. {}\n{}\n", i + 1, st.title, indent(&st.text));
         }
     }
     Ok(Outcome::Ok)
