@@ -38,6 +38,29 @@ pub enum ExportError {
         /// The solver's explanation.
         conflict: Box<Conflict>,
     },
+    /// The layout committed at the first allocation does not meet the device's layout
+    /// needs; a move would change where the pages are, never the layout.
+    #[error(
+        "cannot attach `{device}` to {buffer}: {misfit}; importers were given the layout at the first allocation, and a move changes where the pages are, never the layout"
+    )]
+    LayoutConflict {
+        /// Buffer.
+        buffer: BufferId,
+        /// Device refused.
+        device: String,
+        /// The layout field, with the committed and the needed values.
+        misfit: super::LayoutMisfit,
+    },
+    /// An explicit re-layout cannot be done.
+    #[error("cannot re-lay out {buffer} for `{device}`: {reason}")]
+    Relayout {
+        /// Buffer.
+        buffer: BufferId,
+        /// Device refused.
+        device: String,
+        /// Why not.
+        reason: String,
+    },
     /// The backing does not fit the device and DMA is in flight, so it cannot move now.
     #[error("cannot attach `{device}` to {buffer} now: {reason}")]
     Busy {

@@ -5,6 +5,7 @@ use serde::Serialize;
 use super::{AttachmentId, BufferId, FenceId, MappingId};
 use crate::Usage;
 use crate::backend::{CpuAccess, SgTable};
+use crate::layout::Layout;
 use crate::units::{PhysRange, Size};
 
 /// What the exporter tells an importer whose mappings a move invalidated.
@@ -18,6 +19,9 @@ pub struct MoveNotice {
     pub generation: u32,
     /// The mappings of this attachment that are now invalid.
     pub invalidated: Vec<MappingId>,
+    /// The new layout (modifier, pitches, offsets) when the move changed it: only an
+    /// explicit re-layout does. `None`: the layout importers were given still holds.
+    pub layout: Option<Layout>,
 }
 
 /// An importer's `move_notify` callback.
@@ -96,6 +100,24 @@ pub enum Event {
         copied: Size,
         /// Contents checksum before and after (equal).
         checksum: u64,
+    },
+    /// The backing moved and its image was re-laid out (an explicit LINEAR re-layout):
+    /// copied row by row into new pitches and offsets, each plane verified.
+    Relaid {
+        /// Buffer.
+        buffer: BufferId,
+        /// The device that needed the new layout.
+        for_device: String,
+        /// Old segments.
+        from: Vec<PhysRange>,
+        /// New segments.
+        to: Vec<PhysRange>,
+        /// The layout importers had.
+        old_layout: Layout,
+        /// The layout they have now (also in every move notice).
+        new_layout: Layout,
+        /// Each plane's rows copied and their digest, equal in both layouts.
+        planes: Vec<super::PlaneCopy>,
     },
     /// An importer was told to re-map.
     MoveNotify(MoveNotice),

@@ -48,13 +48,16 @@ impl<B: Backend> Exporter<B> {
                     let devices = self.attached_devices(buf);
                     if !devices.is_empty() {
                         let fresh = self
-                            .solve_for(*id, &devices)
+                            .solve_committed(*id, &devices)
                             .map_err(|e| format!("{id}: attached set no longer solves: {e}"))?;
                         verify(&fresh, &fresh.devices, &described).map_err(|v| format!("{id} ({}): {v}", buf.name))?;
                     }
                 }
                 verify(plan, &plan.devices, &described)
                     .map_err(|v| format!("{id} ({}): stored plan: {v}", buf.name))?;
+                if plan.layout.as_ref().map(|l| &l.layout) != buf.layout.as_ref() {
+                    return Err(format!("{id} ({}): the plan's layout is not the committed one", buf.name));
+                }
             }
             for a in &buf.attachments {
                 let att = self.attachments.get(a).ok_or_else(|| format!("{id} lists missing {a}"))?;

@@ -41,6 +41,7 @@ impl<B: Backend> Exporter<B> {
                 pending_move: None,
                 tokens: None,
                 content_len: Size::ZERO,
+                layout: None,
             },
         );
         self.events.push(Event::Exported { buffer: id, name: name.to_owned(), size });
@@ -77,8 +78,14 @@ impl<B: Backend> Exporter<B> {
         // placement could ever satisfy alongside the others, with the solver's reasons.
         let mut requests: Vec<(Device, Usage)> = self.attached_devices(buf);
         requests.push((dev.clone(), hints));
-        let plan = match self.solve_for(buffer, &requests) {
+        let plan = match self.solve_committed(buffer, &requests) {
             Ok(plan) => plan,
+            Err(ExportError::LayoutConflict { misfit, .. }) => {
+                self.stats.layout_conflicts += 1;
+                let e = ExportError::LayoutConflict { buffer, device: device.to_owned(), misfit };
+                self.events.push(Event::Refused { buffer, device: device.to_owned(), reason: e.to_string() });
+                return Err(e);
+            }
             Err(ExportError::Conflict { conflict, .. }) => {
                 self.stats.conflicts += 1;
                 self.events.push(Event::Refused {

@@ -28,6 +28,8 @@ impl<B: Backend> Exporter<B> {
         });
         let buf = self.buffers.get_mut(&buffer).expect("checked above");
         buf.content_len = plan.size;
+        // The first allocation commits the layout: importers learn it from now on.
+        buf.layout = plan.layout.as_ref().map(|l| l.layout.clone());
         buf.backing = Some(backing);
         buf.plan = Some(plan);
         Ok(())
@@ -92,7 +94,7 @@ impl<B: Backend> Exporter<B> {
         self.stats.migrations += 1;
         self.stats.bytes_copied += copied.bytes();
         self.events.push(Event::Migrated { buffer, for_device, from, to, copied, checksum });
-        self.notify_move(buffer, generation);
+        self.notify_move(buffer, generation, None);
         Ok(())
     }
     /// Tears down every mapping of the buffer in the backend; the entries stay, stale, so a
@@ -108,11 +110,17 @@ impl<B: Backend> Exporter<B> {
             }
         }
     }
-    pub(super) fn notify_move(&mut self, buffer: BufferId, generation: u32) {
+    pub(super) fn notify_move(&mut self, buffer: BufferId, generation: u32, layout: Option<&crate::layout::Layout>) {
         let atts = self.buffers.get(&buffer).map(|b| b.attachments.clone()).unwrap_or_default();
         for a in atts {
             let Some(att) = self.attachments.get_mut(&a) else { continue };
-            let notice = MoveNotice { buffer, attachment: a, generation, invalidated: att.mappings.clone() };
+            let notice = MoveNotice {
+                buffer,
+                attachment: a,
+                generation,
+                invalidated: att.mappings.clone(),
+                layout: layout.cloned(),
+            };
             if let Some(cb) = att.notify.as_mut() {
                 cb(&notice);
             }
@@ -132,7 +140,7 @@ impl<B: Backend> Exporter<B> {
         let devices = self.attached_devices(buf);
         let pending = buf.pending_move.filter(|a| buf.attachments.contains(a));
         let last = *buf.attachments.last().expect("non-empty");
-        let plan = self.solve_for(buffer, &devices)?;
+        let plan = self.solve_committed(buffer, &devices)?;
         let backing = self.buffer(buffer)?.backing.as_ref().expect("checked above");
         let described = self.backend.describe(backing).map_err(backend_err)?;
         if verify(&plan, &plan.devices, &described).is_ok() {

@@ -22,8 +22,10 @@ mod cpu;
 mod error;
 mod events;
 mod inspect;
+mod layout;
 mod lifecycle;
 mod migrate;
+mod relayout;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -42,6 +44,7 @@ pub use collection::Allocation;
 pub use error::ExportError;
 use error::Result;
 pub use events::{AttachHow, Event, MoveNotice, MoveNotify};
+pub use layout::{LayoutField, LayoutMisfit, PlaneCopy};
 
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
@@ -131,6 +134,9 @@ struct Buffer<M> {
     tokens: Option<usize>,
     /// Bytes whose contents every backing so far has held: what a move must preserve.
     content_len: Size,
+    /// The image layout importers were given at the first allocation; only an explicit
+    /// re-layout changes it.
+    layout: Option<crate::layout::Layout>,
 }
 
 struct Attachment {
@@ -167,6 +173,10 @@ pub struct Stats {
     pub busy_refusals: u64,
     /// Attaches refused for a conflict.
     pub conflicts: u64,
+    /// Attaches refused because the committed layout does not meet the device.
+    pub layout_conflicts: u64,
+    /// Explicit re-layout moves (LINEAR only).
+    pub relayouts: u64,
     /// `move_notify` deliveries.
     pub move_notifies: u64,
     /// Cache maintenance operations for CPU access.
