@@ -5,11 +5,15 @@
 #
 # Usage: vm/test-linux.sh [--kernel debian|custom]... [--filter NAME] [--no-bench] [--keep-going]
 #   --kernel K    run only on K (repeatable; default: debian and custom)
-#   --filter NAME only the guest tests whose name contains NAME (passed to libtest)
+#   --filter NAME only the guest tests whose name contains NAME (passed to libtest); a
+#                 filter that matches no test is an error, before anything boots
 #   --no-bench    skip the benchmark binary
 #   --keep-going  run every kernel even after one failed
 # Environment: DMAPLACE_VM_CACHE (rig cache, default ~/.cache/dmaplace-vm); DMAPLACE_RIG
 # (the rig script, default vm/rig.sh).
+#
+# The guest tests are #[ignore]d on the host (they need a real kernel); the guest runs them
+# with --include-ignored, and every kernel must report each selected test `ok`.
 set -Eeuo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,7 +33,7 @@ while [[ $# -gt 0 ]]; do
 	--filter) FILTER=${2:?}; shift 2 ;;
 	--no-bench) BENCH=0; shift ;;
 	--keep-going) KEEP_GOING=1; shift ;;
-	-h | --help) sed -n '2,13p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,17p' "$0"; exit 0 ;;
 	*) echo "test-linux: unknown argument $1 (see --help)" >&2; exit 2 ;;
 	esac
 done
@@ -89,8 +93,18 @@ BINS=("${TESTS[@]}")
 [[ $BENCH == 1 ]] && BINS+=("${BENCHES[@]}")
 TIMES+=("$(printf '%-28s %7ss' 'static build' "$(secs "$t" "$(now)")")")
 
+# The tests each guest must run, listed on the host (the static binaries run here too).
+# shellcheck disable=SC2086
+count_selected() { "$1" --list --include-ignored ${FILTER:+"$FILTER"} | grep -c ': test$' || true; }
+EXPECTED=0
+for b in "${BINS[@]}"; do
+	EXPECTED=$((EXPECTED + $(count_selected "$b")))
+done
+[[ $EXPECTED -gt 0 ]] || fail "--filter '$FILTER' matches no test in ${BINS[*]##*/} (list them: ${TESTS[0]} --list --include-ignored)"
+say "$EXPECTED test(s) selected${FILTER:+ by --filter $FILTER}"
+
 # 3. Each kernel: boot, run the tests then the bench, check the result.
-ARGS="--test-threads=1 --nocapture${FILTER:+ $FILTER}"
+ARGS="--test-threads=1 --nocapture --include-ignored${FILTER:+ $FILTER}"
 failed=()
 for k in "${KERNELS[@]}"; do
 	t=$(now)
@@ -100,17 +114,24 @@ for k in "${KERNELS[@]}"; do
 	"$RIG" run --kernel "$k" --quiet --timeout "$TIMEOUT" --append "$APPEND" --args "$ARGS" "${BINS[@]}" 2> >(tee "$errlog" >&2) || status=$?
 	serial=$(sed -n 's/.*log: \(.*serial.log\).*/\1/p' "$errlog" | tail -n1)
 	rm -f "$errlog"
+	passed=0
 	if [[ -n $serial && -f $serial ]]; then
+		# libtest's summary per binary ("test result: ok. N passed; ..."), summed.
+		passed=$(tr -d '\r' <"$serial" | sed -n 's/^test result: ok\. \([0-9]*\) passed.*/\1/p' | awk '{n += $1} END {print n + 0}')
 		tr -d '\r' <"$serial" | grep -aE '^(test .* \.\.\. |test result:|bench:|inventory|kernel |  dma-heap|  udmabuf|  RAM|  DRM|  2 MiB|  placement proof|CMA heap|.* from .*: |.*refused|nothing on this kernel|  - |  hint: |.*poll blocked|.*scanned out|.*agree on|round trip|.*bufinfo, exporter)' |
 			sed "s/^/[$k] /" || true
 	fi
 	TIMES+=("$(printf '%-28s %7ss' "guest: $k" "$(secs "$t" "$(now)")")")
+	if [[ $status -eq 0 && $passed -ne $EXPECTED ]]; then
+		printf '\n[test-linux] %s kernel: %s of %s selected test(s) reported ok\n' "$k" "$passed" "$EXPECTED" >&2
+		status=1
+	fi
 	if [[ $status -ne 0 ]]; then
 		failed+=("$k")
 		printf '\n[test-linux] %s kernel FAILED (serial log: %s)\n\n' "$k" "${serial:-?}" >&2
 		[[ $KEEP_GOING == 1 ]] || break
 	else
-		say "$k kernel: PASS"
+		say "$k kernel: PASS ($passed of $EXPECTED tests ok)"
 	fi
 done
 

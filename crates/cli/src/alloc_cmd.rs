@@ -7,6 +7,7 @@ use dmaplace_core::backend::Backend;
 use dmaplace_core::{SolveError, solve};
 use dmaplace_linux::{Inventory, LinuxBackend, LinuxError, Source};
 
+use crate::out::{out, outln};
 use crate::request::RequestArgs;
 use crate::{Outcome, report};
 
@@ -46,18 +47,18 @@ pub fn run(args: &AllocArgs) -> Result<Outcome> {
     let plan = match solve(p, &parsed.desc, &parsed.requests()) {
         Ok(plan) => plan,
         Err(SolveError::Conflict(c)) => {
-            print!("{}", report::conflict(&c));
+            out!("{}", report::conflict(&c));
             return Ok(Outcome::Unsatisfiable);
         }
         Err(SolveError::Invalid(e)) => bail!("{e}"),
     };
-    print!("{}", report::plan(p, &plan));
-    println!();
+    out!("{}", report::plan(p, &plan));
+    outln!();
 
     let inv = Inventory::probe();
-    println!("This machine:");
-    print!("{inv}");
-    println!();
+    outln!("This machine:");
+    out!("{inv}");
+    outln!();
     if !inv.has_dma_buf() && !args.allow_memfd && source != Some(Source::Memfd) {
         bail!(
             "this machine has no dma-buf exporter: no dma-heap in /dev/dma_heap and no /dev/udmabuf, so nothing can be allocated for devices here \
@@ -77,33 +78,33 @@ pub fn run(args: &AllocArgs) -> Result<Outcome> {
     let buf = match allocated {
         Ok(buf) => buf,
         Err(LinuxError::NoFit(e)) => {
-            println!("Cannot allocate on this kernel:");
-            print!("{e}");
+            outln!("Cannot allocate on this kernel:");
+            out!("{e}");
             return Ok(Outcome::Unsatisfiable);
         }
         Err(e) => return Err(e.into()),
     };
-    println!("Allocated {} from {} as `{}`.", buf.size(), buf.source(), buf.name());
+    outln!("Allocated {} from {} as `{}`.", buf.size(), buf.source(), buf.name());
     if !buf.is_dma_buf() {
-        println!("  memfd fallback: not a dma-buf (no device can import it); its pages are neither pinned nor placed.");
+        outln!("  memfd fallback: not a dma-buf (no device can import it); its pages are neither pinned nor placed.");
     }
     if !be.inventory().root {
-        println!(
+        outln!(
             "Not root: where the kernel put the pages is hidden (pagemap, debugfs and /proc/kcore need root); run as root to see and verify the physical layout."
         );
         be.free(buf);
         return Ok(Outcome::Ok);
     }
     let (runs, method) = be.placement(&buf)?;
-    println!("Physical layout ({} run(s), seen through {method}):", runs.len());
+    outln!("Physical layout ({} run(s), seen through {method}):", runs.len());
     for (i, r) in runs.iter().enumerate().take(32) {
-        println!("  [{i}] {r} ({})", r.len());
+        outln!("  [{i}] {r} ({})", r.len());
     }
     if runs.len() > 32 {
-        println!("  ... {} more", runs.len() - 32);
+        outln!("  ... {} more", runs.len() - 32);
     }
     match be.verify(&plan, &buf) {
-        Ok(_) => println!(
+        Ok(_) => outln!(
             "Verified: the placement meets every device's constraints ({}).",
             plan.devices.iter().map(|d| d.device.as_str()).collect::<Vec<_>>().join(", ")
         ),

@@ -1,21 +1,28 @@
 //! `dmaplace demo`: the seed's design, told on a simulated machine.
 //!
 //! A buffer is exported with no memory; a GPU and a display attach; the first map solves
-//! for both and allocates once; a late attacher with a tighter limit is refused while DMA
-//! is in flight, then moves the buffer once the fence signals (contents copied,
-//! importers notified, stale mappings refused); an incompatible device is refused with
-//! the solver's reasons; a memory map shows where everything is.
+//! for both, allocates once and commits the layout; a late attacher that needs another
+//! layout is refused, because a move changes where the pages are, never the layout; the
+//! application then asks for an explicit re-layout, refused while DMA is in flight and
+//! done once the fence signals (the image copied row by row, each plane checked, every
+//! importer told the new layout, stale mappings refused). On a platform whose late
+//! attacher needs only another placement, the buffer simply moves, layout and bytes
+//! unchanged. An incompatible device is refused with the solver's reasons; a memory map
+//! shows where everything is.
 
 use std::fmt::Write as _;
 
 use anyhow::{Context, Result, anyhow};
 use clap::Args;
-use dmaplace_core::exporter::{AttachmentId, BufferId, Event, ExportError, Exporter, ExporterConfig, MappingId};
-use dmaplace_core::layout::fourcc_name;
+use dmaplace_core::exporter::{
+    AttachmentId, BufferId, Event, ExportError, Exporter, ExporterConfig, FenceId, MappingId,
+};
+use dmaplace_core::layout::{Layout, format_info, fourcc_name};
 use dmaplace_core::{BufferDesc, Device, DeviceClass, ImageDesc, Plan, Platform, Request, Usage, solve, verify};
-use dmaplace_sim::{BackgroundLoad, Holder, Machine, SimConfig};
+use dmaplace_sim::{BackgroundLoad, ContentMode, Holder, Machine, SimConfig};
 use serde::Serialize;
 
+use crate::out::outln;
 use crate::{Outcome, load};
 
 #[derive(Args, Debug)]
@@ -96,7 +103,12 @@ fn cast(p: &Platform) -> Result<Cast> {
 
 /// The first device whose arrival does not fit the current backing but can be served by
 /// a move (the late attacher), and the first that no placement can serve (the refused).
-fn late_and_refused(p: &Platform, cast: &Cast, backing: &dmaplace_core::Backing) -> (Option<Device>, Option<Device>) {
+fn late_and_refused(
+    p: &Platform,
+    cast: &Cast,
+    backing: &dmaplace_core::Backing,
+    layout: &Option<dmaplace_core::solver::LayoutPlan>,
+) -> (Option<Device>, Option<Device>) {
     let mut late = None;
     let mut refused = None;
     for d in p.devices.iter().filter(|d| d.name != cast.gpu.name && d.name != cast.display.name) {
@@ -106,7 +118,13 @@ fn late_and_refused(p: &Platform, cast: &Cast, backing: &dmaplace_core::Backing)
             Request { device: d, hints: usage(d.class) },
         ];
         match solve(p, &cast.buffer, &requests) {
-            Ok(next) if verify(&next, &next.devices, backing).is_err() && late.is_none() => late = Some(d.clone()),
+            Ok(next)
+                if late.is_none()
+                    && (verify(&next, &next.devices, backing).is_err()
+                        || next.layout.as_ref().map(|l| &l.layout) != layout.as_ref().map(|l| &l.layout)) =>
+            {
+                late = Some(d.clone())
+            }
             Err(dmaplace_core::SolveError::Conflict(c))
                 if refused.is_none() && c.devices.contains(&d.name) && c.devices.len() > 1 =>
             {
@@ -133,8 +151,9 @@ impl Story {
 pub fn run(args: &DemoArgs) -> Result<Outcome> {
     let p = load::platform(&args.platform)?;
     let cast = cast(&p)?;
-    let machine = Machine::new(&p, SimConfig::seeded(args.seed).with_background(LOAD))
-        .context("building the simulated machine")?;
+    // Real bytes, so a re-layout can be checked row by row (only written frames are kept).
+    let config = SimConfig { content: ContentMode::Bytes, ..SimConfig::seeded(args.seed) };
+    let machine = Machine::new(&p, config.with_background(LOAD)).context("building the simulated machine")?;
     let mut s = Story { e: Exporter::new(p.clone(), machine, ExporterConfig::default()), steps: Vec::new() };
     let start_free = s.e.backend().free_report().free();
     s.step("machine", machine_text(&p, &s.e));
@@ -162,6 +181,10 @@ pub fn run(args: &DemoArgs) -> Result<Outcome> {
     text += &plan_why(&plan);
     let backing = backing_of(&s.e, buf)?;
     let _ = write!(text, "\n  placed at {}", segments_text(&backing.segments));
+    if let Some(l) = &plan.layout {
+        let _ =
+            write!(text, "\n  layout committed: {}; importers learn it now and keep it", layout_text(&p, &l.layout));
+    }
     let (_, dpu_sg) = s.e.map(dpu)?;
     let _ = write!(
         text,
@@ -184,7 +207,7 @@ pub fn run(args: &DemoArgs) -> Result<Outcome> {
         ),
     );
 
-    let (late, refused) = late_and_refused(&p, &cast, &backing);
+    let (late, refused) = late_and_refused(&p, &cast, &backing, &plan.layout);
     match late {
         Some(late) => late_attach(&mut s, buf, &late, fence, [gpu, dpu], before)?,
         None => {
@@ -209,62 +232,84 @@ pub fn run(args: &DemoArgs) -> Result<Outcome> {
             steps: &s.steps,
             memory_map: &map,
         };
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        outln!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         for (i, st) in s.steps.iter().enumerate() {
-            println!("{}. {}\n{}\n", i + 1, st.title, indent(&st.text));
+            outln!("{}. {}\n{}\n", i + 1, st.title, indent(&st.text));
         }
     }
     Ok(Outcome::Ok)
 }
 
+/// The late attacher's story: a plain attach first; if the committed layout does not
+/// meet it, the explicit re-layout; else the plain move for its placement.
 fn late_attach(
     s: &mut Story,
     buf: BufferId,
     late: &Device,
-    fence: dmaplace_core::exporter::FenceId,
+    fence: FenceId,
     early: [AttachmentId; 2],
     before: u64,
 ) -> Result<()> {
     let hints = usage(late.class);
-    let busy = s.e.attach(buf, &late.name, hints).err().map(|e| e.to_string()).unwrap_or_default();
-    s.step(
-        "late attach, busy",
-        format!("{} attaches late ({hints}) while the GPU's DMA is in flight. Refused:\n  {busy}", late.label()),
-    );
+    match s.e.attach(buf, &late.name, hints) {
+        Err(e @ ExportError::LayoutConflict { .. }) => {
+            s.step(
+                "late attach, layout committed",
+                format!(
+                    "{} attaches late ({hints}). Its layout needs differ from the layout the importers already hold, and a late attacher may move the pages, never change the layout under them. Refused:\n  {e}",
+                    late.label()
+                ),
+            );
+            relayout(s, buf, late, fence, early)
+        }
+        Err(e @ ExportError::Busy { .. }) => {
+            s.step(
+                "late attach, busy",
+                format!("{} attaches late ({hints}) while the GPU's DMA is in flight. Refused:\n  {e}", late.label()),
+            );
+            s.e.signal(fence)?;
+            let att = s.e.attach(buf, &late.name, hints)?;
+            moved(s, late, fence, early, att, before)
+        }
+        Err(e) => Err(e.into()),
+        Ok(_) => {
+            s.e.signal(fence)?;
+            s.step(
+                "late attach",
+                format!("{} attaches late: the backing already fits it, nothing moves.", late.label()),
+            );
+            Ok(())
+        }
+    }
+}
 
-    s.e.signal(fence)?;
-    let att = s.e.attach(buf, &late.name, hints)?;
+/// A plain move: the backing moves for the late device's placement; the layout and the
+/// bytes stay as they were.
+fn moved(
+    s: &mut Story,
+    late: &Device,
+    fence: FenceId,
+    early: [AttachmentId; 2],
+    att: AttachmentId,
+    before: u64,
+) -> Result<()> {
     let mut text = format!(
-        "{fence} signals; {} attaches again. The backing does not fit it, nothing is in flight, so the buffer moves:\n",
+        "{fence} signals; {} attaches again. The committed layout meets it but the backing does not, nothing is in flight, so the pages move (the layout does not):\n",
         late.label()
     );
     let events = s.e.take_events();
     for ev in &events {
-        match ev {
-            Event::Migrated { from, to, copied, checksum, .. } => {
-                let _ = writeln!(
-                    text,
-                    "  moved {} -> {}: {copied} copied, checksum {checksum:#018x} (was {before:#018x})",
-                    segments_text(from),
-                    segments_text(to)
-                );
-            }
-            Event::MoveNotify(n) => {
-                let maps: Vec<String> = n.invalidated.iter().map(ToString::to_string).collect();
-                let what = if maps.is_empty() {
-                    "it has no mapping yet".to_owned()
-                } else {
-                    format!("{} invalid, re-map", maps.join(", "))
-                };
-                let _ = writeln!(text, "  move_notify -> {} ({}): {what}", s.e.device_of(n.attachment)?, n.attachment);
-            }
-            _ => {}
+        if let Event::Migrated { from, to, copied, checksum, .. } = ev {
+            let _ = writeln!(
+                text,
+                "  moved {} -> {}: {copied} copied 1:1, checksum {checksum:#018x} (was {before:#018x})",
+                segments_text(from),
+                segments_text(to)
+            );
         }
     }
-    if let Some(Err(e)) = dma_mapping(&events, early[1]).map(|old| s.e.sg_table(old)) {
-        let _ = writeln!(text, "  using the display's old mapping now fails: {e}");
-    }
+    notices(s, &events, early, &mut text)?;
     s.steps.push(Step { title: "late attach, moved".into(), text: text.trim_end().to_owned(), events });
 
     let mut text = String::from("The importers re-map; the late device maps too:\n");
@@ -276,9 +321,138 @@ fn late_attach(
             return Err(anyhow!("content changed across the move: {before:#x} -> {sum:#x}"));
         }
     }
-    let _ = write!(text, "  every device reads checksum {before:#018x}: the move preserved the content.");
+    let _ =
+        write!(text, "  every device reads checksum {before:#018x}: the move preserved the content and the layout.");
     s.step("re-map", text);
     Ok(())
+}
+
+/// The explicit re-layout: refused while DMA is in flight, then done once it completes
+/// (LINEAR only; on other layouts the refusal stands).
+fn relayout(s: &mut Story, buf: BufferId, late: &Device, fence: FenceId, early: [AttachmentId; 2]) -> Result<()> {
+    let hints = usage(late.class);
+    let before = picture(&s.e, buf)?;
+    let refused = match s.e.attach_relayout(buf, &late.name, hints, None) {
+        Err(e @ (ExportError::Busy { .. } | ExportError::Relayout { .. })) => e,
+        Err(e) => return Err(e.into()),
+        Ok(_) => return Err(anyhow!("a re-layout while DMA is in flight was expected to be refused")),
+    };
+    let linear = matches!(refused, ExportError::Busy { .. });
+    s.step(
+        "re-layout, busy",
+        format!(
+            "The application asks for an explicit re-layout for {}: a new layout for every importer, which the exporter does only for LINEAR buffers and only when nothing is in flight. Refused:\n  {refused}",
+            late.label()
+        ),
+    );
+    s.e.signal(fence)?;
+    if !linear {
+        s.step(
+            "late attach",
+            format!("{fence} signals; {} stays refused: its layout cannot be reached by copying rows.", late.label()),
+        );
+        return Ok(());
+    }
+    let att = s.e.attach_relayout(buf, &late.name, hints, None)?;
+    let mut text = format!(
+        "{fence} signals; the re-layout is asked again. Nothing is in flight: the buffer moves into a new backing laid out for every device, and the image is copied row by row:\n"
+    );
+    let events = s.e.take_events();
+    let p = s.e.platform().clone();
+    for ev in &events {
+        if let Event::Relaid { from, to, old_layout, new_layout, planes, .. } = ev {
+            let _ = writeln!(text, "  moved {} -> {}", segments_text(from), segments_text(to));
+            let _ = writeln!(text, "  layout was: {}", layout_text(&p, old_layout));
+            let _ = writeln!(text, "  layout now: {}", layout_text(&p, new_layout));
+            for c in planes {
+                let _ = writeln!(
+                    text,
+                    "  plane {}: {} rows of {} B copied from offset {} (pitch {}) to offset {} (pitch {}); rows digest {:#018x} before and after",
+                    c.plane, c.rows, c.row_bytes, c.from.0, c.from.1, c.to.0, c.to.1, c.digest
+                );
+            }
+        }
+    }
+    notices(s, &events, early, &mut text)?;
+    s.steps.push(Step { title: "re-layout".into(), text: text.trim_end().to_owned(), events });
+
+    let mut text = String::from("The importers re-map with the new layout; the late device maps too:\n");
+    for a in early.into_iter().chain([att]) {
+        let (_, sg) = s.e.map(a)?;
+        let _ = writeln!(text, "  {} sees {sg}", s.e.device_of(a)?);
+    }
+    let after = picture(&s.e, buf)?;
+    if after != before {
+        return Err(anyhow!("the picture changed across the re-layout: {before:x?} -> {after:x?}"));
+    }
+    let shown: Vec<String> = after.iter().enumerate().map(|(i, d)| format!("plane {i} {d:#018x}")).collect();
+    let _ = write!(
+        text,
+        "  read back through the new layout, the picture is the one read through the old layout before the move ({}): the re-layout preserved the image.",
+        shown.join(", ")
+    );
+    s.step("re-map", text);
+    Ok(())
+}
+
+/// One line per move notice, and what using an old mapping now does.
+fn notices(s: &Story, events: &[Event], early: [AttachmentId; 2], text: &mut String) -> Result<()> {
+    for ev in events {
+        if let Event::MoveNotify(n) = ev {
+            let maps: Vec<String> = n.invalidated.iter().map(ToString::to_string).collect();
+            let what = if maps.is_empty() {
+                "it has no mapping yet".to_owned()
+            } else {
+                format!("{} invalid, re-map", maps.join(", "))
+            };
+            let layout = if n.layout.is_some() { "; new layout attached" } else { "" };
+            let _ =
+                writeln!(text, "  move_notify -> {} ({}): {what}{layout}", s.e.device_of(n.attachment)?, n.attachment);
+        }
+    }
+    if let Some(Err(e)) = dma_mapping(events, early[1]).map(|old| s.e.sg_table(old)) {
+        let _ = writeln!(text, "  using the display's old mapping now fails: {e}");
+    }
+    Ok(())
+}
+
+/// Each plane's image rows, read through the buffer's current layout and hashed here
+/// (FNV-1a), independently of the exporter's own check.
+fn picture(e: &Exporter<Machine>, buf: BufferId) -> Result<Vec<u64>> {
+    let layout = e.plan(buf)?.and_then(|p| p.layout.as_ref()).map(|l| l.layout.clone()).context("an image layout")?;
+    let backing = e.backing(buf)?.context("no backing")?;
+    let info = format_info(layout.format).context("a known format")?;
+    let mut digests = Vec::new();
+    for (plane, sub) in layout.planes.iter().zip(info.planes) {
+        let row_bytes = usize::try_from(u64::from(layout.width.div_ceil(sub.hsub)) * u64::from(sub.cpp))?;
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for r in 0..layout.height.div_ceil(sub.vsub) {
+            let at = u64::from(plane.offset) + u64::from(r) * u64::from(plane.pitch);
+            for byte in e.backend().read(backing, at, row_bytes)? {
+                h = (h ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3);
+            }
+        }
+        digests.push(h);
+    }
+    Ok(digests)
+}
+
+fn layout_text(p: &Platform, l: &Layout) -> String {
+    let planes: Vec<String> = l
+        .planes
+        .iter()
+        .enumerate()
+        .map(|(i, pl)| format!("plane {i} at {} pitch {} ({} rows)", pl.offset, pl.pitch, pl.rows))
+        .collect();
+    format!(
+        "{} {}x{} {}, {}; {} B",
+        fourcc_name(l.format),
+        l.width,
+        l.height,
+        p.modifier_name(l.modifier),
+        planes.join(", "),
+        l.size
+    )
 }
 
 fn dma_mapping(events: &[Event], attachment: AttachmentId) -> Option<MappingId> {

@@ -3,6 +3,7 @@
 mod alloc_cmd;
 mod demo;
 mod load;
+mod out;
 mod report;
 mod request;
 mod solve_cmd;
@@ -70,6 +71,12 @@ fn main() -> ExitCode {
         Command::Platforms { json } => load::list_platforms(json).map(|()| Outcome::Ok),
         Command::Devices { platform, json } => load::list_devices(&platform, json).map(|()| Outcome::Ok),
     };
+    // A reader that closed the pipe early ends the output quietly; the status stays the
+    // command's own.
+    if let Err(e) = out::finish() {
+        eprintln!("dmaplace: error: writing the output: {e}");
+        return ExitCode::from(EXIT_BAD_INPUT);
+    }
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Unsatisfiable) => ExitCode::from(EXIT_UNSATISFIABLE),

@@ -2,9 +2,11 @@
 
 use anyhow::{Result, bail};
 use clap::Args;
-use dmaplace_core::{BufferDesc, Conflict, Plan, SolveError, solve};
+use dmaplace_core::PlanOn;
+use dmaplace_core::{BufferDesc, Conflict, SolveError, solve};
 use serde::Serialize;
 
+use crate::out::{out, outln};
 use crate::request::RequestArgs;
 use crate::{Outcome, report};
 
@@ -42,7 +44,7 @@ struct DeviceRequest<'a> {
 #[derive(Serialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 enum ResultReport<'a> {
-    Plan { plan: &'a Plan },
+    Plan { plan: PlanOn<'a> },
     Conflict { conflict: &'a Conflict },
 }
 
@@ -60,18 +62,18 @@ pub fn run(args: &SolveArgs) -> Result<Outcome> {
         .map(|(n, h)| DeviceRequest { device: n, hints: h.iter_names().map(|(n, _)| n).collect() })
         .collect();
     let (outcome, result) = match &result {
-        Ok(plan) => (Outcome::Ok, ResultReport::Plan { plan }),
+        Ok(plan) => (Outcome::Ok, ResultReport::Plan { plan: plan.on(p) }),
         Err(SolveError::Conflict(c)) => (Outcome::Unsatisfiable, ResultReport::Conflict { conflict: c }),
         Err(SolveError::Invalid(e)) => bail!("{e}"),
     };
     if args.json {
         let doc =
             SolveReport { schema: SCHEMA, platform: &p.name, request: RequestReport { buffer: desc, devices }, result };
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        outln!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         match result {
-            ResultReport::Plan { plan } => print!("{}", report::plan(p, plan)),
-            ResultReport::Conflict { conflict } => print!("{}", report::conflict(conflict)),
+            ResultReport::Plan { plan } => out!("{}", report::plan(p, plan.plan())),
+            ResultReport::Conflict { conflict } => out!("{}", report::conflict(conflict)),
         }
     }
     Ok(outcome)

@@ -161,30 +161,61 @@ fn demo_tells_the_story_deterministically() {
     for needle in [
         "No memory is allocated",
         "solves over every attachment",
-        "Refused:",
-        "move_notify -> dpu",
+        "layout committed: NV12 1920x1080 LINEAR, plane 0 at 0 pitch 1920 (1080 rows), plane 1 at 2073600 pitch 1920 (540 rows)",
+        "`venc` needs height_align = 16: 1088 rows in plane 0 (height 1080 padded to a multiple of 16), but the committed layout has 1080 rows in plane 0",
+        "a move changes where the pages are, never the layout",
+        "cannot while `gpu` has 1 unsignalled fence(s)",
+        "plane 1 at 2088960 pitch 1920 (544 rows); 3133440 B",
+        "plane 1: 540 rows of 1920 B copied from offset 2073600 (pitch 1920) to offset 2088960 (pitch 1920)",
+        "move_notify -> dpu (att3): map5 invalid, re-map; new layout attached",
         "is stale",
-        "preserved the content",
+        "the re-layout preserved the image",
         "no memory satisfies both",
         "[B",
     ] {
         assert!(out.contains(needle), "missing {needle:?}");
     }
+    assert!(!out.contains("preserved the content"), "no 1:1 copy is called content-preserving across a layout change");
     insta::assert_snapshot!(out);
     let (code, json, _) = dmaplace(&["demo", "--json"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["schema"], "dmaplace.demo/v1");
-    let events: Vec<&str> = v["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|s| s["events"].as_array().unwrap())
-        .map(|e| e["event"].as_str().unwrap())
-        .collect();
-    for e in ["exported", "attached", "allocated", "mapped", "refused", "migrated", "move_notify", "released"] {
-        assert!(events.contains(&e), "no {e} event");
+    let events: Vec<&serde_json::Value> =
+        v["steps"].as_array().unwrap().iter().flat_map(|s| s["events"].as_array().unwrap()).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    for e in ["exported", "attached", "allocated", "mapped", "refused", "relaid", "move_notify", "released"] {
+        assert!(kinds.contains(&e), "no {e} event");
     }
+    assert!(!kinds.contains(&"migrated"), "the move that changed the layout is a re-layout, said so");
+    let refused = events.iter().find(|e| e["event"] == "refused").unwrap();
+    assert!(refused["reason"].as_str().unwrap().contains("height_align = 16"), "{refused}");
+    let relaid = events.iter().find(|e| e["event"] == "relaid").unwrap();
+    assert_eq!(relaid["old_layout"]["planes"][1]["offset"], 2_073_600);
+    assert_eq!(relaid["new_layout"]["planes"][1]["offset"], 2_088_960);
+    assert_eq!(relaid["planes"][1]["rows"], 540);
+    let notices: Vec<_> = events.iter().filter(|e| e["event"] == "move_notify").collect();
+    assert_eq!(notices.len(), 3);
+    assert!(notices.iter().all(|n| n["layout"] == relaid["new_layout"]), "every importer is told the new layout");
+}
+
+/// x86-desktop's late attacher (the 32-bit capture card) needs only another placement:
+/// the pages move, the layout and the bytes do not, and the notices say no new layout.
+#[test]
+fn demo_moves_the_pages_not_the_layout_for_a_placement_only_late_attacher() {
+    let (code, out, err) = dmaplace(&["demo", "-p", "x86-desktop"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("The committed layout meets it but the backing does not"), "{out}");
+    assert!(out.contains("the move preserved the content and the layout"), "{out}");
+    let (code, json, _) = dmaplace(&["demo", "-p", "x86-desktop", "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let events: Vec<&serde_json::Value> =
+        v["steps"].as_array().unwrap().iter().flat_map(|s| s["events"].as_array().unwrap()).collect();
+    assert!(events.iter().any(|e| e["event"] == "migrated"));
+    assert!(!events.iter().any(|e| e["event"] == "relaid"));
+    let notices: Vec<_> = events.iter().filter(|e| e["event"] == "move_notify").collect();
+    assert!(!notices.is_empty() && notices.iter().all(|n| n["layout"].is_null()), "{notices:?}");
 }
 
 #[test]

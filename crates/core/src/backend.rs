@@ -113,3 +113,22 @@ pub trait Backend {
         begin: bool,
     ) -> Result<u64, Self::Error>;
 }
+
+/// Byte ranges of a backing, for the one move that changes the layout: an explicit LINEAR
+/// re-layout copies the image row by row into new pitches and offsets and proves each
+/// plane arrived ([`crate::exporter::Exporter::attach_relayout`]). A backend without it
+/// offers no re-layout; late attachers the committed layout does not meet are refused.
+pub trait ByteCopy: Backend {
+    /// Copies `len` bytes at `from_offset` of `from` to `to_offset` of `to`.
+    fn copy_range(
+        &mut self,
+        from: &Self::Backing,
+        from_offset: u64,
+        to: &Self::Backing,
+        to_offset: u64,
+        len: u64,
+    ) -> Result<(), Self::Error>;
+
+    /// A digest of the `len` bytes at `offset`: equal for equal bytes, wherever they lie.
+    fn digest_range(&self, backing: &Self::Backing, offset: u64, len: u64) -> Result<u64, Self::Error>;
+}

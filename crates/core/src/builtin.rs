@@ -27,5 +27,5 @@ pub fn names() -> impl Iterator<Item = &'static str> {
 
 /// Parses the embedded platform `name`, if there is one.
 pub fn load(name: &str) -> Option<Result<Platform, PlatformError>> {
-    BUILTIN.iter().find(|(n, _)| *n == name).map(|(n, text)| Platform::from_toml(&format!("platforms/{n}.toml"), text))
+    BUILTIN.iter().find(|(n, _)| *n == name).map(|(n, text)| Platform::from_file(&format!("platforms/{n}.toml"), text))
 }

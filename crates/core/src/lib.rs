@@ -27,6 +27,7 @@ pub mod window;
 
 pub use effective::Effective;
 pub use model::{Bus, CacheMode, CacheModes, Device, DeviceClass, FormatCaps, Iommu, LayoutCaps, Placement, Usage};
+pub use plan_json::PlanOn;
 pub use platform::{Platform, PlatformError};
 pub use requirements::{DeviceSet, Field, Req, Requirements};
 pub use solver::{BufferDesc, Cause, Conflict, ConflictKind, ImageDesc, Plan, Request, SolveError, solve};

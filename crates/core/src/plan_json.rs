@@ -6,8 +6,9 @@ use serde::{Serialize, Serializer};
 use crate::BoundaryMask;
 use crate::effective::Effective;
 use crate::iommu::PteCounts;
-use crate::layout::Layout;
+use crate::layout::{Layout, ModifierInfo};
 use crate::model::CacheMode;
+use crate::platform::Platform;
 use crate::requirements::{Field, Req};
 use crate::solver::{Cause, Plan};
 use crate::units::{PageSize, Size};
@@ -87,8 +88,43 @@ impl Plan {
     }
 }
 
+/// A plan serialized with its platform's own modifier names (`modifier_name`), as the
+/// text report names them: see [`Plan::on`].
+#[derive(Clone, Copy, Debug)]
+pub struct PlanOn<'a> {
+    plan: &'a Plan,
+    modifiers: &'a [ModifierInfo],
+}
+
+impl Plan {
+    /// The plan, to serialize with the modifier names of `platform` (the one it was solved
+    /// on). Serializing a bare [`Plan`] knows only the built-in names.
+    pub fn on<'a>(&'a self, platform: &'a Platform) -> PlanOn<'a> {
+        PlanOn { plan: self, modifiers: &platform.modifiers }
+    }
+}
+
+impl<'a> PlanOn<'a> {
+    /// The plan.
+    pub fn plan(&self) -> &'a Plan {
+        self.plan
+    }
+}
+
+impl Serialize for PlanOn<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.plan.serialize_with(self.modifiers, s)
+    }
+}
+
 impl Serialize for Plan {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.serialize_with(&[], s)
+    }
+}
+
+impl Plan {
+    fn serialize_with<S: Serializer>(&self, modifiers: &[ModifierInfo], s: S) -> Result<S::Ok, S::Error> {
         let r = &self.requirements;
         let pr = &self.preferences;
         let name = |i: usize| self.devices.get(i).map_or("", |e| e.device.as_str());
@@ -131,7 +167,7 @@ impl Serialize for Plan {
             },
             layout: self.layout.as_ref().map(|l| LayoutJson {
                 layout: &l.layout,
-                modifier_name: crate::layout::modifier_name(l.layout.modifier, &[]),
+                modifier_name: crate::layout::modifier_name(l.layout.modifier, modifiers),
                 candidates: &l.candidates,
                 rejected: &l.rejected,
                 pitch_align: self.req(&l.pitch_align, Field::PitchAlign),

@@ -275,6 +275,26 @@ impl Platform {
         let spans: SpanFile = parse_with_path(file, text)?;
         raw.validate(file, text, &spans)
     }
+
+    /// Parses the platform file `path` (`platforms/omap3.toml`): [`Platform::from_toml`],
+    /// and its `name` must be the file's name without `.toml`, so that `-p omap3` and
+    /// `-p platforms/omap3.toml` always mean the same platform.
+    pub fn from_file(path: &str, text: &str) -> Result<Platform, PlatformError> {
+        let p = Platform::from_toml(path, text)?;
+        let file_name = path.rsplit(['/', '\\']).next().unwrap_or(path);
+        let stem = file_name.strip_suffix(".toml").unwrap_or(file_name);
+        if p.name != stem {
+            let spans: SpanFile = parse_with_path(path, text)?;
+            let span = spans.platform.name.map_or(0..0, |n| n.span());
+            let c = Checker { file: path, text };
+            return Err(c.err(
+                span,
+                "platform.name".into(),
+                format!("the platform is named {:?} but its file is {file_name:?}: rename one so they agree", p.name),
+            ));
+        }
+        Ok(p)
+    }
 }
 
 /// A device name that the platform does not describe.
@@ -336,13 +356,46 @@ fn parse_with_path<T: serde::de::DeserializeOwned>(file: &str, text: &str) -> Re
 
 fn toml_error(file: &str, text: &str, field: &str, e: &toml::de::Error) -> PlatformError {
     let (line, column) = e.span().map_or((0, 0), |s| line_col(text, s.start));
+    let value = e.span().and_then(|s| text.get(s)).map(str::trim);
     PlatformError {
         file: file.to_owned(),
         line,
         column,
         field: field.to_owned(),
-        message: e.message().trim().to_owned(),
+        message: in_toml_words(e.message().trim(), value),
     }
+}
+
+/// Rewrites serde's wording (Rust types, untagged enum names) into what a platform file's
+/// author wrote and should write instead, naming the value found.
+fn in_toml_words(message: &str, value: Option<&str>) -> String {
+    let got = value.filter(|v| !v.is_empty() && v.len() <= 80).map_or(String::new(), |v| format!(", got `{v}`"));
+    if let Some(what) = message.strip_prefix("data did not match any variant of untagged enum ") {
+        let expected = match what.trim() {
+            "SizeRepr" => "a size: a number of bytes, or a string such as \"64MiB\"",
+            "ModifierRef" | "Repr" => "a modifier: a name such as \"LINEAR\", or its 64-bit value",
+            _ => "a value of another type",
+        };
+        return format!("expected {expected}{got}");
+    }
+    let mut m = message.to_owned();
+    for (rust, toml) in [
+        ("expected a nonzero u32", "expected a whole number from 1 to 4294967295"),
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        ("expected u32", "expected a whole number from 0 to 4294967295"),
+        ("expected u64", "expected a whole number from 0 to 2^64-1"),
+        ("expected i64", "expected a whole number"),
+        ("expected a boolean", "expected true or false"),
+        ("expected a sequence", "expected an array"),
+        ("expected a map", "expected a table"),
+    ] {
+        m = m.replace(rust, toml);
+    }
+    if let Some(i) = m.find("expected struct ") {
+        m.replace_range(i.., "expected a table");
+    }
+    m
 }
 
 #[derive(Deserialize)]
@@ -385,12 +438,26 @@ struct SpanFile {
     device: Vec<SpanDevice>,
     #[serde(default)]
     rule: Vec<SpanRule>,
+    #[serde(default)]
+    modifier: Vec<SpanModifier>,
 }
 
 #[derive(Deserialize)]
 struct SpanHeader {
     #[serde(default)]
+    name: Option<toml::Spanned<String>>,
+    #[serde(default)]
     modifier_preference: Option<toml::Spanned<toml::Value>>,
+}
+
+#[derive(Deserialize)]
+struct SpanModifier {
+    name: toml::Spanned<String>,
+    value: toml::Spanned<toml::Value>,
+    #[serde(default)]
+    tile_width: Option<toml::Spanned<toml::Value>>,
+    #[serde(default)]
+    tile_height: Option<toml::Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -422,6 +489,8 @@ struct SpanDevice {
 struct SpanPlacement {
     #[serde(default)]
     regions: Option<toml::Spanned<toml::Value>>,
+    #[serde(default)]
+    max_segment_size: Option<toml::Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -447,22 +516,35 @@ impl Checker<'_> {
 /// overflow.
 pub const MAX_LAYOUT_ALIGN: u32 = 1 << 20;
 
+const INVALID_MODIFIER: &str =
+    "DRM_FORMAT_MOD_INVALID (0x00ffffffffffffff) means \"no modifier known\", not a layout: name a real modifier";
+
 impl RawPlatform {
     fn validate(self, file: &str, text: &str, spans: &SpanFile) -> Result<Platform, PlatformError> {
         let c = Checker { file, text };
         self.check_memory(&c, spans)?;
+        self.check_modifiers(&c, spans)?;
         self.check_devices(&c, spans)?;
         self.check_rules(&c, spans)?;
+        let preference_span = || spans.platform.modifier_preference.as_ref().map_or(0..0, |s| s.span());
         let modifier_preference = self
             .platform
             .modifier_preference
             .iter()
-            .map(|m| match m {
-                ModifierRef::Value(v) => Ok(*v),
-                ModifierRef::Name(n) => layout::parse_modifier(n, &self.modifiers).map_err(|e| {
-                    let span = spans.platform.modifier_preference.as_ref().map_or(0..0, |s| s.span());
-                    c.err(span, "platform.modifier_preference".into(), e)
-                }),
+            .map(|m| {
+                let value = match m {
+                    ModifierRef::Value(v) => *v,
+                    ModifierRef::Name(n) => layout::parse_modifier(n, &self.modifiers)
+                        .map_err(|e| c.err(preference_span(), "platform.modifier_preference".into(), e))?,
+                };
+                if value == layout::MOD_INVALID {
+                    return Err(c.err(
+                        preference_span(),
+                        "platform.modifier_preference".into(),
+                        INVALID_MODIFIER.into(),
+                    ));
+                }
+                Ok(value)
             })
             .collect::<Result<Vec<_>, _>>()?;
         let cache_preference = if self.platform.cache_preference.is_empty() {
@@ -501,6 +583,8 @@ impl RawPlatform {
             );
         let mut names = BTreeSet::new();
         let mut bank_ranges: Vec<PhysRange> = Vec::new();
+        // CMA areas and carveouts placed so far: no two may share a byte, of either kind.
+        let mut reserved: Vec<(String, PhysRange)> = Vec::new();
         let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
         for (kind, name, start, size, span) in all {
             let index = counts.entry(kind).or_default();
@@ -525,6 +609,74 @@ impl RawPlatform {
                     field,
                     format!("{kind} {range} does not lie inside one DRAM bank"),
                 ));
+            } else if let Some((other, at)) = reserved.iter().find(|(_, r)| r.intersect(range).is_some()) {
+                return Err(c.err(
+                    span.name.span(),
+                    field,
+                    format!("{kind} `{name}` at {range} overlaps {other} at {at}: a page can belong to only one"),
+                ));
+            } else {
+                reserved.push((format!("{kind} `{name}`"), range));
+            }
+        }
+        Ok(())
+    }
+
+    /// The platform's own modifiers: a name and value of their own (never a built-in's,
+    /// never `DRM_FORMAT_MOD_INVALID`), and tiles of at least one byte and one row.
+    fn check_modifiers(&self, c: &Checker<'_>, spans: &SpanFile) -> Result<(), PlatformError> {
+        for (i, (m, s)) in self.modifiers.iter().zip(&spans.modifier).enumerate() {
+            let field = |f: &str| format!("modifier[{i}].{f}");
+            let name = m.name.as_ref();
+            if name.is_empty() {
+                return Err(c.err(s.name.span(), field("name"), "a modifier needs a name".into()));
+            }
+            if m.value == layout::MOD_INVALID {
+                return Err(c.err(s.value.span(), field("value"), INVALID_MODIFIER.into()));
+            }
+            if let Some(b) = layout::BUILTIN_MODIFIERS.iter().find(|b| b.value == m.value) {
+                return Err(c.err(
+                    s.value.span(),
+                    field("value"),
+                    format!("{:#018x} is the built-in {}; a platform may not redefine it", m.value, b.name),
+                ));
+            }
+            if let Some(b) = layout::BUILTIN_MODIFIERS.iter().find(|b| b.name.eq_ignore_ascii_case(name)) {
+                return Err(c.err(
+                    s.name.span(),
+                    field("name"),
+                    format!("`{name}` is the name of the built-in {} ({:#018x})", b.name, b.value),
+                ));
+            }
+            if let Some((j, _)) = self.modifiers[..i].iter().enumerate().find(|(_, o)| o.value == m.value) {
+                return Err(c.err(
+                    s.value.span(),
+                    field("value"),
+                    format!("{:#018x} is already modifier[{j}]", m.value),
+                ));
+            }
+            if let Some((j, _)) =
+                self.modifiers[..i].iter().enumerate().find(|(_, o)| o.name.eq_ignore_ascii_case(name))
+            {
+                return Err(c.err(s.name.span(), field("name"), format!("`{name}` is already modifier[{j}]")));
+            }
+            let width = match m.tile_width {
+                layout::TileWidth::Bytes(b) | layout::TileWidth::Pixels(b) => b,
+            };
+            let span = |v: &Option<toml::Spanned<toml::Value>>| v.as_ref().map_or(s.name.span(), |v| v.span());
+            if width == 0 || width > MAX_LAYOUT_ALIGN {
+                return Err(c.err(
+                    span(&s.tile_width),
+                    field("tile_width"),
+                    format!("tile_width must be 1..={MAX_LAYOUT_ALIGN}, got {width}"),
+                ));
+            }
+            if m.tile_height == 0 || m.tile_height > MAX_LAYOUT_ALIGN {
+                return Err(c.err(
+                    span(&s.tile_height),
+                    field("tile_height"),
+                    format!("tile_height must be 1..={MAX_LAYOUT_ALIGN} rows, got {}", m.tile_height),
+                ));
             }
         }
         Ok(())
@@ -548,6 +700,15 @@ impl RawPlatform {
                     format!("device `{}` is described twice", d.name),
                 ));
             }
+            if let Some(max) = d.placement.max_segment_size.filter(|m| m.bytes() < 4096) {
+                let span =
+                    s.placement.as_ref().and_then(|p| p.max_segment_size.as_ref()).map_or(s.name.span(), |v| v.span());
+                return Err(c.err(
+                    span,
+                    format!("{field}.placement.max_segment_size"),
+                    format!("max_segment_size must be at least one 4 KiB page, got {max} (leave it out for no limit)"),
+                ));
+            }
             let regions_span =
                 s.placement.as_ref().and_then(|p| p.regions.as_ref()).map_or(s.name.span(), |r| r.span());
             self.check_region_names(c, &d.placement.regions, regions_span, &format!("{field}.placement.regions"))?;
@@ -566,6 +727,13 @@ impl RawPlatform {
                         format!("{name} must be 1..={MAX_LAYOUT_ALIGN}, got {v}"),
                     ));
                 }
+            }
+            if let Some(f) = l.formats.iter().find(|f| f.modifiers.contains(&layout::MOD_INVALID)) {
+                return Err(c.err(
+                    layout_span,
+                    format!("{field}.layout.formats"),
+                    format!("{}: {INVALID_MODIFIER}", layout::fourcc_name(f.fourcc)),
+                ));
             }
             if let Some(f) = l.formats.iter().find(|f| layout::format_info(f.fourcc).is_none()) {
                 let name = layout::fourcc_name(f.fourcc);

@@ -220,7 +220,8 @@ impl fmt::Debug for Size {
 impl FromStr for Size {
     type Err = UnitError;
 
-    /// Parses `4096`, `0x1000`, `64K`, `64KiB`, `8 MiB`, `2G`, `1GiB`, `1T`.
+    /// Parses `4096`, `0x1000`, `64K`, `64KiB`, `8 MiB`, `2G`, `1GiB`, `1T`: every suffix is
+    /// a power of 1024. `kB`, `MB`, `GB` and `TB` are refused as ambiguous.
     fn from_str(s: &str) -> Result<Size, UnitError> {
         let err = |reason| UnitError::ParseSize { input: s.to_owned(), reason };
         let t = s.trim();
@@ -237,10 +238,16 @@ impl FromStr for Size {
         let n: u64 = num.parse().map_err(|_| err("number does not fit in 64 bits"))?;
         let shift = match suffix.trim() {
             "" | "B" | "b" => 0,
-            "K" | "k" | "KiB" | "KB" | "kB" => 10,
-            "M" | "m" | "MiB" | "MB" => 20,
-            "G" | "g" | "GiB" | "GB" => 30,
-            "T" | "t" | "TiB" | "TB" => 40,
+            "K" | "k" | "KiB" => 10,
+            "M" | "m" | "MiB" => 20,
+            "G" | "g" | "GiB" => 30,
+            "T" | "t" | "TiB" => 40,
+            // SI (10^6) or JEDEC (2^20)? Buffer sizes are too important to guess.
+            "KB" | "kB" | "MB" | "GB" | "TB" => {
+                return Err(err(
+                    "kB, MB, GB and TB are ambiguous (powers of 1000 or of 1024?); write KiB, MiB, GiB or TiB (also K, M, G, T) for powers of 1024, or the number of bytes",
+                ));
+            }
             _ => return Err(err("unknown suffix; use K, M, G or T (KiB, MiB, GiB, TiB)")),
         };
         n.checked_mul(1u64 << shift).map(Size).ok_or_else(|| err("size does not fit in 64 bits"))
@@ -718,6 +725,10 @@ mod tests {
         assert_eq!("1G".parse::<Size>().unwrap(), Size::gib(1));
         assert_eq!("2TiB".parse::<Size>().unwrap(), Size::gib(2048));
         assert!(matches!("8XB".parse::<Size>(), Err(UnitError::ParseSize { .. })));
+        for si in ["8MB", "8 MB", "4kB", "4KB", "1GB", "1TB"] {
+            let e = si.parse::<Size>().unwrap_err().to_string();
+            assert!(e.contains("ambiguous"), "{si}: {e}");
+        }
         assert!(matches!("".parse::<Size>(), Err(UnitError::ParseSize { .. })));
         assert!(matches!("99999999999T".parse::<Size>(), Err(UnitError::ParseSize { .. })));
     }

@@ -1,8 +1,10 @@
 //! In-guest tests: dmaplace on real kernels (`vm/test-linux.sh` boots Debian's 6.12 and
 //! the self-built 6.12 under qemu and runs this binary as root in each).
 //!
-//! On the host every test prints why it skips. In the guest, anything the kernel should
-//! have and does not is a failure.
+//! On the host every test is `#[ignore]`d with the reason (and fails, saying why, if run
+//! with `--include-ignored` there); `vm/test-linux.sh` runs them in the guest with
+//! `--include-ignored`. In the guest, anything the kernel should have and does not is a
+//! failure.
 
 mod common;
 
@@ -41,10 +43,9 @@ fn fmt_runs(runs: &[PhysRange]) -> String {
 }
 
 #[test]
+#[ignore = "needs a real kernel with dma-heaps, udmabuf and DRM: vm/test-linux.sh runs it in qemu"]
 fn inventory_matches_the_kernel() {
-    let Some(kernel) = guest("inventory_matches_the_kernel") else {
-        return;
-    };
+    let kernel = guest("inventory_matches_the_kernel");
     let inv = Inventory::probe();
     print!("{inv}");
     assert!(inv.root, "the rig runs tests as root");
@@ -84,10 +85,9 @@ fn inventory_matches_the_kernel() {
 /// buffer it gives is placed as promised (proven through the kernel's page frames), or
 /// refuses, saying why. Every buffer is then imported into vgem.
 #[test]
+#[ignore = "needs a real kernel with dma-heaps, udmabuf and DRM: vm/test-linux.sh runs it in qemu"]
 fn every_source_every_plan_is_placed_and_verified() {
-    let Some(kernel) = guest("every_source_every_plan_is_placed_and_verified") else {
-        return;
-    };
+    let kernel = guest("every_source_every_plan_is_placed_and_verified");
     let mut be = LinuxBackend::new();
     let inv = be.inventory().clone();
     let vgem = DrmCard::open_driver(&["vgem"]).expect("vgem card");
@@ -167,10 +167,9 @@ fn check_shape(inv: &Inventory, source: &Source, runs: &[PhysRange]) {
 /// and kcore over its dma-buf mapping find the same frames; for a CMA buffer, the bitmap
 /// and kcore agree.
 #[test]
+#[ignore = "needs a real kernel with dma-heaps, udmabuf and DRM: vm/test-linux.sh runs it in qemu"]
 fn placement_methods_agree() {
-    let Some(kernel) = guest("placement_methods_agree") else {
-        return;
-    };
+    let kernel = guest("placement_methods_agree");
     let mut be = LinuxBackend::new().track_cma(true);
     let p = plan("x86-desktop", &["dgpu:RENDERING"], sized(Size::kib(512)));
     let buf = be.allocate_from(&Source::Udmabuf, &p, "agree-udmabuf").unwrap();
@@ -193,10 +192,9 @@ fn placement_methods_agree() {
 }
 
 #[test]
+#[ignore = "needs a real kernel with dma-heaps, udmabuf and DRM: vm/test-linux.sh runs it in qemu"]
 fn unmeetable_plans_fail_with_the_explanation() {
-    let Some(kernel) = guest("unmeetable_plans_fail_with_the_explanation") else {
-        return;
-    };
+    let kernel = guest("unmeetable_plans_fail_with_the_explanation");
     let mut be = LinuxBackend::new();
     let mut refuse = |p: &Plan, field: Field, needles: &[&str]| {
         let text = match be.allocate(p, "never") {
@@ -278,11 +276,10 @@ impl drm::control::Device for Card {}
 /// A SCANOUT plan's buffer, laid out at the plan's pitch and format, is put on screen
 /// by a real KMS driver: PRIME import, ADDFB2, SETCRTC.
 #[test]
+#[ignore = "needs a real kernel with dma-heaps, udmabuf and DRM: vm/test-linux.sh runs it in qemu"]
 fn scanout_buffer_is_shown_by_kms() {
     use drm::control::Device as _;
-    let Some(kernel) = guest("scanout_buffer_is_shown_by_kms") else {
-        return;
-    };
+    let kernel = guest("scanout_buffer_is_shown_by_kms");
     let inv = Inventory::probe();
     let want: &[&str] = match kernel {
         Kernel::Debian => &["cirrus", "cirrus-qemu"],
@@ -348,10 +345,9 @@ fn scanout_buffer_is_shown_by_kms() {
 }
 
 #[test]
+#[ignore = "needs a real kernel with dma-heaps, udmabuf and DRM: vm/test-linux.sh runs it in qemu"]
 fn cpu_access_with_sync_and_a_name_in_bufinfo() {
-    let Some(_) = guest("cpu_access_with_sync_and_a_name_in_bufinfo") else {
-        return;
-    };
+    guest("cpu_access_with_sync_and_a_name_in_bufinfo");
     let mut be = LinuxBackend::new();
     let p = plan("x86-desktop", &["dgpu:RENDERING"], sized(Size::kib(256)));
     let vgem = DrmCard::open_driver(&["vgem"]).unwrap();
@@ -387,11 +383,10 @@ fn cpu_access_with_sync_and_a_name_in_bufinfo() {
 }
 
 #[test]
+#[ignore = "needs a real kernel with dma-heaps, udmabuf and DRM: vm/test-linux.sh runs it in qemu"]
 fn vgem_fences_block_poll_until_signalled() {
     use rustix::event::{PollFd, PollFlags, poll};
-    let Some(_) = guest("vgem_fences_block_poll_until_signalled") else {
-        return;
-    };
+    guest("vgem_fences_block_poll_until_signalled");
     let mut be = LinuxBackend::new();
     let p = plan("x86-desktop", &["dgpu:RENDERING"], sized(Size::kib(64)));
     let vgem = DrmCard::open_driver(&["vgem"]).unwrap();
@@ -426,10 +421,9 @@ fn vgem_fences_block_poll_until_signalled() {
 
 /// The `Backend` trait the exporter drives, on the real kernel.
 #[test]
+#[ignore = "needs a real kernel with dma-heaps, udmabuf and DRM: vm/test-linux.sh runs it in qemu"]
 fn backend_trait_round_trip() {
-    let Some(_) = guest("backend_trait_round_trip") else {
-        return;
-    };
+    guest("backend_trait_round_trip");
     let mut be = LinuxBackend::new();
     let p = plan("x86-desktop", &["capture:CAMERA_WRITE", "dgpu:TEXTURING"], sized(Size::mib(2)));
     let a = be.allocate(&p, "trait-a").unwrap();
@@ -456,10 +450,9 @@ fn backend_trait_round_trip() {
 }
 
 #[test]
+#[ignore = "needs a real kernel with dma-heaps, udmabuf and DRM: vm/test-linux.sh runs it in qemu"]
 fn udmabuf_preconditions_are_checked_before_the_ioctl() {
-    let Some(_) = guest("udmabuf_preconditions_are_checked_before_the_ioctl") else {
-        return;
-    };
+    guest("udmabuf_preconditions_are_checked_before_the_ioctl");
     let dev = dmaplace_linux::udmabuf::open().unwrap();
     let limit = Inventory::probe().udmabuf.unwrap().size_limit;
     let memfd =
@@ -478,12 +471,11 @@ fn udmabuf_preconditions_are_checked_before_the_ioctl() {
 /// Core's exporter state machine, placing memory through the Linux backend: the first
 /// map allocates from the real kernel, the device gets the physical sg table.
 #[test]
+#[ignore = "needs a real kernel with dma-heaps, udmabuf and DRM: vm/test-linux.sh runs it in qemu"]
 fn exporter_drives_the_linux_backend() {
     use dmaplace_core::Usage;
     use dmaplace_core::exporter::{Exporter, ExporterConfig};
-    let Some(_) = guest("exporter_drives_the_linux_backend") else {
-        return;
-    };
+    guest("exporter_drives_the_linux_backend");
     let platform = dmaplace_core::builtin::load("x86-desktop").unwrap().unwrap();
     let mut ex = Exporter::new(platform, LinuxBackend::new(), ExporterConfig::default());
     let buffer = ex.export(sized(Size::mib(3)), "exported").unwrap();

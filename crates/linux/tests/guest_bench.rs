@@ -6,8 +6,10 @@
 //! contenders so drift hits both alike. Under TCG the absolute times are indicative only;
 //! the ratios are the point.
 //!
-//! Prints lines starting with `bench:`; exits non-zero when dmaplace's median is more
-//! than 5% over the raw ioctl's.
+//! Prints lines starting with `bench:`; fails when dmaplace's median is more than 5% over
+//! the raw ioctl's. A raw-vs-raw duel prints the noise floor of the run, and the medians
+//! of `choose()` and `DMA_BUF_SET_NAME` sampled on their own show how much of the gap is
+//! dmaplace's own work. `#[ignore]`d on the host; the rig runs it with `--include-ignored`.
 
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
@@ -67,13 +69,13 @@ fn raw(heap: &str) -> impl FnMut() -> Duration {
     }
 }
 
-fn main() {
-    if !dmaplace_linux::in_guest() {
-        println!(
-            "skipped guest_bench: DMAPLACE_IN_GUEST is unset; run vm/test-linux.sh to benchmark on real kernels in qemu"
-        );
-        return;
-    }
+#[test]
+#[ignore = "benchmarks real dma-heaps: vm/test-linux.sh runs it in qemu"]
+fn heap_allocation_overhead() {
+    assert!(
+        dmaplace_linux::in_guest(),
+        "guest_bench runs only in the qemu guest (DMAPLACE_IN_GUEST is unset; this host has no dma-heaps): run vm/test-linux.sh"
+    );
     let kernel = std::env::var("DMAPLACE_KERNEL").unwrap_or_default();
     let mut be = LinuxBackend::new();
     let inv = be.inventory().clone();
@@ -98,6 +100,8 @@ fn main() {
     });
     let system_overhead = row("system: raw ioctl vs dmaplace allocate".into(), a, b);
     let system_raw = a;
+    let (n1, n2) = duel(raw("system"), raw("system"));
+    row("  noise floor: raw ioctl vs the same raw ioctl".into(), n1, n2);
     // Where dmaplace's time goes: the choice (pure) and naming the buffer (one ioctl).
     let mut choose_times: Vec<Duration> = (0..SAMPLES)
         .map(|_| {
@@ -115,11 +119,12 @@ fn main() {
         name_times.push(t.elapsed());
     }
     be.free(named);
+    let added = median(&mut choose_times) + median(&mut name_times);
     println!("bench: {:<48} {:>10.0}us", "  of which choose() (pure)", us(median(&mut choose_times)));
     println!("bench: {:<48} {:>10.0}us", "  of which DMA_BUF_SET_NAME (one ioctl)", us(median(&mut name_times)));
+    let mut judged = vec![("system", system_overhead, added.as_secs_f64() / system_raw.as_secs_f64())];
 
     let cma = inv.heaps.iter().find(|h| matches!(h.kind, HeapKind::Cma(_))).map(|h| h.name.clone());
-    let mut cma_overhead = None;
     if let Some(cma) = cma {
         let contiguous = plan("rpi4", "unicam", Usage::CAMERA_WRITE);
         let source = Source::Heap(cma.clone());
@@ -131,7 +136,8 @@ fn main() {
             be.free(buf);
             d
         });
-        cma_overhead = Some(row(format!("{cma} (CMA): raw ioctl vs dmaplace allocate"), a, b));
+        let overhead = row(format!("{cma} (CMA): raw ioctl vs dmaplace allocate"), a, b);
+        judged.push(("CMA", overhead, added.as_secs_f64() / a.as_secs_f64()));
         // Opt-in: recording the placement through the CMA bitmap (two debugfs reads).
         let mut tracked = LinuxBackend::with_inventory(inv.clone()).track_cma(true);
         let (a2, b2) = duel(raw(&cma), || {
@@ -149,21 +155,15 @@ fn main() {
         println!("bench: no CMA heap on this kernel: system vs CMA not measured");
     }
     let mut fail = false;
-    if system_overhead > GOAL {
+    for (heap, overhead, own) in judged {
+        let verdict = if overhead <= GOAL { "within" } else { "FAIL: over" };
         println!(
-            "bench: FAIL: dmaplace's system-heap allocation is {:.1}% over the raw ioctl (goal <= 5%)",
-            (system_overhead - 1.0) * 100.0
+            "bench: {heap} heap: dmaplace's allocation is {:+.1}% against the raw ioctl's median, {verdict} the 5% goal ({:.2}% of it is choose() + SET_NAME)",
+            (overhead - 1.0) * 100.0,
+            own * 100.0
         );
-        fail = true;
+        fail |= overhead > GOAL;
     }
-    if let Some(o) = cma_overhead
-        && o > GOAL
-    {
-        println!("bench: FAIL: dmaplace's CMA allocation is {:.1}% over the raw ioctl (goal <= 5%)", (o - 1.0) * 100.0);
-        fail = true;
-    }
-    if fail {
-        std::process::exit(1);
-    }
+    assert!(!fail, "bench: dmaplace's allocation overhead goal (<= 5% over the raw ioctl) missed; see above");
     println!("bench: overhead goal (<= 5%) met");
 }

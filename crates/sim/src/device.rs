@@ -1,7 +1,7 @@
 //! Device-facing operations: mapping (IOMMU page tables or direct sg tables), CPU cache
 //! maintenance, content access, IOTLB replay, and the [`Backend`] implementation.
 
-use dmaplace_core::backend::{Backend, CpuAccess, SgEntry, SgTable};
+use dmaplace_core::backend::{Backend, ByteCopy, CpuAccess, SgEntry, SgTable};
 use dmaplace_core::iommu::{self, PteCounts};
 use dmaplace_core::units::{DmaAddr, PhysRange, Size};
 use dmaplace_core::{Backing, BoundaryMask, CacheMode, Effective, Plan};
@@ -426,5 +426,39 @@ impl Backend for Machine {
         begin: bool,
     ) -> Result<u64, SimError> {
         self.sync_for_cpu(backing, devices, access, begin)
+    }
+}
+
+/// Byte ranges for re-layout moves; needs [`crate::ContentMode::Bytes`] (in checksum mode
+/// the machine keeps one digest per frame, not bytes, and says so).
+impl ByteCopy for Machine {
+    fn copy_range(
+        &mut self,
+        from: &SimBacking,
+        from_offset: u64,
+        to: &SimBacking,
+        to_offset: u64,
+        len: u64,
+    ) -> Result<(), SimError> {
+        let len_usize = usize::try_from(len).map_err(|_| SimError::OutOfBounds {
+            buffer: self.record(from).map(|r| r.name.clone()).unwrap_or_default(),
+            offset: from_offset,
+            len,
+            size: self.record(from).map(|r| r.size).unwrap_or(Size::ZERO),
+        })?;
+        let bytes = self.read(from, from_offset, len_usize)?;
+        self.write(to, to_offset, &bytes)?;
+        self.counters.bytes_copied += len;
+        Ok(())
+    }
+
+    fn digest_range(&self, backing: &SimBacking, offset: u64, len: u64) -> Result<u64, SimError> {
+        let len_usize = usize::try_from(len).map_err(|_| SimError::OutOfBounds {
+            buffer: self.record(backing).map(|r| r.name.clone()).unwrap_or_default(),
+            offset,
+            len,
+            size: self.record(backing).map(|r| r.size).unwrap_or(Size::ZERO),
+        })?;
+        Ok(crate::content::hash_bytes(0, &self.read(backing, offset, len_usize)?))
     }
 }

@@ -1,12 +1,20 @@
 //! Seeded and property-based stress: random plans on every built-in platform (and
 //! synthetic ones), random allocate/map/copy/free sequences, the invariant checker after
 //! every operation, `verify` on every backing.
+//!
+//! Every run is deterministic: `DMAPLACE_SEED` (default 1) seeds the fixed runs, and the
+//! property test draws its cases from proptest's RNG seeded by `PROPTEST_RNG_SEED` (a
+//! fixed default), `DMAPLACE_STRESS_CASES` cases (default 24). `scripts/soak.sh` runs
+//! them with fresh seeds.
+
+mod common;
 
 use dmaplace_core::backend::{Backend, CpuAccess};
 use dmaplace_core::units::Size;
 use dmaplace_core::{BufferDesc, Plan, Platform, Request, Usage, builtin, solve, verify};
 use dmaplace_sim::{BackgroundLoad, Machine, SimBacking, SimConfig, SimError, SyntheticPlatform};
 use proptest::prelude::*;
+use proptest::test_runner::TestRunner;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
@@ -148,22 +156,29 @@ fn run(p: &Platform, seed: u64, ops: usize, load: BackgroundLoad, churn: bool) -
 
 #[test]
 fn seeded_runs_on_every_platform() {
+    let seed = common::stress_seed("stress", "seeded_runs_on_every_platform");
     for p in platforms() {
         let big = p.memory.ram().total() > Size::gib(2);
         let load = if big { LIGHT } else { BackgroundLoad::FRAGMENTING };
-        let (ok, _) = run(&p, 1, 60, BackgroundLoad::NONE, false);
+        let (ok, _) = run(&p, seed, 60, BackgroundLoad::NONE, false);
         assert!(ok > 0, "{}: nothing was allocated", p.name);
-        run(&p, 2, 60, load, false);
-        run(&p, 3, 40, load, true);
+        run(&p, seed.wrapping_add(1), 60, load, false);
+        run(&p, seed.wrapping_add(2), 40, load, true);
     }
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+/// One drawn case: a platform, a machine seed, a background load and churn.
+fn case() -> impl Strategy<Value = (usize, u64, bool, bool)> {
+    (0usize..9, any::<u64>(), any::<bool>(), any::<bool>())
+}
 
-    #[test]
-    fn random_sequences_keep_invariants(platform in 0usize..9, seed in any::<u64>(), loaded in any::<bool>(), churn in any::<bool>()) {
-        let all = platforms();
+#[test]
+fn random_sequences_keep_invariants() {
+    let cases = common::env_u64("DMAPLACE_STRESS_CASES").map_or(24, |c| u32::try_from(c).unwrap_or(u32::MAX));
+    let config = common::proptest_config("random_sequences_keep_invariants", file!(), cases);
+    common::say(&format!("random_sequences_keep_invariants: {cases} cases (DMAPLACE_STRESS_CASES)"));
+    let all = platforms();
+    let result = TestRunner::new(config).run(&case(), |(platform, seed, loaded, churn)| {
         let p = &all[platform % all.len()];
         let big = p.memory.ram().total() > Size::gib(2);
         let load = match (loaded, big) {
@@ -172,5 +187,30 @@ proptest! {
             (true, false) => BackgroundLoad::FRAGMENTING,
         };
         run(p, seed, 30, load, churn && loaded);
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+/// The fixed case behind issue 8: a random run drew `rga` on rk3399 with a buffer the size
+/// of its whole 32 MiB IOVA space. Whatever the solver says must hold on the machine: a
+/// Plan it returns is allocated and mapped by every device in it, or it is a conflict.
+#[test]
+fn rk3399_rga_buffer_as_large_as_its_iova_space() {
+    let p = builtin::load("rk3399").unwrap().unwrap();
+    let rga = p.device("rga").unwrap();
+    for size in [Size::new((32 << 20) - 4096), Size::mib(32)] {
+        let Ok(plan) = solve(&p, &BufferDesc::Size(size), &[Request { device: rga, hints: Usage::empty() }]) else {
+            continue;
+        };
+        let mut m = Machine::new(&p, SimConfig::seeded(1)).unwrap();
+        let b = m.allocate(&plan, "rga").unwrap_or_else(|e| panic!("{size}: the Plan cannot be allocated: {e}"));
+        for e in &plan.devices {
+            let (map, _) = m.map(e, &b).unwrap_or_else(|err| panic!("{size}: a Plan `{}` cannot map: {err}", e.device));
+            m.unmap(e, map);
+        }
+        m.free(b);
     }
 }
