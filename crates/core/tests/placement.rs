@@ -404,12 +404,6 @@ description = "two segments of 0x1_0fff bytes (rounded: 64 KiB)"
 [device.placement]
 max_segments = 2
 max_segment_size = 0x10fff
-[[device]]
-name = "tiny"
-class = "dma"
-description = "a max_segment_size below one page"
-[device.placement]
-max_segment_size = 2048
 "#;
 
 /// 0x1_0fff rounds down to 0x1_0000 (lib/scatterlist.c: ALIGN_DOWN(max_segment,
@@ -428,8 +422,16 @@ fn max_segment_size_is_rounded_down_to_pages() {
         c.kind,
         ConflictKind::SegmentLimit { size: Size::kib(132), max_segments: 2, segment_cap: Size::kib(64) }
     );
-    // Below one page no sg table can be built, whatever the segment count.
-    let c = conflict(&p, &bytes(4 * K), &[("tiny", NONE)]);
+    // Below one page no sg table can be built, whatever the segment count. A platform
+    // file refuses such a limit, but a device described by its driver (the kernel
+    // module's dma_parms) can still carry one, so the solver must refuse it too.
+    let mut q = p.clone();
+    let mut tiny = q.devices[0].clone();
+    tiny.name = "tiny".into();
+    tiny.placement.max_segments = None;
+    tiny.placement.max_segment_size = Some(Size::kib(2));
+    q.devices.push(tiny);
+    let c = conflict(&q, &bytes(4 * K), &[("tiny", NONE)]);
     assert_eq!(c.kind, ConflictKind::SegmentSize { max_segment_size: Size::ZERO });
     assert_eq!(ok.requirements.max_segment_size.causes.iter().collect::<Vec<_>>(), [0]);
 }
