@@ -412,10 +412,14 @@ impl Meter {
         self.hold(key, segments, contiguous);
     }
 
-    /// A buffer moved to `to`, copying `copied` bytes.
+    /// A buffer moved to `to`, copying `copied` bytes. Both backings exist during the
+    /// copy, and the peaks say so.
     pub(crate) fn moved(&mut self, key: u64, to: Vec<PhysRange>, contiguous: bool, copied: u64) {
-        self.freed(key);
+        let old = self.held.remove(&key);
         self.hold(key, to, contiguous);
+        if let Some(h) = old {
+            self.unhold(&h);
+        }
         if self.counting {
             self.m.migrations += 1;
             self.m.migrated_bytes += copied;
@@ -425,11 +429,15 @@ impl Meter {
     /// A buffer's memory was freed.
     pub(crate) fn freed(&mut self, key: u64) {
         if let Some(h) = self.held.remove(&key) {
-            self.cma_now -= h.cma;
-            self.bytes_now -= h.bytes;
-            if h.contiguous {
-                self.contiguous_now -= h.bytes;
-            }
+            self.unhold(&h);
+        }
+    }
+
+    fn unhold(&mut self, h: &Held) {
+        self.cma_now -= h.cma;
+        self.bytes_now -= h.bytes;
+        if h.contiguous {
+            self.contiguous_now -= h.bytes;
         }
     }
 

@@ -92,7 +92,7 @@ fn goal(name: String, value: f64, baseline: f64, factor: f64, unit: &dyn Fn(f64)
 /// IOMMU entries per MiB within 1.1x of ideal for every device behind an IOMMU.
 pub fn goals(c: &Comparison) -> Vec<Goal> {
     let Some(d) = run_of(c, Policy::Deferred) else { return Vec::new() };
-    let count = |v: f64| format!("{v:.0}");
+    let count = |v: f64| if v == v.trunc() { format!("{v:.0}") } else { format!("{v:.1}") };
     // CAST: report values.
     #[allow(clippy::cast_precision_loss)]
     let f = |n: u64| n as f64;
@@ -201,7 +201,7 @@ pub fn text(c: &Comparison) -> String {
             let _ = writeln!(o, "  {}", g.text);
         }
     }
-    o
+    o.lines().map(str::trim_end).fold(String::new(), |acc, l| acc + l + "\n")
 }
 
 fn device_table(c: &Comparison, o: &mut String) {

@@ -75,7 +75,11 @@ fn tokenize(line: &str) -> Result<Vec<Token>, String> {
         if c == '#' {
             break;
         }
+        let begin = i;
         let first = piece(&chars, &mut i)?;
+        if i == begin {
+            return Err(format!("unexpected character {c:?} at column {}", col + 1));
+        }
         let token = if chars.get(i).map(|c| c.1) == Some('=') {
             i += 1;
             let value = piece(&chars, &mut i)?;
@@ -88,9 +92,6 @@ fn tokenize(line: &str) -> Result<Vec<Token>, String> {
                 return Err(format!("unexpected character {c:?} at column {}", at + 1));
             }
             _ => {}
-        }
-        if token.value.is_empty() && token.key.is_none() {
-            return Err(format!("unexpected character {c:?} at column {}", col + 1));
         }
         tokens.push(token);
     }
@@ -154,7 +155,8 @@ impl<'a> Args<'a> {
 fn handle(text: &str, prefix: char, what: &str) -> Result<u32, String> {
     let digits = text.strip_prefix(prefix).filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
     let Some(digits) = digits else {
-        return Err(format!("expected a {what} handle such as {prefix}1, got `{text}`"));
+        let article = if what.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
+        return Err(format!("expected {article} {what} handle such as {prefix}1, got `{text}`"));
     };
     digits.parse().map_err(|_| format!("{what} handle `{text}` is over {prefix}{}", u32::MAX))
 }
@@ -317,17 +319,12 @@ fn background(a: &Args<'_>) -> Result<BackgroundLoad, String> {
     a.keys(&["fill", "prefill", "movable", "cma-share", "max-order"])?;
     a.positional(&[])?;
     let f = |k: &str| a.require(k).and_then(|v| fraction(k, v));
+    let (fill, prefill, movable, cma_share) = (f("fill")?, f("prefill")?, f("movable")?, f("cma-share")?);
     let max_order: u32 = number("max-order", a.require("max-order")?)?;
     if max_order > 20 {
         return Err(format!("`max-order` is at most 20 (4 GiB blocks), got {max_order}"));
     }
-    Ok(BackgroundLoad {
-        fill: f("fill")?,
-        prefill: f("prefill")?,
-        movable: f("movable")?,
-        cma_share: f("cma-share")?,
-        max_order,
-    })
+    Ok(BackgroundLoad { fill, prefill, movable, cma_share, max_order })
 }
 
 /// A header line; `Ok(false)` when the verb is not a header verb.
@@ -432,7 +429,7 @@ mod tests {
             t.iter().map(|t| (t.key.as_deref(), t.value.as_str(), t.col)).collect();
         assert_eq!(
             view,
-            [(None, "create", 1), (None, "b1", 8), (Some("name"), "a \"b\" c", 11), (Some("size"), "8MiB", 27)]
+            [(None, "create", 1), (None, "b1", 8), (Some("name"), "a \"b\" c", 11), (Some("size"), "8MiB", 28)]
         );
         assert_eq!(tokenize("map m1 a1@").unwrap_err(), "unexpected character '@' at column 10");
         assert_eq!(tokenize(r#"x name="open"#).unwrap_err(), "the string opened at column 8 is not closed");
