@@ -114,7 +114,7 @@ impl Live {
 }
 
 fn desc(s: &Step) -> BufferDesc {
-    if s.kind % 2 == 0 {
+    if s.kind.is_multiple_of(2) {
         return BufferDesc::Size(Size::new(s.size));
     }
     let format = parse_fourcc(FORMATS[s.format]).unwrap();
