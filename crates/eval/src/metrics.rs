@@ -15,6 +15,8 @@
 //! - **ideal IOMMU entries** of a mapping of `n` bytes: the fewest entries the device's
 //!   page sizes can map `n` bytes with (perfectly aligned and contiguous memory), e.g.
 //!   4 for 8 MiB with 4K/2M/1G pages.
+//! - **IOTLB misses**: one walk of each new mapping through a cold IOTLB of the machine's
+//!   size (32 entries): see [`access_pattern`].
 //! - **zeroing**: every byte a heap hands out is zeroed first; without pools of pre-zeroed
 //!   pages that work is on the allocation path. Its time is modelled at
 //!   [`ZERO_BYTES_PER_SEC`].
@@ -23,7 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use dmaplace_core::iommu::map_entries;
 use dmaplace_core::units::PhysRange;
-use dmaplace_core::{Platform, Window};
+use dmaplace_core::{DeviceClass, Platform, Window};
 use dmaplace_sim::{AccessPattern, Iotlb, IotlbStats, Machine, SimMapping};
 use serde::Serialize;
 
@@ -458,8 +460,9 @@ impl Meter {
         }
     }
 
-    /// A device mapped a buffer: its entries, the ideal, and one pass through the IOTLB.
-    pub(crate) fn mapped(&mut self, platform: &Platform, machine: &Machine, m: &SimMapping, pattern: AccessPattern) {
+    /// A device mapped a buffer: its entries, the ideal, and one pass through the IOTLB
+    /// ([`access_pattern`]; `pitch` is the image's first pitch).
+    pub(crate) fn mapped(&mut self, platform: &Platform, machine: &Machine, m: &SimMapping, pitch: Option<u64>) {
         if !self.counting {
             return;
         }
@@ -478,6 +481,8 @@ impl Meter {
             dev.ideal_ptes += ideal.total();
         }
         dev.peak_live_ptes = dev.peak_live_ptes.max(machine.domain_ptes(m.device()).total());
+        let gpu = platform.device(m.device()).is_some_and(|d| d.class == DeviceClass::Gpu);
+        let pattern = access_pattern(gpu, m.len().bytes(), pitch);
         let key = pattern_key(pattern, im.runs.iter().map(|r| (r.page.get(), r.count)).collect());
         let stats = match self.iotlb_memo.get(&key) {
             Some(s) => *s,
@@ -533,6 +538,19 @@ impl Meter {
         self.m.devices = self.devices.into_values().collect();
         self.m.heatmap = self.heat;
         self.m
+    }
+}
+
+/// How a device walks a mapping once: a GPU in tiles of 64 B by 16 rows over the whole
+/// buffer taken as rows of the image's first pitch (every plane, as a GPU samples or
+/// renders them), everything else (and a GPU on a buffer that is not an image) linearly;
+/// 64 B per access.
+pub fn access_pattern(gpu: bool, len: u64, pitch: Option<u64>) -> AccessPattern {
+    match pitch.filter(|p| *p > 0 && *p <= len) {
+        Some(pitch) if gpu => {
+            AccessPattern::Tiled { pitch, rows: len / pitch, tile_width: 64, tile_height: 16, burst: 64 }
+        }
+        _ => AccessPattern::Linear { burst: 64 },
     }
 }
 

@@ -12,8 +12,8 @@ use dmaplace_core::exporter::{
     AllocationTime, AttachmentId, BufferId, BusyPolicy, Event, ExportError, Exporter, ExporterConfig,
     FenceId as XFence, MappingId,
 };
-use dmaplace_core::{BufferDesc, ConflictKind, DeviceClass, Platform, Request, Usage, solve, verify};
-use dmaplace_sim::{AccessPattern, Machine, SimError};
+use dmaplace_core::{BufferDesc, ConflictKind, Platform, Request, Usage, solve, verify};
+use dmaplace_sim::{Machine, SimError};
 
 use super::{Creation, Engine, Fail, Mapped, Step};
 use crate::metrics::{Failure, Meter, Reason};
@@ -86,28 +86,13 @@ fn classify(err: ExportError) -> Fail {
     }
 }
 
-fn internal(what: &str) -> Fail {
-    Fail::Internal(format!("the runner passed an unknown handle to {what}"))
+/// The first plane's pitch of an image layout: how a GPU's tiled walk strides.
+pub(crate) fn pitch(layout: Option<&dmaplace_core::layout::Layout>) -> Option<u64> {
+    layout.and_then(|l| l.planes.first()).map(|p| u64::from(p.pitch))
 }
 
-/// How a device walks a buffer once: GPUs in 64 B x 16-row tiles over the first plane of
-/// an image, everything else linearly, in 64 B bursts.
-pub(crate) fn access_pattern(
-    platform: &Platform,
-    device: &str,
-    layout: Option<&dmaplace_core::layout::Layout>,
-) -> AccessPattern {
-    let gpu = platform.device(device).is_some_and(|d| d.class == DeviceClass::Gpu);
-    match layout.and_then(|l| l.planes.first()) {
-        Some(p) if gpu => AccessPattern::Tiled {
-            pitch: u64::from(p.pitch),
-            rows: u64::from(p.rows),
-            tile_width: 64,
-            tile_height: 16,
-            burst: 64,
-        },
-        _ => AccessPattern::Linear { burst: 64 },
-    }
+fn internal(what: &str) -> Fail {
+    Fail::Internal(format!("the runner passed an unknown handle to {what}"))
 }
 
 impl Deferred {
@@ -179,7 +164,7 @@ impl Deferred {
         match self.e.map(att) {
             Ok((new, _)) => {
                 meter.count(|m| m.remaps += 1);
-                self.register(meter, map, buffer, att, new);
+                self.register(meter, map, buffer, new);
             }
             Err(e) => match classify(e) {
                 Fail::Policy(f) => self.settled.push((map, Err(Failure { reason: Reason::Remap, ..f }))),
@@ -189,15 +174,13 @@ impl Deferred {
         Ok(())
     }
 
-    fn register(&mut self, meter: &mut Meter, map: MapId, buffer: BufferId, att: AttachmentId, id: MappingId) {
+    fn register(&mut self, meter: &mut Meter, map: MapId, buffer: BufferId, id: MappingId) {
         self.maps.insert(map, id);
         self.by_mapping.insert(id, map);
-        let Ok(device) = self.e.device_of(att) else { return };
         let platform = self.e.platform();
         let layout = self.e.plan(buffer).ok().flatten().and_then(|p| p.layout.as_ref()).map(|l| &l.layout);
-        let pattern = access_pattern(platform, device, layout);
         if let Ok(Some(m)) = self.e.backend_mapping(id) {
-            meter.mapped(platform, self.e.backend(), m, pattern);
+            meter.mapped(platform, self.e.backend(), m, pitch(layout));
         }
     }
 
@@ -211,7 +194,7 @@ impl Deferred {
             let (id, buffer) = self.ids(att)?;
             match self.e.map(id) {
                 Ok((new, _)) => {
-                    self.register(meter, map, buffer, id, new);
+                    self.register(meter, map, buffer, new);
                     self.settled.push((map, Ok(())));
                 }
                 Err(ExportError::MovePending { .. }) => self.waiting.push((map, att)),
@@ -288,7 +271,7 @@ impl Engine for Deferred {
         let (id, buffer) = self.ids(att)?;
         match self.e.map(id) {
             Ok((new, _)) => {
-                self.register(meter, map, buffer, id, new);
+                self.register(meter, map, buffer, new);
                 self.drain(meter)?;
                 Ok(Mapped::Live)
             }

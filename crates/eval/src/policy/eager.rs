@@ -7,8 +7,9 @@
 //! - **system**: chunks of at most 1 MiB (the system heap's largest order, 8), anywhere in
 //!   general memory, cached;
 //! - **CMA**: one contiguous run from the platform's default CMA area (the one named `cma`,
-//!   else the largest), cached; on a platform without CMA, one run from the page allocator
-//!   (at most its largest block);
+//!   else the largest), cached, aligned to the buffer's size order capped at 1 MiB (the
+//!   CMA heap's `get_order(size)` capped by `CONFIG_CMA_ALIGNMENT` = 8); on a platform
+//!   without CMA, one run from the page allocator (at most its largest block);
 //! - **secure**: the first protected carveout.
 //!
 //! Eager policies get the buffer's final size (the largest layout any attacher, or all
@@ -21,12 +22,12 @@ use std::num::NonZeroU32;
 use dmaplace_core::backend::CpuAccess;
 use dmaplace_core::layout::Layout;
 use dmaplace_core::{
-    BufferDesc, CacheMode, CacheModes, Device, DeviceClass, Effective, Plan, Platform, Request, Size, SolveError,
-    Usage, solve, verify,
+    BufferDesc, CacheMode, CacheModes, Device, DeviceClass, Effective, PageSize, Plan, Platform, Request, Size,
+    SolveError, Usage, solve, verify,
 };
 use dmaplace_sim::{Machine, SimBacking, SimMapping};
 
-use super::deferred::{access_pattern, sim_failure};
+use super::deferred::{pitch, sim_failure};
 use super::{Creation, Engine, Fail, Mapped, Policy, Step};
 use crate::metrics::{Failure, Meter, Reason};
 use crate::trace::{AttId, BufId, FenceId, MapId};
@@ -75,7 +76,8 @@ fn default_cma(p: &Platform) -> Option<&str> {
     cma.iter().find(|c| c.name == "cma").or_else(|| cma.iter().max_by_key(|c| c.size.bytes())).map(|c| c.name.as_str())
 }
 
-fn heap_device(p: &Platform, heap: Heap) -> Option<Device> {
+/// The heap as a pseudo-device for a buffer of `size`.
+fn heap_device(p: &Platform, heap: Heap, size: Size) -> Option<Device> {
     let mut d = Device::new(
         match heap {
             Heap::System => "system-heap",
@@ -89,6 +91,8 @@ fn heap_device(p: &Platform, heap: Heap) -> Option<Device> {
         Heap::System => d.placement.max_segment_size = Some(Size::mib(1)),
         Heap::Cma => {
             d.placement.max_segments = NonZeroU32::new(1);
+            let order_align = size.bytes().next_power_of_two().clamp(PageSize::SZ_4K.get(), PageSize::SZ_1M.get());
+            d.placement.alignment = PageSize::new(order_align).unwrap_or(PageSize::SZ_4K);
             d.placement.regions = default_cma(p).map(str::to_owned).into_iter().collect();
         }
         Heap::Secure => {
@@ -121,7 +125,6 @@ pub(crate) struct Eager {
     machine: Machine,
     platform: Platform,
     policy: Policy,
-    heaps: [(Heap, Option<Device>); 3],
     bufs: HashMap<BufId, Buf>,
     atts: HashMap<AttId, Att>,
     maps: HashMap<MapId, (AttId, SimMapping)>,
@@ -134,12 +137,10 @@ fn internal(what: &str) -> Fail {
 
 impl Eager {
     pub(crate) fn new(platform: Platform, machine: Machine, policy: Policy) -> Eager {
-        let heaps = [Heap::System, Heap::Cma, Heap::Secure].map(|h| (h, heap_device(&platform, h)));
         Eager {
             machine,
             platform,
             policy,
-            heaps,
             bufs: HashMap::new(),
             atts: HashMap::new(),
             maps: HashMap::new(),
@@ -181,13 +182,13 @@ impl Engine for Eager {
     fn create(&mut self, meter: &mut Meter, c: &Creation<'_>) -> Step {
         let heap = self.heap_for(c.usage);
         let (size, layout) = self.sizing(c);
-        let Some(dev) = self.heaps.iter().find(|(h, _)| *h == heap).and_then(|(_, d)| d.as_ref()) else {
+        let Some(dev) = heap_device(&self.platform, heap, size) else {
             let what = format!("the platform has no protected carveout for a secure heap ({})", c.name);
             return Err(Failure::new(Reason::NoHeap, false, what).into());
         };
         let contiguous = heap == Heap::Cma;
         let plan =
-            match solve(&self.platform, &BufferDesc::Size(size), &[Request { device: dev, hints: Usage::empty() }]) {
+            match solve(&self.platform, &BufferDesc::Size(size), &[Request { device: &dev, hints: Usage::empty() }]) {
                 Ok(p) => p,
                 // The heap cannot hold the buffer at all (larger than the CMA area).
                 Err(SolveError::Conflict(conflict)) => {
@@ -231,8 +232,7 @@ impl Engine for Eager {
             return Err(Failure::new(Reason::of_constraint(&v.constraint), contiguous, v.to_string()).into());
         }
         let (m, _) = self.machine.map_for(&a.effective, &b.backing).map_err(|e| sim_failure(&e))?;
-        let pattern = access_pattern(&self.platform, &a.effective.device, b.layout.as_ref());
-        meter.mapped(&self.platform, &self.machine, &m, pattern);
+        meter.mapped(&self.platform, &self.machine, &m, pitch(b.layout.as_ref()));
         self.maps.insert(map, (att, m));
         Ok(Mapped::Live)
     }
