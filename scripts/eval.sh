@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates docs/eval (or DIR): every built-in scenario under every policy, seed 1,
-# a text report and SVG plots each. docs/EVALUATION.md quotes these files.
+# a text report and SVG plots each (memory-map heatmaps for deferred and hint-heap only,
+# to keep the repository small; `dmaplace sim ... --plot DIR` draws one per policy).
+# docs/EVALUATION.md quotes these files.
 #
 #   scripts/eval.sh [DIR]
 #
@@ -25,4 +27,5 @@ for r in "${runs[@]}"; do
 	echo "eval: dmaplace sim $r --seed 1 --plot $out/$name" >&2
 	# shellcheck disable=SC2086 # $r is a scenario and its options
 	target/release/dmaplace sim $r --seed 1 --plot "$out/$name" >"$out/$name.txt"
+	rm -f "$out/$name"/heatmap-{deferred-no-migrate,eager-system,eager-contiguous}.svg
 done

@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, HashMap};
 use dmaplace_core::iommu::map_entries;
 use dmaplace_core::units::PhysRange;
 use dmaplace_core::{DeviceClass, Platform, Window};
-use dmaplace_sim::{AccessPattern, Iotlb, IotlbStats, Machine, SimMapping};
+use dmaplace_sim::{AccessPattern, Holder, Iotlb, IotlbStats, Machine, SimMapping};
 use serde::Serialize;
 
 use crate::policy::Policy;
@@ -207,17 +207,33 @@ pub struct Sample {
     pub failures: u64,
 }
 
-/// Where buffer memory sits over time: one row per sample, one column per slice of RAM.
+/// Who holds physical memory over time: one row per sample (at most [`HEAT_ROWS`]), one
+/// column per slice of RAM (the banks laid end to end).
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Heatmap {
     /// The RAM, as its banks `(start, end)` laid end to end.
     pub banks: Vec<(u64, u64)>,
+    /// The CMA areas, as `(start, end)` offsets in the banks laid end to end.
+    pub cma: Vec<(u64, u64)>,
     /// Columns per row.
     pub columns: usize,
-    /// Per sample: the time and, per column, the share (0..=1000 per mille) of the column
-    /// held by buffers.
-    pub rows: Vec<(u64, Vec<u16>)>,
+    /// The rows, in time order.
+    pub rows: Vec<HeatRow>,
 }
+
+/// One moment of a [`Heatmap`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct HeatRow {
+    /// Simulated time, ns.
+    pub t_ns: u64,
+    /// Per column, the share (per mille) held by buffers.
+    pub buffers: Vec<u16>,
+    /// Per column, the share (per mille) held by the other users of memory.
+    pub others: Vec<u16>,
+}
+
+/// The most heatmap rows a run records (each costs a walk over every held range).
+pub const HEAT_ROWS: u64 = 60;
 
 /// Everything one run of one policy measured.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -291,7 +307,6 @@ impl RunMetrics {
 /// A live buffer as the meter sees it.
 #[derive(Debug)]
 struct Held {
-    segments: Vec<PhysRange>,
     bytes: u64,
     cma: u64,
     contiguous: bool,
@@ -327,6 +342,7 @@ pub(crate) struct Meter {
     sample_every: u64,
     next_sample: u64,
     heat: Option<Heatmap>,
+    heat_every: u64,
     /// Off while the runner tears down what the trace left live: not part of the trace.
     pub(crate) counting: bool,
 }
@@ -373,7 +389,11 @@ impl Meter {
             iotlb_entries: 32,
             sample_every: (duration_ns / samples.max(1)).max(1),
             next_sample: 0,
-            heat: heatmap.then(|| Heatmap { banks, columns: 128, rows: Vec::new() }),
+            heat: heatmap.then(|| {
+                let cma = platform.memory.cma.iter().filter_map(|c| span_of(&banks, c.range())).collect();
+                Heatmap { banks, cma, columns: 96, rows: Vec::new() }
+            }),
+            heat_every: samples.div_ceil(HEAT_ROWS).max(1),
             counting: true,
         }
     }
@@ -397,7 +417,7 @@ impl Meter {
         if contiguous {
             self.contiguous_now += bytes;
         }
-        self.held.insert(key, Held { segments, bytes, cma, contiguous });
+        self.held.insert(key, Held { bytes, cma, contiguous });
         if !self.counting {
             return;
         }
@@ -512,11 +532,11 @@ impl Meter {
             frag_index: frag,
             failures: self.m.failures.values().sum(),
         });
-        if let Some(h) = self.heat.take() {
-            let row = heat_row(&h, self.held.values());
-            let mut h = h;
-            h.rows.push((t, row));
-            self.heat = Some(h);
+        if self.m.series.len() as u64 % self.heat_every == 1 || force {
+            if let Some(h) = self.heat.as_mut() {
+                let (buffers, others) = heat_row(h, &machine.occupancy());
+                h.rows.push(HeatRow { t_ns: t, buffers, others });
+            }
         }
     }
 
@@ -567,45 +587,42 @@ fn pattern_key(p: AccessPattern, runs: Vec<(u64, u64)>) -> PatternKey {
     }
 }
 
-/// One heatmap row: per column, the per-mille share held by buffers.
-fn heat_row<'a>(h: &Heatmap, held: impl Iterator<Item = &'a Held>) -> Vec<u16> {
-    let total: u64 = h.banks.iter().map(|(s, e)| e - s).sum();
-    let cols = h.columns as u64;
-    let width = total.div_ceil(cols).max(1);
-    let mut bytes = vec![0u64; h.columns];
-    // Position of an address in the banks laid end to end.
-    let linear = |addr: u64| -> Option<u64> {
-        let mut base = 0;
-        for (s, e) in &h.banks {
-            if (*s..*e).contains(&addr) {
-                return Some(base + addr - s);
-            }
-            base += e - s;
+/// Where `r` lies in the banks laid end to end, if it lies in one bank.
+fn span_of(banks: &[(u64, u64)], r: PhysRange) -> Option<(u64, u64)> {
+    let mut base = 0;
+    for (s, e) in banks {
+        if r.start().get() >= *s && r.end().get() <= *e {
+            return Some((base + r.start().get() - s, base + r.end().get() - s));
         }
-        None
-    };
-    for seg in held.flat_map(|x| x.segments.iter()) {
-        let (Some(mut lo), Some(last)) = (linear(seg.start().get()), linear(seg.end().get() - 1)) else { continue };
-        let hi = last + 1;
+        base += e - s;
+    }
+    None
+}
+
+/// One heatmap row: per column, the per-mille shares held by buffers and by the other
+/// users of memory.
+fn heat_row(h: &Heatmap, held: &[(PhysRange, Holder)]) -> (Vec<u16>, Vec<u16>) {
+    let total: u64 = h.banks.iter().map(|(s, e)| e - s).sum();
+    let width = total.div_ceil(h.columns as u64).max(1);
+    let mut buffers = vec![0u64; h.columns];
+    let mut others = vec![0u64; h.columns];
+    for (r, holder) in held {
+        let Some((mut lo, hi)) = span_of(&h.banks, *r) else { continue };
+        let into = if matches!(holder, Holder::Buffer(_)) { &mut buffers } else { &mut others };
         while lo < hi {
             let col = lo / width;
             let end = ((col + 1) * width).min(hi);
             // CAST: col < columns, a usize.
             #[allow(clippy::cast_possible_truncation)]
             let i = (col as usize).min(h.columns - 1);
-            bytes[i] += end - lo;
+            into[i] += end - lo;
             lo = end;
         }
     }
-    bytes
-        .iter()
-        .map(|b| {
-            // CAST: per mille, at most 1000.
-            #[allow(clippy::cast_possible_truncation)]
-            let v = (b * 1000 / width).min(1000) as u16;
-            v
-        })
-        .collect()
+    // CAST: per mille, at most 1000.
+    #[allow(clippy::cast_possible_truncation)]
+    let per_mille = |v: Vec<u64>| v.iter().map(|b| (b * 1000 / width).min(1000) as u16).collect();
+    (per_mille(buffers), per_mille(others))
 }
 
 #[cfg(test)]

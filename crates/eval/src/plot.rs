@@ -5,7 +5,7 @@
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::metrics::{Heatmap, RunMetrics};
+use crate::metrics::RunMetrics;
 use crate::policy::Policy;
 use crate::report::Comparison;
 
@@ -55,61 +55,63 @@ fn title(c: &Comparison, what: &str) -> String {
 /// A number read from a run.
 type Measure = dyn Fn(&RunMetrics) -> f64;
 
-/// Bars, one per policy, each labelled with its value.
+/// Horizontal bars, one per policy (the first at the top), each labelled with its value.
 fn bars(
     area: &DrawingArea<SVGBackend<'_>, Shift>,
     c: &Comparison,
     caption: &str,
-    y_desc: &str,
+    x_desc: &str,
     value: &Measure,
     part: Option<(&str, &Measure)>,
 ) -> Result<()> {
     let e = err("bars");
     let n = c.runs.len();
-    let top = c.runs.iter().map(value).fold(0.0, f64::max).max(1.0) * 1.15;
+    let top = c.runs.iter().map(value).fold(0.0, f64::max).max(1.0) * 1.2;
     let mut chart = ChartBuilder::on(area)
         .caption(caption, (FONT, 18))
         .margin(12)
-        .x_label_area_size(70)
-        .y_label_area_size(70)
-        .build_cartesian_2d(-0.5f64..(f(n as u64) - 0.5), 0f64..top)
+        .x_label_area_size(45)
+        .y_label_area_size(140)
+        .build_cartesian_2d(0f64..top, -0.5f64..(f(n as u64) - 0.5))
         .map_err(&e)?;
+    // Policy i is drawn at y = n - 1 - i, so the first is at the top.
+    let y_of = |i: usize| f((n - 1 - i) as u64);
     let names: Vec<&str> = c.runs.iter().map(|r| r.policy.name()).collect();
     chart
         .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(n)
-        .x_label_formatter(&|x| {
-            let i = x.round();
-            if (x - i).abs() < 1e-6 && i >= 0.0 {
+        .disable_y_mesh()
+        .y_labels(n)
+        .y_label_formatter(&|y| {
+            let k = y.round();
+            if (y - k).abs() < 1e-6 && k >= 0.0 {
                 // CAST: a small bar index.
                 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-                names.get(i as usize).map_or(String::new(), |s| (*s).to_owned())
+                let from_top = n.checked_sub(1 + k as usize);
+                from_top.and_then(|i| names.get(i)).map_or(String::new(), |s| (*s).to_owned())
             } else {
                 String::new()
             }
         })
-        .x_label_style((FONT, 11).into_font().transform(FontTransform::Rotate90))
-        .x_desc("policy")
-        .y_desc(y_desc)
+        .y_label_style((FONT, 13))
+        .x_desc(x_desc)
         .axis_desc_style((FONT, 14))
         .draw()
         .map_err(&e)?;
     for (i, r) in c.runs.iter().enumerate() {
-        let x = f(i as u64);
+        let y = y_of(i);
         let v = value(r);
         let col = color(r.policy);
-        let bar = Rectangle::new([(x - 0.35, 0.0), (x + 0.35, v)], col.mix(0.45).filled());
+        let bar = Rectangle::new([(0.0, y - 0.35), (v, y + 0.35)], col.mix(0.45).filled());
         chart.draw_series(std::iter::once(bar)).map_err(&e)?;
         if let Some((_, part)) = part {
             let p = part(r);
             chart
-                .draw_series(std::iter::once(Rectangle::new([(x - 0.35, 0.0), (x + 0.35, p)], col.filled())))
+                .draw_series(std::iter::once(Rectangle::new([(0.0, y - 0.35), (p, y + 0.35)], col.filled())))
                 .map_err(&e)?;
         }
         let label = if v >= 100.0 || v == v.trunc() { format!("{v:.0}") } else { format!("{v:.1}") };
         chart
-            .draw_series(std::iter::once(Text::new(label, (x - 0.3, v + top * 0.02), (FONT, 12).into_font())))
+            .draw_series(std::iter::once(Text::new(label, (v + top * 0.01, y + 0.12), (FONT, 12).into_font())))
             .map_err(&e)?;
     }
     if let Some((what, _)) = part {
@@ -124,7 +126,13 @@ fn bars(
             .map_err(&e)?
             .label(what)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], grey.filled()));
-        chart.configure_series_labels().background_style(WHITE.mix(0.9)).border_style(BLACK).draw().map_err(&e)?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .draw()
+            .map_err(&e)?;
     }
     Ok(())
 }
@@ -140,7 +148,7 @@ pub fn failures_and_cma(c: &Comparison) -> Result<String> {
         let (left, right) = root.split_horizontally(500);
         let total = |r: &RunMetrics| f(r.total_failures());
         let contiguous = |r: &RunMetrics| f(r.contiguous_failures);
-        bars(&left, c, "failed operations", "operations (count)", &total, Some(("contiguous", &contiguous)))?;
+        bars(&left, c, "failed operations", "operations (count)", &total, Some(("caused by contiguity", &contiguous)))?;
         let cma = |r: &RunMetrics| mib(r.cma_peak_bytes);
         bars(&right, c, "peak CMA in use by buffers", "CMA (MiB)", &cma, None)?;
         root.present().map_err(&e)?;
@@ -282,28 +290,30 @@ pub fn iotlb(c: &Comparison) -> Result<String> {
     Ok(s)
 }
 
-/// Where one policy's buffers sat in physical memory over time: time down, address
-/// across (the banks laid end to end), darker where more of a slice is held by buffers.
-/// `None` when the run recorded no heatmap.
+/// Who held physical memory over time for one policy: time down, address across (the
+/// banks laid end to end); blue where buffers are, grey where the other users of memory
+/// are, white where it is free; CMA areas are marked under the axis. `None` when the run
+/// recorded no heatmap.
 pub fn heatmap(c: &Comparison, policy: Policy) -> Result<Option<String>> {
     let e = err("heatmap");
     let Some(h) = c.runs.iter().find(|r| r.policy == policy).and_then(|r| r.heatmap.as_ref()) else {
         return Ok(None);
     };
-    let rows = coarse_rows(h, 120);
-    let total_gib = f(h.banks.iter().map(|(s, e)| e - s).sum()) / f64::from(1u32 << 30);
-    let t_max = rows.last().map_or(1.0, |(t, _)| f(*t) / 60e9).max(1e-3);
+    let gib = |b: u64| f(b) / f64::from(1u32 << 30);
+    let total = gib(h.banks.iter().map(|(s, e)| e - s).sum());
+    let t_max = h.rows.last().map_or(1.0, |r| f(r.t_ns) / 60e9).max(1e-3);
+    let band = t_max * 0.03;
     let mut s = String::new();
     {
         let root = SVGBackend::with_string(&mut s, (1000, 620)).into_drawing_area();
         root.fill(&WHITE).map_err(&e)?;
-        let caption = title(c, &format!("Buffer memory map over time, {policy}"));
+        let caption = title(c, &format!("Memory map over time, {policy}"));
         let mut chart = ChartBuilder::on(&root)
             .caption(caption, (FONT, 18))
             .margin(12)
             .x_label_area_size(45)
             .y_label_area_size(70)
-            .build_cartesian_2d(0f64..total_gib, t_max..0f64)
+            .build_cartesian_2d(0f64..total, (t_max + band)..0f64)
             .map_err(&e)?;
         chart
             .configure_mesh()
@@ -313,54 +323,66 @@ pub fn heatmap(c: &Comparison, policy: Policy) -> Result<Option<String>> {
             .axis_desc_style((FONT, 14))
             .draw()
             .map_err(&e)?;
-        let width = total_gib / f(h.columns as u64);
-        let mut prev_t = 0.0;
+        let width = total / f(h.columns as u64);
         let mut cells = Vec::new();
-        for (t, row) in &rows {
-            let t = f(*t) / 60e9;
+        let mut prev_t = 0.0;
+        for row in &h.rows {
+            let t = f(row.t_ns) / 60e9;
+            // Shares in eighths, and runs of equal cells drawn as one rectangle.
+            let level = |v: u16| (u32::from(v) * 8 + 500) / 1000;
+            let cells_of: Vec<(u32, u32)> =
+                row.buffers.iter().zip(&row.others).map(|(b, o)| (level(*b), level(*o))).collect();
             let mut i = 0;
-            while i < row.len() {
-                let level = row[i] / 125;
+            while i < cells_of.len() {
+                let (b, o) = cells_of[i];
                 let mut j = i + 1;
-                while j < row.len() && row[j] / 125 == level {
+                while j < cells_of.len() && cells_of[j] == (b, o) {
                     j += 1;
                 }
-                if level > 0 {
-                    let shade = 1.0 - f64::from(level) / 8.0;
-                    // CAST: shade in 0..1, a colour channel.
+                if (b, o) != (0, 0) {
+                    let (b, o) = (f64::from(b) / 8.0, f64::from(o) / 8.0);
+                    // CAST: channel values in 0..=255.
                     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-                    let ch = |base: f64| (base + (255.0 - base) * shade) as u8;
-                    let col = RGBColor(ch(20.0), ch(60.0), ch(160.0));
-                    cells.push(Rectangle::new([(f(i as u64) * width, prev_t), (f(j as u64) * width, t)], col.filled()));
+                    let ch = |blue: f64, grey: f64| {
+                        (255.0 - b * (255.0 - blue) - o * (255.0 - grey)).clamp(0.0, 255.0) as u8
+                    };
+                    let col = RGBColor(ch(20.0, 150.0), ch(60.0, 150.0), ch(200.0, 150.0));
+                    let (x0, x1) = (f(i as u64) * width, f(j as u64) * width);
+                    cells.push(Rectangle::new([(x0, prev_t), (x1, t.max(prev_t + 1e-9))], col.filled()));
                 }
                 i = j;
             }
             prev_t = t;
         }
         chart.draw_series(cells).map_err(&e)?;
-        let cap = chart.draw_series(std::iter::empty::<Rectangle<(f64, f64)>>()).map_err(&e)?;
-        cap.label("share of each slice held by buffers: darker is more")
-            .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], RGBColor(20, 60, 160).filled()));
-        chart.configure_series_labels().background_style(WHITE.mix(0.9)).border_style(BLACK).draw().map_err(&e)?;
+        let orange = RGBColor(0xff, 0x7f, 0x0e);
+        let cma =
+            h.cma.iter().map(|(a, b)| Rectangle::new([(gib(*a), t_max), (gib(*b), t_max + band)], orange.filled()));
+        chart
+            .draw_series(cma)
+            .map_err(&e)?
+            .label("CMA area")
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], orange.filled()));
+        let blue = RGBColor(20, 60, 200);
+        let grey = RGBColor(150, 150, 150);
+        chart
+            .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())
+            .map_err(&e)?
+            .label("buffers")
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], blue.filled()));
+        chart
+            .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())
+            .map_err(&e)?
+            .label("other users of memory")
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], grey.filled()));
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .draw()
+            .map_err(&e)?;
         root.present().map_err(&e)?;
     }
     Ok(Some(s))
-}
-
-/// At most `max` rows: consecutive samples merged (the maximum per column).
-fn coarse_rows(h: &Heatmap, max: usize) -> Vec<(u64, Vec<u16>)> {
-    let per = h.rows.len().div_ceil(max).max(1);
-    h.rows
-        .chunks(per)
-        .map(|chunk| {
-            let t = chunk.last().map_or(0, |r| r.0);
-            let mut row = vec![0u16; h.columns];
-            for (_, r) in chunk {
-                for (a, b) in row.iter_mut().zip(r) {
-                    *a = (*a).max(*b);
-                }
-            }
-            (t, row)
-        })
-        .collect()
 }

@@ -51,7 +51,7 @@ fn plots_are_svg_with_titles_axes_and_legends() {
     for (svg, words) in [
         (
             plot::failures_and_cma(&c).unwrap(),
-            &["Failures and CMA", "operations (count)", "CMA (MiB)", "contiguous"][..],
+            &["Failures and CMA", "operations (count)", "CMA (MiB)", "caused by contiguity"][..],
         ),
         (plot::over_time(&c).unwrap(), &["simulated time (min)", "CMA (MiB)", "deferred", "hint-heap"][..]),
         (plot::iotlb(&c).unwrap(), &["IOTLB misses per MiB", "gpu", "eager-system"][..]),
