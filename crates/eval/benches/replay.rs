@@ -1,5 +1,5 @@
-//! The simulator's speed: events replayed per second, per policy, on two minutes of
-//! video playback (refsoc, seed 1, two clips of 60 s).
+//! The simulator's speed: events replayed per second, per policy, on ten minutes of
+//! video playback (refsoc, seed 1, two clips of 300 s: about 210,000 trace events).
 //!
 //! An event is a trace event or a block the other users of memory allocate or free (their
 //! churn, 300 steps per simulated second by default); `quiet` is the same trace with no
@@ -33,7 +33,7 @@ fn opts() -> RunOptions {
 
 fn input(churn: &str) -> Input {
     let platform = builtin::load("refsoc").expect("built in").expect("parses");
-    let params = [("clips", "2"), ("clip", "60s"), ("churn", churn)].map(|(k, v)| (k.to_owned(), v.to_owned()));
+    let params = [("clips", "2"), ("clip", "300s"), ("churn", churn)].map(|(k, v)| (k.to_owned(), v.to_owned()));
     let trace = scenario::generate("video-playback", &platform, &params, 1).expect("scenario");
     let events = Policy::ALL
         .map(|p| {

@@ -48,7 +48,7 @@ fn refsoc_cam() -> Result<Platform, PlatformError> {
         "description = \"refsoc plus an illustrative csi camera; Illustrative reference SoC",
         1,
     );
-    Platform::from_toml("refsoc-cam.toml (refsoc.toml + dmaplace-eval's csi)", &format!("{text}{CSI}"))
+    Platform::from_toml("refsoc-cam.toml", &format!("{text}{CSI}"))
 }
 
 #[cfg(test)]
