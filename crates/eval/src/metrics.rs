@@ -532,11 +532,13 @@ impl Meter {
             frag_index: frag,
             failures: self.m.failures.values().sum(),
         });
-        if self.m.series.len() as u64 % self.heat_every == 1 || force {
-            if let Some(h) = self.heat.as_mut() {
-                let (buffers, others) = heat_row(h, &machine.occupancy());
-                h.rows.push(HeatRow { t_ns: t, buffers, others });
-            }
+        // Every `heat_every`-th sample (the first included), and the forced last one.
+        let nth_sample = (self.m.series.len() as u64).saturating_sub(1);
+        if (force || nth_sample.is_multiple_of(self.heat_every))
+            && let Some(h) = self.heat.as_mut()
+        {
+            let (buffers, others) = heat_row(h, &machine.occupancy());
+            h.rows.push(HeatRow { t_ns: t, buffers, others });
         }
     }
 

@@ -3,6 +3,7 @@
 //! IOTLB misses per device, and a memory-map heatmap over time.
 
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use crate::metrics::RunMetrics;
@@ -54,6 +55,34 @@ fn title(c: &Comparison, what: &str) -> String {
 
 /// A number read from a run.
 type Measure = dyn Fn(&RunMetrics) -> f64;
+
+/// A chart with linear axes.
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A legend entry with no data of its own: a square of `style`.
+fn swatch(chart: &mut Chart<'_, '_>, label: &str, style: ShapeStyle) -> Result<()> {
+    chart
+        .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())
+        .map_err(err("legend"))?
+        .label(label)
+        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], style));
+    Ok(())
+}
+
+/// Draws the legend of `chart` at `position`, on a white box.
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> Result<()> {
+    let e = err("legend");
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(e)
+}
 
 /// Horizontal bars, one per policy (the first at the top), each labelled with its value.
 fn bars(
@@ -116,23 +145,9 @@ fn bars(
     }
     if let Some((what, _)) = part {
         let grey = RGBColor(0x60, 0x60, 0x60);
-        chart
-            .draw_series(std::iter::once(Rectangle::new([(0.0, 0.0), (0.0, 0.0)], grey.mix(0.45).filled())))
-            .map_err(&e)?
-            .label("all")
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], grey.mix(0.45).filled()));
-        chart
-            .draw_series(std::iter::once(Rectangle::new([(0.0, 0.0), (0.0, 0.0)], grey.filled())))
-            .map_err(&e)?
-            .label(what)
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], grey.filled()));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .draw()
-            .map_err(&e)?;
+        swatch(&mut chart, "all", grey.mix(0.45).filled())?;
+        swatch(&mut chart, what, grey.filled())?;
+        legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     }
     Ok(())
 }
@@ -191,14 +206,7 @@ fn lines(
             .label(r.policy.name())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], col.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()
-        .map_err(&e)?;
-    Ok(())
+    legend(&mut chart, SeriesLabelPosition::UpperRight)
 }
 
 /// CMA in use by buffers and the fragmentation index over simulated time, per policy.
@@ -278,13 +286,7 @@ pub fn iotlb(c: &Comparison) -> Result<String> {
                 .label(r.policy.name())
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], col.filled()));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .draw()
-            .map_err(&e)?;
+        legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         root.present().map_err(&e)?;
     }
     Ok(s)
@@ -363,25 +365,9 @@ pub fn heatmap(c: &Comparison, policy: Policy) -> Result<Option<String>> {
             .map_err(&e)?
             .label("CMA area")
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], orange.filled()));
-        let blue = RGBColor(20, 60, 200);
-        let grey = RGBColor(150, 150, 150);
-        chart
-            .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())
-            .map_err(&e)?
-            .label("buffers")
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], blue.filled()));
-        chart
-            .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())
-            .map_err(&e)?
-            .label("other users of memory")
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], grey.filled()));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .draw()
-            .map_err(&e)?;
+        swatch(&mut chart, "buffers", RGBColor(20, 60, 200).filled())?;
+        swatch(&mut chart, "other users of memory", RGBColor(150, 150, 150).filled())?;
+        legend(&mut chart, SeriesLabelPosition::LowerRight)?;
         root.present().map_err(&e)?;
     }
     Ok(Some(s))

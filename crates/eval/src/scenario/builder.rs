@@ -169,6 +169,14 @@ impl Gen {
     }
 }
 
+/// The item for frame `i` of a pool used in turn (`items[i % len]`).
+pub(crate) fn nth<T>(items: &[T], i: u64) -> &T {
+    // CAST: the remainder is below the length, a usize.
+    #[allow(clippy::cast_possible_truncation)]
+    let k = (i % items.len() as u64) as usize;
+    &items[k]
+}
+
 /// An image buffer description.
 pub(crate) fn image(width: u32, height: u32, format: &str) -> BufferDesc {
     let format = dmaplace_core::layout::parse_fourcc(format).expect("scenario formats are known fourccs");

@@ -4,7 +4,7 @@
 use dmaplace_core::backend::CpuAccess;
 use dmaplace_core::{Size, Usage};
 
-use super::builder::{Gen, MS, S, Shared, bytes};
+use super::builder::{Gen, MS, S, Shared, bytes, nth};
 use super::video::{frame_period, frame_pool, swapchain};
 use super::{Cast, Ctx, ParamSpec, ScenarioError, ScenarioInfo};
 use crate::trace::Op;
@@ -83,16 +83,12 @@ fn record(c: &mut Ctx<'_>) -> Result<(), ScenarioError> {
         let mut e = 0usize;
         for f in 0..n {
             let ft = start + f * frame;
-            // CAST: f % pool < pool, a small count.
-            #[allow(clippy::cast_possible_truncation)]
-            let b = &frames[(f % pool) as usize];
+            let b = nth(&frames, f);
             g.dma(ft, b.map(cam), frame / 2);
             g.dma(ft + frame / 2, b.map(gpu), frame / 8);
             g.dma(ft + frame / 2, b.map(disp), frame);
             if f % 10 == 0 {
-                // CAST: as above.
-                #[allow(clippy::cast_possible_truncation)]
-                let s = &ui[((f / 10) % 3) as usize];
+                let s = nth(&ui, f / 10);
                 g.dma(ft, s.map(gpu), frame / 4);
                 g.dma(ft + frame / 2, s.map(disp), 10 * frame);
             }

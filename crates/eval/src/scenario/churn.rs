@@ -6,7 +6,7 @@
 use dmaplace_core::Usage;
 use rand::RngExt;
 
-use super::builder::{MS, Shared, image};
+use super::builder::{MS, Shared, image, nth};
 use super::video::{frame_period, swapchain};
 use super::{Cast, Ctx, ParamSpec, ScenarioError, ScenarioInfo};
 use crate::trace::Op;
@@ -92,17 +92,13 @@ fn app_churn(c: &mut Ctx<'_>) -> Result<(), ScenarioError> {
         let tl = 10 * MS + s * period;
         if g.rng.random_bool(new) {
             g.at(tl, Op::OtherFill { fill: fill_at(cached + 1) });
-            // CAST: cached <= max_cached + 1, an index into `steps`.
-            #[allow(clippy::cast_possible_truncation)]
-            g.at(tl, Op::OtherChurn { steps: steps[cached as usize] });
+            g.at(tl, Op::OtherChurn { steps: *nth(&steps, cached) });
             cached += 1;
             if cached > max_cached {
                 // The low-memory killer ends the least recently used cached app.
                 cached -= 1;
                 g.at(tl + 5 * MS, Op::OtherFill { fill: fill_at(cached) });
-                // CAST: as above.
-                #[allow(clippy::cast_possible_truncation)]
-                g.at(tl + 5 * MS, Op::OtherChurn { steps: steps[cached as usize] });
+                g.at(tl + 5 * MS, Op::OtherChurn { steps: *nth(&steps, cached) });
             }
         }
         let size = sizes[g.rng.random_range(0..sizes.len())];

@@ -3,7 +3,7 @@
 
 use dmaplace_core::Usage;
 
-use super::builder::{MS, S, Shared, image};
+use super::builder::{MS, S, Shared, image, nth};
 use super::video::{frame_period, swapchain};
 use super::{Cast, Ctx, ParamSpec, ScenarioError, ScenarioInfo};
 
@@ -51,9 +51,7 @@ fn capture(c: &mut Ctx<'_>) -> Result<(), ScenarioError> {
         let n = session / frame;
         for f in 0..n {
             let ft = t0 + 10 * MS + f * frame;
-            // CAST: f % pool < pool, a small count.
-            #[allow(clippy::cast_possible_truncation)]
-            let b = &frames[(f % pool) as usize];
+            let b = nth(&frames, f);
             let o = &out[k % 3];
             k += 1;
             g.dma(ft, b.map(card), frame * 3 / 4);

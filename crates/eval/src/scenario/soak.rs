@@ -5,7 +5,7 @@
 use dmaplace_core::Usage;
 use rand::RngExt;
 
-use super::builder::{MS, S, Shared, image};
+use super::builder::{MS, S, Shared, image, nth};
 use super::video::{composite, frame_period, frame_pool, swapchain};
 use super::{Cast, Ctx, ParamSpec, ScenarioError, ScenarioInfo};
 use crate::trace::Op;
@@ -110,9 +110,7 @@ fn soak(c: &mut Ctx<'_>) -> Result<(), ScenarioError> {
         // The clip's frames were all decoded a frame ago at the latest: the new pool is
         // used from this frame; the old one's last DMA ended before `before`.
         let in_clip = f % frames_per_clip;
-        // CAST: in_clip % pool < pool, a small count; f % 3 < 3.
-        #[allow(clippy::cast_possible_truncation)]
-        let (b, s) = (&frames[(in_clip % pool) as usize], &swap[(f % 3) as usize]);
+        let (b, s) = (nth(&frames, in_clip), nth(&swap, f));
         composite(g, ft, frame, b, s, [dec, gpu, disp]);
         if recorder_on {
             g.dma(ft + frame / 2 + frame / 8, s.map(scaler), frame / 5);

@@ -3,7 +3,7 @@
 
 use dmaplace_core::Usage;
 
-use super::builder::{Gen, MS, S, Shared, image};
+use super::builder::{Gen, MS, S, Shared, image, nth};
 use super::{Cast, Ctx, ParamSpec, ScenarioError, ScenarioInfo};
 
 pub(super) const PLAYBACK: ScenarioInfo = ScenarioInfo {
@@ -126,9 +126,7 @@ fn playback(c: &mut Ctx<'_>) -> Result<(), ScenarioError> {
         let n = (clip / frame).max(1);
         for f in 0..n {
             let ft = t + 10 * MS + f * frame;
-            // CAST: f % pool < pool, a small count.
-            #[allow(clippy::cast_possible_truncation)]
-            let b = &frames[(f % pool) as usize];
+            let b = nth(&frames, f);
             composite(g, ft, frame, b, &swap[k % 3], [&dec, &gpu, &disp]);
             k += 1;
         }
@@ -175,7 +173,7 @@ fn screen_record(c: &mut Ctx<'_>) -> Result<(), ScenarioError> {
     let windows: Vec<(u64, u64)> =
         (0..recordings).map(|r| (boundary(first + r * every), boundary(first + r * every + record))).collect();
     let n = duration / frame;
-    let mut shown_ui = 0usize;
+    let mut shown_ui = 0u64;
     for f in 0..n {
         let ft = start + f * frame;
         let just_before = |t: &u64| (ft.saturating_sub(frame)..ft).contains(t);
@@ -193,21 +191,17 @@ fn screen_record(c: &mut Ctx<'_>) -> Result<(), ScenarioError> {
                 g.leave(*e, b, enc);
             }
         }
-        // CAST: f % pool < pool, a small count.
-        #[allow(clippy::cast_possible_truncation)]
-        let v = &frames[(f % pool) as usize];
+        let v = nth(&frames, f);
         g.dma(ft, v.map(dec), frame / 2);
         g.dma(ft + frame / 2, v.map(disp), frame);
         if f % ui_every == 0 {
-            // CAST: as above.
-            #[allow(clippy::cast_possible_truncation)]
-            let i = ((f / ui_every) % 3) as usize;
-            g.dma(ft, ui[i].map(gpu), frame / 4);
-            g.dma(ft + frame / 2, ui[i].map(disp), ui_every * frame);
-            shown_ui = i;
+            shown_ui = f / ui_every;
+            let u = nth(&ui, shown_ui);
+            g.dma(ft, u.map(gpu), frame / 4);
+            g.dma(ft + frame / 2, u.map(disp), ui_every * frame);
         }
         if recording_at(ft, &windows) {
-            g.dma(ft + frame / 2, ui[shown_ui].map(scaler), frame / 4);
+            g.dma(ft + frame / 2, nth(&ui, shown_ui).map(scaler), frame / 4);
             g.dma(ft + frame / 2, v.map(enc), frame / 3);
         }
     }
