@@ -144,3 +144,27 @@ fn runs_are_deterministic() {
         assert_eq!(replay(p), replay(p), "{p}");
     }
 }
+
+#[test]
+fn deferred_queues_a_move_until_dma_completes() {
+    // enc attaches while the GPU's fence f1 is in flight: the move is queued; enc's map
+    // waits (its fence f2 and that fence's signal are skipped: nothing to fence yet);
+    // when f1 signals the buffer moves below 4 GiB, gpu and disp re-map, and enc's map
+    // goes through.
+    let (platform, _) = tiny();
+    let text = "dmaplace-trace 1\nplatform tiny\n\
+        create b1 size=8MiB usage=SCANOUT\nattach a1 b1 gpu hints=RENDERING\nattach a2 b1 disp hints=SCANOUT\n\
+        map m1 a1\nmap m2 a2\nfence f1 m1\n\
+        attach a3 b1 enc\nmap m3 a3\nfence f2 m3\nsignal f2\nadvance 16ms\nsignal f1\n";
+    let trace = Trace::parse("queued.trace", text).unwrap();
+    let m = run(&trace, &platform, Policy::Deferred, &RunOptions::default(), &mut |_| {}).unwrap();
+    assert_eq!(m.failures, failures(&[]));
+    assert_eq!((m.waits, m.skipped), (1, 2));
+    assert_eq!((m.migrations, m.migrated_bytes, m.remaps), (1, 8 * MIB, 2));
+    assert_eq!(maps_of(&m, "enc"), Some((1, 8)));
+    // Without moves the late attach is refused at once; its map, fence and signal are
+    // skipped.
+    let m = run(&trace, &platform, Policy::DeferredNoMigrate, &RunOptions::default(), &mut |_| {}).unwrap();
+    assert_eq!(m.failures, failures(&[(Reason::NoMove, 1)]));
+    assert_eq!((m.waits, m.skipped, m.migrations), (0, 3, 0));
+}
