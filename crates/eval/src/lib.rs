@@ -8,7 +8,7 @@
 //!   recording, a late screen recorder, app churn, an x86 capture desktop, a soak).
 //! - [`policy`]: `deferred`, `deferred-no-migrate`, `eager-system`, `eager-contiguous`,
 //!   `hint-heap`.
-//! - [`run`]: replays a trace under a policy on a fresh [`dmaplace_sim::Machine`].
+//! - [`mod@run`]: replays a trace under a policy on a fresh [`dmaplace_sim::Machine`].
 //! - [`metrics`], [`report`], [`plot`]: what is measured, the text table, SVG plots.
 //!
 //! Everything is deterministic: the same trace, platform, policy and seed give the same

@@ -11,7 +11,7 @@
 //! The first two run dmaplace's [`dmaplace_core::exporter::Exporter`] on the simulated
 //! machine; the eager ones allocate from the same machine with the plan of a heap (a
 //! pseudo-device that knows nothing of the devices that will use the buffer) and judge
-//! each import with [`dmaplace_core::verify`] against the importing device alone, as a
+//! each import with [`dmaplace_core::verify()`] against the importing device alone, as a
 //! kernel would at `dma_buf_map_attachment`.
 
 mod deferred;
