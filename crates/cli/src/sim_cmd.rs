@@ -172,7 +172,7 @@ fn bar(total: u64) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden());
-    let style = ProgressStyle::with_template("{prefix:>20} [{bar:30}] {pos}/{len} events ({per_sec}, {eta})")
+    let style = ProgressStyle::with_template("{prefix:>20} [{bar:30}] {human_pos}/{human_len} events, {eta} left")
         .map(|s| s.progress_chars("=> "));
     if let Ok(style) = style {
         bar.set_style(style);
