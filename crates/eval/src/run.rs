@@ -222,49 +222,53 @@ impl Replay<'_> {
         }
     }
 
+    /// Calls the engine unless `skip` (a handle the event needs has failed: skipped and
+    /// counted). `None` when skipped or failed.
+    fn attempt<T>(
+        &mut self,
+        skip: bool,
+        call: impl FnOnce(&mut dyn Engine, &mut Meter) -> Result<T, Fail>,
+    ) -> Result<Option<T>, String> {
+        if skip {
+            self.skip();
+            return Ok(None);
+        }
+        let r = call(&mut *self.engine, &mut self.meter);
+        self.outcome(r)
+    }
+
     fn step(&mut self, index: usize, op: &Op) -> Result<(), String> {
-        let e = &mut *self.engine;
-        let m = &mut self.meter;
         match op {
             Op::Create { buf, desc, usage, name } => {
                 let attachers = self.attachers.get(&index).map_or(&[][..], Vec::as_slice);
                 let c = Creation { buf: *buf, desc, usage: *usage, name, attachers };
-                let r = e.create(m, &c);
-                if self.outcome(r)?.is_some() {
-                    self.h.bufs.insert(*buf);
+                let r = self.engine.create(&mut self.meter, &c);
+                let ok = self.outcome(r)?.is_some();
+                if ok {
+                    self.h.bufs.insert(*buf)
                 } else {
-                    self.h.dead_bufs.insert(*buf);
-                }
+                    self.h.dead_bufs.insert(*buf)
+                };
             }
             Op::Attach { att, buf, device, hints } => {
                 self.h.att_buf.insert(*att, *buf);
-                if self.h.dead_bufs.contains(buf) {
-                    self.skip();
-                    self.h.dead_atts.insert(*att);
-                    return Ok(());
-                }
-                let r = e.attach(m, *att, *buf, device, *hints);
-                if self.outcome(r)?.is_some() {
-                    self.h.atts.insert((*buf, *att));
+                let dead = self.h.dead_bufs.contains(buf);
+                let ok = self.attempt(dead, |e, m| e.attach(m, *att, *buf, device, *hints))?.is_some();
+                if ok {
+                    self.h.atts.insert((*buf, *att))
                 } else {
-                    self.h.dead_atts.insert(*att);
-                }
+                    self.h.dead_atts.insert(*att)
+                };
             }
             Op::Map { map, att } => {
                 self.h.map_att.insert(*map, *att);
-                if self.h.dead_atts.contains(att) {
-                    self.skip();
-                    self.h.dead_maps.insert(*map);
-                    return Ok(());
-                }
-                let r = e.map(m, *map, *att);
-                match self.outcome(r)? {
-                    Some(Mapped::Live) => {
+                let dead = self.h.dead_atts.contains(att);
+                match self.attempt(dead, |e, m| e.map(m, *map, *att))? {
+                    Some(how) => {
                         self.h.maps.insert((*att, *map));
-                    }
-                    Some(Mapped::Waiting) => {
-                        self.h.maps.insert((*att, *map));
-                        self.h.waiting.insert(*map);
+                        if how == Mapped::Waiting {
+                            self.h.waiting.insert(*map);
+                        }
                     }
                     None => {
                         self.h.dead_maps.insert(*map);
@@ -272,98 +276,76 @@ impl Replay<'_> {
                 }
             }
             Op::Fence { fence, map } => {
-                if self.h.dead_maps.contains(map) || self.h.waiting.contains(map) {
-                    self.skip();
-                    self.h.dead_fences.insert(*fence);
-                    return Ok(());
-                }
-                let r = e.fence(m, *fence, *map);
-                if self.outcome(r)?.is_some() {
-                    self.h.fences.insert(*fence);
+                // A mapping that waits for a move has nothing to fence yet.
+                let dead = self.h.dead_maps.contains(map) || self.h.waiting.contains(map);
+                let ok = self.attempt(dead, |e, m| e.fence(m, *fence, *map))?.is_some();
+                if ok {
+                    self.h.fences.insert(*fence)
                 } else {
-                    self.h.dead_fences.insert(*fence);
-                }
+                    self.h.dead_fences.insert(*fence)
+                };
             }
             Op::Signal { fence } => {
-                if self.h.dead_fences.remove(fence) {
-                    self.skip();
-                    return Ok(());
-                }
+                let dead = self.h.dead_fences.remove(fence);
                 self.h.fences.remove(fence);
-                let r = e.signal(m, *fence);
-                self.outcome(r)?;
+                self.attempt(dead, |e, m| e.signal(m, *fence))?;
             }
             Op::CpuBegin { buf, access } => {
-                if self.h.dead_bufs.contains(buf) {
-                    self.skip();
-                    self.h.dead_cpu.insert(*buf);
-                    return Ok(());
-                }
-                let r = e.cpu_begin(m, *buf, *access);
-                if self.outcome(r)?.is_some() {
-                    self.h.cpu.insert(*buf);
+                let dead = self.h.dead_bufs.contains(buf);
+                let ok = self.attempt(dead, |e, m| e.cpu_begin(m, *buf, *access))?.is_some();
+                if ok {
+                    self.h.cpu.insert(*buf)
                 } else {
-                    self.h.dead_cpu.insert(*buf);
-                }
+                    self.h.dead_cpu.insert(*buf)
+                };
             }
             Op::CpuEnd { buf } => {
-                if self.h.dead_cpu.remove(buf) {
-                    self.skip();
-                    return Ok(());
-                }
+                let dead = self.h.dead_cpu.remove(buf);
                 self.h.cpu.remove(buf);
-                let r = e.cpu_end(m, *buf);
-                self.outcome(r)?;
+                self.attempt(dead, |e, m| e.cpu_end(m, *buf))?;
             }
-            Op::Unmap { map } => {
-                let att = self.h.map_att.remove(map).unwrap_or(AttId(0));
-                if self.h.dead_maps.remove(map) {
-                    self.skip();
-                    return Ok(());
-                }
-                self.h.maps.remove(&(att, *map));
-                if self.h.waiting.remove(map) {
-                    e.cancel_wait(*map);
-                    return Ok(());
-                }
-                let r = e.unmap(m, *map);
-                self.outcome(r)?;
-            }
+            Op::Unmap { map } => self.unmap(*map)?,
             Op::Detach { att } => {
                 let buf = self.h.att_buf.remove(att).unwrap_or(BufId(0));
-                if self.h.dead_atts.remove(att) {
-                    self.skip();
-                    return Ok(());
-                }
+                let dead = self.h.dead_atts.remove(att);
                 self.h.atts.remove(&(buf, *att));
-                let r = e.detach(m, *att);
-                self.outcome(r)?;
+                self.attempt(dead, |e, m| e.detach(m, *att))?;
             }
             Op::Release { buf } => {
-                if self.h.dead_bufs.remove(buf) {
-                    self.skip();
-                    return Ok(());
-                }
+                let dead = self.h.dead_bufs.remove(buf);
                 self.h.bufs.remove(buf);
-                let r = e.release(m, *buf);
-                self.outcome(r)?;
+                self.attempt(dead, |e, m| e.release(m, *buf))?;
             }
             Op::Advance { ns } => {
                 self.now = self.now.saturating_add(*ns);
                 self.meter.sample(self.now, self.engine.machine(), false);
             }
             Op::OtherFill { fill } => {
-                e.machine_mut().set_background_fill(*fill);
+                self.engine.machine_mut().set_background_fill(*fill);
             }
             Op::OtherChurn { steps } => {
-                let events = e.machine_mut().background_step(*steps);
-                m.count(|m| {
+                let events = self.engine.machine_mut().background_step(*steps);
+                self.meter.count(|m| {
                     m.background_steps += u64::from(*steps);
                     m.background_events += events;
                 });
             }
         }
         self.settle();
+        Ok(())
+    }
+
+    /// An unmap: of a failed mapping, skipped; of one still waiting for a move, the wait
+    /// is given up.
+    fn unmap(&mut self, map: MapId) -> Result<(), String> {
+        let att = self.h.map_att.remove(&map).unwrap_or(AttId(0));
+        let dead = self.h.dead_maps.remove(&map);
+        self.h.maps.remove(&(att, map));
+        if !dead && self.h.waiting.remove(&map) {
+            self.engine.cancel_wait(map);
+            return Ok(());
+        }
+        self.attempt(dead, |e, m| e.unmap(m, map))?;
         Ok(())
     }
 

@@ -15,7 +15,7 @@ use dmaplace_core::exporter::{
 use dmaplace_core::{BufferDesc, ConflictKind, Platform, Request, Usage, solve, verify};
 use dmaplace_sim::{Machine, SimError};
 
-use super::{Creation, Engine, Fail, Mapped, Step};
+use super::{Creation, Engine, Fail, Mapped, Step, internal, pitch, sim_failure};
 use crate::metrics::{Failure, Meter, Reason};
 use crate::trace::{AttId, BufId, FenceId, MapId};
 
@@ -59,19 +59,6 @@ fn contiguous_conflict(kind: &ConflictKind) -> bool {
     )
 }
 
-/// A machine error as a counted failure; anything else is a bug.
-pub(crate) fn sim_failure(e: &SimError) -> Fail {
-    let f = |reason, contiguous| Fail::Policy(Failure::new(reason, contiguous, e.to_string()));
-    match e {
-        SimError::OutOfMemory { contiguous, .. } => f(Reason::OutOfMemory, *contiguous),
-        SimError::IovaExhausted { .. } => f(Reason::IovaSpace, false),
-        SimError::Unreachable { .. } => f(Reason::Reach, false),
-        SimError::SegmentLimit { .. } => f(Reason::Segments, true),
-        SimError::IommuAlignment { .. } => f(Reason::Alignment, false),
-        other => Fail::Internal(other.to_string()),
-    }
-}
-
 fn classify(err: ExportError) -> Fail {
     match err {
         ExportError::Conflict { conflict, .. } => {
@@ -84,15 +71,6 @@ fn classify(err: ExportError) -> Fail {
         },
         other => Fail::Internal(other.to_string()),
     }
-}
-
-/// The first plane's pitch of an image layout: how a GPU's tiled walk strides.
-pub(crate) fn pitch(layout: Option<&dmaplace_core::layout::Layout>) -> Option<u64> {
-    layout.and_then(|l| l.planes.first()).map(|p| u64::from(p.pitch))
-}
-
-fn internal(what: &str) -> Fail {
-    Fail::Internal(format!("the runner passed an unknown handle to {what}"))
 }
 
 impl Deferred {

@@ -27,8 +27,7 @@ use dmaplace_core::{
 };
 use dmaplace_sim::{Machine, SimBacking, SimMapping};
 
-use super::deferred::{pitch, sim_failure};
-use super::{Creation, Engine, Fail, Mapped, Policy, Step};
+use super::{Creation, Engine, Fail, Mapped, Policy, Step, internal, pitch, sim_failure};
 use crate::metrics::{Failure, Meter, Reason};
 use crate::trace::{AttId, BufId, FenceId, MapId};
 
@@ -129,10 +128,6 @@ pub(crate) struct Eager {
     atts: HashMap<AttId, Att>,
     maps: HashMap<MapId, (AttId, SimMapping)>,
     next_key: u64,
-}
-
-fn internal(what: &str) -> Fail {
-    Fail::Internal(format!("the runner passed an unknown handle to {what}"))
 }
 
 impl Eager {

@@ -22,13 +22,13 @@ use std::str::FromStr;
 
 use dmaplace_core::backend::CpuAccess;
 use dmaplace_core::{BufferDesc, Usage};
-use dmaplace_sim::Machine;
+use dmaplace_sim::{Machine, SimError};
 use serde::Serialize;
 
 pub(crate) use deferred::Deferred;
 pub(crate) use eager::Eager;
 
-use crate::metrics::{Failure, Meter};
+use crate::metrics::{Failure, Meter, Reason};
 use crate::trace::{AttId, BufId, FenceId, MapId};
 
 /// A placement policy.
@@ -96,6 +96,29 @@ impl From<Failure> for Fail {
 }
 
 pub(crate) type Step<T = ()> = Result<T, Fail>;
+
+/// A machine error as a counted failure; anything else is a bug.
+pub(crate) fn sim_failure(e: &SimError) -> Fail {
+    let f = |reason, contiguous| Fail::Policy(Failure::new(reason, contiguous, e.to_string()));
+    match e {
+        SimError::OutOfMemory { contiguous, .. } => f(Reason::OutOfMemory, *contiguous),
+        SimError::IovaExhausted { .. } => f(Reason::IovaSpace, false),
+        SimError::Unreachable { .. } => f(Reason::Reach, false),
+        SimError::SegmentLimit { .. } => f(Reason::Segments, true),
+        SimError::IommuAlignment { .. } => f(Reason::Alignment, false),
+        other => Fail::Internal(other.to_string()),
+    }
+}
+
+/// The first plane's pitch of an image layout: how a GPU's tiled walk strides.
+pub(crate) fn pitch(layout: Option<&dmaplace_core::layout::Layout>) -> Option<u64> {
+    layout.and_then(|l| l.planes.first()).map(|p| u64::from(p.pitch))
+}
+
+/// The runner passed a handle the engine does not know: a bug.
+fn internal(what: &str) -> Fail {
+    Fail::Internal(format!("the runner passed an unknown handle to {what}"))
+}
 
 /// How a map went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
