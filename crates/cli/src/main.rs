@@ -6,6 +6,7 @@ mod load;
 mod out;
 mod report;
 mod request;
+mod sim_cmd;
 mod solve_cmd;
 
 use std::process::ExitCode;
@@ -32,6 +33,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Allocate a plan's buffer on this machine's kernel; as root, show and verify where it went.
     Alloc(alloc_cmd::AllocArgs),
+    /// Replay a scenario or a trace on a simulated platform under placement policies, and compare.
+    Sim(sim_cmd::SimArgs),
     /// List the known platforms.
     Platforms {
         /// Emit JSON.
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
         Command::Solve(args) => solve_cmd::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Alloc(args) => alloc_cmd::run(&args),
+        Command::Sim(args) => sim_cmd::run(&args),
         Command::Platforms { json } => load::list_platforms(json).map(|()| Outcome::Ok),
         Command::Devices { platform, json } => load::list_devices(&platform, json).map(|()| Outcome::Ok),
     };

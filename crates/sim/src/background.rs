@@ -94,6 +94,15 @@ impl Machine {
         n
     }
 
+    /// Sets the share (0..=1) of buddy-managed memory the other users settle at: memory
+    /// pressure rising or easing (an application loading, the page cache growing). Nothing
+    /// moves until they churn ([`Machine::background_step`]). Returns the new target in
+    /// bytes.
+    pub fn set_background_fill(&mut self, fill: f64) -> u64 {
+        self.background.target_pages = share(self.buddy_pages(), fill);
+        self.background.target_pages * PAGE
+    }
+
     /// Bytes the other users hold, and how many of them sit in CMA regions.
     pub fn background_bytes(&self) -> (u64, u64) {
         let cma: u64 =

@@ -68,7 +68,6 @@ impl Area {
     }
 
     /// Free blocks of `order`.
-    #[cfg(test)]
     pub(crate) fn free_blocks_of(&self, order: u32) -> u64 {
         self.free[order as usize].count()
     }

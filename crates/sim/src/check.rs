@@ -249,6 +249,13 @@ impl Machine {
         FreeReport { pools }
     }
 
+    /// Free blocks per order (index = order, `0..=max_order`) in the page-allocator
+    /// zones, CMA regions left out: what `/proc/buddyinfo` shows, summed over zones. The
+    /// input of fragmentation indices such as the kernel's `unusable_index`.
+    pub fn zone_free_blocks(&self) -> Vec<u64> {
+        (0..=self.max_order).map(|k| self.areas.iter().map(|a| a.area.free_blocks_of(k)).sum()).collect()
+    }
+
     /// Total free bytes: zones, CMA regions (not lent) and carveouts.
     pub fn free_bytes(&self) -> Size {
         let pages = self.areas.iter().map(|a| a.area.free_pages()).sum::<u64>()

@@ -13,6 +13,11 @@ impl<B: Backend> Exporter<B> {
     pub fn backing(&self, buffer: BufferId) -> Result<Option<&B::Backing>> {
         Ok(self.buffer(buffer)?.backing.as_ref())
     }
+    /// The backend's handle of a mapping (its IOMMU page tables, for counters); `None` once
+    /// a move tore it down.
+    pub fn backend_mapping(&self, mapping: MappingId) -> Result<Option<&B::Mapping>> {
+        Ok(self.mapping(mapping)?.inner.as_ref())
+    }
     /// How many times the buffer has moved.
     pub fn generation(&self, buffer: BufferId) -> Result<u32> {
         Ok(self.buffer(buffer)?.generation)
