@@ -28,6 +28,8 @@ use crate::service::{ClientId, Peer, Service};
 pub struct ServerConfig {
     /// The socket's path.
     pub socket: PathBuf,
+    /// The group the socket file is given (its mode is 0660), if any.
+    pub socket_group: Option<u32>,
     /// Users allowed to connect (besides root and the daemon's own user).
     pub allow_uids: Vec<u32>,
     /// Groups (the peer's effective gid) allowed to connect.
@@ -51,6 +53,7 @@ impl ServerConfig {
     pub fn new(socket: impl Into<PathBuf>) -> ServerConfig {
         ServerConfig {
             socket: socket.into(),
+            socket_group: None,
             allow_uids: Vec::new(),
             allow_gids: Vec::new(),
             handshake_timeout: Duration::from_secs(5),
@@ -103,6 +106,8 @@ struct Conn {
     malformed: u32,
     /// Flush what is queued, then close.
     closing: bool,
+    /// Refused by the policy: its first message is answered with this, then it is closed.
+    denied: Option<String>,
     dead: Option<String>,
 }
 
@@ -158,6 +163,8 @@ impl<P: Placer> Server<P> {
     pub fn bind(service: Service<P>, config: ServerConfig) -> Result<Server<P>, ServerError> {
         let path = config.socket.clone();
         clear_stale(&path)?;
+        // Created 0660 (no window with wider permissions): umask 0117 around bind.
+        let old_umask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o117));
         let listener = rustix::net::socket_with(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,
@@ -166,8 +173,13 @@ impl<P: Placer> Server<P> {
         )
         .map_err(sock_err("socket", &path))?;
         let addr = SocketAddrUnix::new(&path).map_err(sock_err("address", &path))?;
-        rustix::net::bind(&listener, &addr).map_err(sock_err("bind", &path))?;
+        let bound = rustix::net::bind(&listener, &addr);
+        rustix::process::umask(old_umask);
+        bound.map_err(sock_err("bind", &path))?;
         rustix::fs::chmod(&path, rustix::fs::Mode::from_raw_mode(0o660)).map_err(sock_err("chmod 0660", &path))?;
+        if let Some(g) = config.socket_group {
+            rustix::fs::chown(&path, None, Some(rustix::fs::Gid::from_raw(g))).map_err(sock_err("chown", &path))?;
+        }
         rustix::net::listen(&listener, 128).map_err(sock_err("listen", &path))?;
         let own_uid = rustix::process::geteuid().as_raw();
         tracing::info!(socket = %path.display(), backend = service.exporter().backend().kind(), platform = %service.exporter().platform().name, "listening");
@@ -263,12 +275,12 @@ impl<P: Placer> Server<P> {
                     continue;
                 }
             };
-            if !self.allowed(&peer) {
+            // A refused peer is answered when it speaks (closing a socket with its hello
+            // unread would reset the connection and lose the answer).
+            let denied = (!self.allowed(&peer)).then(|| {
                 tracing::warn!(pid = peer.pid, uid = peer.uid, gid = peer.gid, "connection refused by the uid/gid policy");
-                let msg = format!("uid {} gid {} may not use this daemon", peer.uid, peer.gid);
-                let _ = send(fd.as_fd(), &error_bytes(0, ErrorCode::Permission, msg), None);
-                continue;
-            }
+                format!("uid {} gid {} may not use this daemon", peer.uid, peer.gid)
+            });
             if self.conns.len() >= self.config.max_clients {
                 tracing::warn!(pid = peer.pid, limit = self.config.max_clients, "too many clients: connection dropped");
                 let msg = format!("the daemon serves at most {} clients", self.config.max_clients);
@@ -277,11 +289,22 @@ impl<P: Placer> Server<P> {
             }
             let id = self.next_id;
             self.next_id += 1;
-            self.service.connect(id, peer);
+            if denied.is_none() {
+                self.service.connect(id, peer);
+            }
             tracing::debug!(client = id, pid = peer.pid, uid = peer.uid, "connected");
             self.conns.insert(
                 id,
-                Conn { fd, peer, accepted: Instant::now(), queue: VecDeque::new(), malformed: 0, closing: false, dead: None },
+                Conn {
+                    fd,
+                    peer,
+                    accepted: Instant::now(),
+                    queue: VecDeque::new(),
+                    malformed: 0,
+                    closing: false,
+                    denied,
+                    dead: None,
+                },
             );
         }
     }
@@ -315,6 +338,14 @@ impl<P: Placer> Server<P> {
             }
             let bytes = &buf[..msg.bytes.min(buf.len())];
             let seq = seq_of(bytes);
+            if let Some(why) = self.conns.get(&id).and_then(|c| c.denied.clone()) {
+                self.enqueue(id, Message { seq, body: Body::Error(ErrorReply { code: ErrorCode::Permission, message: why }) }, None);
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.closing = true;
+                }
+                self.flush(id);
+                return;
+            }
             if msg.flags.contains(ReturnFlags::CTRUNC) || fds > 0 {
                 let why = if msg.flags.contains(ReturnFlags::CTRUNC) {
                     "control data was truncated (MSG_CTRUNC); requests carry no fds".to_owned()
@@ -356,6 +387,8 @@ impl<P: Placer> Server<P> {
                 c.closing = true;
             }
         }
+        // Closes now if everything queued is already sent.
+        self.flush(id);
     }
 
     fn garbage(&mut self, id: ClientId, seq: u32, code: ErrorCode, message: String) {

@@ -47,6 +47,9 @@ struct Args {
     /// A late attach needing a move while DMA is in flight.
     #[arg(long, value_enum, default_value = "refuse")]
     busy: BusyArg,
+    /// The group to give the socket file (mode 0660): members may connect if --allow-gid lets them.
+    #[arg(long)]
+    socket_group: Option<u32>,
     /// Users allowed to connect (root and the daemon's own user always are).
     #[arg(long = "allow-uid")]
     allow_uids: Vec<u32>,
@@ -132,6 +135,7 @@ fn main() -> anyhow::Result<()> {
         },
     };
     let mut server = ServerConfig::new(args.socket.clone().unwrap_or_else(dmaplace_service::default_socket));
+    server.socket_group = args.socket_group;
     server.allow_uids = args.allow_uids.clone();
     server.allow_gids = args.allow_gids.clone();
     server.handshake_timeout = Duration::from_secs_f64(args.timeout);

@@ -22,7 +22,9 @@ pub fn daemon_binary() -> PathBuf {
 
 /// A fresh private directory under the temp dir.
 pub fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("dmaplace-{tag}-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos()));
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("dmaplace-{tag}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -104,7 +106,7 @@ impl Drop for Daemon {
 pub struct Agent {
     pub name: String,
     child: Child,
-    stdin: ChildStdin,
+    stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
 }
 
@@ -121,7 +123,9 @@ impl Agent {
             }
             None => Command::new(&exe),
         };
+        // Under libtest, run only the hook test that turns into the agent.
         let mut child = cmd
+            .args(["agent_role_hook", "--exact", "--nocapture", "--quiet", "--test-threads=1"])
             .env("DMAPLACE_ROLE", "agent")
             .env("DMAPLACE_SOCKET", socket)
             .env("DMAPLACE_AGENT_NAME", name)
@@ -131,15 +135,22 @@ impl Agent {
             .unwrap();
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
-        Agent { name: name.to_owned(), child, stdin, stdout }
+        Agent { name: name.to_owned(), child, stdin: Some(stdin), stdout }
     }
 
     /// Sends one command; returns its JSON answer.
     pub fn cmd(&mut self, line: &str) -> Value {
-        writeln!(self.stdin, "{line}").unwrap();
-        self.stdin.flush().unwrap();
+        let stdin = self.stdin.as_mut().expect("open until drop");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+        // Skip what libtest prints before the agent starts.
         let mut answer = String::new();
-        self.stdout.read_line(&mut answer).unwrap();
+        while !answer.starts_with('{') {
+            answer.clear();
+            if self.stdout.read_line(&mut answer).unwrap() == 0 {
+                panic!("{}: the agent exited before answering `{line}`", self.name);
+            }
+        }
         let v: Value = serde_json::from_str(&answer)
             .unwrap_or_else(|e| panic!("{}: `{line}` answered {answer:?}: {e}", self.name));
         let mut shown = v.to_string();
@@ -172,7 +183,9 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "quit");
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = writeln!(stdin, "quit");
+        } // closed here: the agent sees the end of its input
         let _ = self.child.wait();
     }
 }
@@ -191,7 +204,10 @@ pub fn agent_role() -> bool {
         Err(e) => {
             // Answer every command with the connection's failure.
             let code = e.code().map_or("client", |c| c.name());
-            for _ in stdin.lock().lines() {
+            for line in stdin.lock().lines() {
+                if line.as_deref().map(str::trim).is_ok_and(|l| l == "quit") {
+                    break;
+                }
                 println!("{}", serde_json::json!({"ok": false, "code": code, "message": e.to_string()}));
             }
         }
