@@ -1,8 +1,10 @@
 //! `dmaplace`: place dma-buf memory for every device that shares it.
 
 mod alloc_cmd;
+mod client_cmd;
 mod demo;
 mod load;
+mod probe_cmd;
 mod report;
 mod request;
 mod solve_cmd;
@@ -31,6 +33,10 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Allocate a plan's buffer on this machine's kernel; as root, show and verify where it went.
     Alloc(alloc_cmd::AllocArgs),
+    /// Write this machine's platform file, read from sysfs and procfs, each value with its source.
+    Probe(probe_cmd::ProbeArgs),
+    /// Talk to dmaplaced: shell, status, inspect, alloc.
+    Client(client_cmd::ClientArgs),
     /// List the known platforms.
     Platforms {
         /// Emit JSON.
@@ -67,6 +73,8 @@ fn main() -> ExitCode {
         Command::Solve(args) => solve_cmd::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Alloc(args) => alloc_cmd::run(&args),
+        Command::Probe(args) => probe_cmd::run(&args),
+        Command::Client(args) => client_cmd::run(&args),
         Command::Platforms { json } => load::list_platforms(json).map(|()| Outcome::Ok),
         Command::Devices { platform, json } => load::list_devices(&platform, json).map(|()| Outcome::Ok),
     };
