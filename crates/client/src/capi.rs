@@ -68,21 +68,21 @@ pub const DMAPLACE_ERR_PERMISSION: c_int = 14;
 pub const DMAPLACE_ERR_BACKEND: c_int = 15;
 
 /// Usage hint: scanned out by a display.
-pub const DMAPLACE_HINT_SCANOUT: u32 = crate::hints::SCANOUT;
+pub const DMAPLACE_HINT_SCANOUT: u32 = 1 << 0;
 /// Usage hint: a cursor.
-pub const DMAPLACE_HINT_CURSOR: u32 = crate::hints::CURSOR;
+pub const DMAPLACE_HINT_CURSOR: u32 = 1 << 1;
 /// Usage hint: rendered to.
-pub const DMAPLACE_HINT_RENDERING: u32 = crate::hints::RENDERING;
+pub const DMAPLACE_HINT_RENDERING: u32 = 1 << 2;
 /// Usage hint: sampled.
-pub const DMAPLACE_HINT_TEXTURING: u32 = crate::hints::TEXTURING;
+pub const DMAPLACE_HINT_TEXTURING: u32 = 1 << 3;
 /// Usage hint: written by a camera.
-pub const DMAPLACE_HINT_CAMERA_WRITE: u32 = crate::hints::CAMERA_WRITE;
+pub const DMAPLACE_HINT_CAMERA_WRITE: u32 = 1 << 4;
 /// Usage hint: written by a video decoder.
-pub const DMAPLACE_HINT_VIDEO_DECODE: u32 = crate::hints::VIDEO_DECODE;
+pub const DMAPLACE_HINT_VIDEO_DECODE: u32 = 1 << 6;
 /// Usage hint: read by a video encoder.
-pub const DMAPLACE_HINT_VIDEO_ENCODE: u32 = crate::hints::VIDEO_ENCODE;
+pub const DMAPLACE_HINT_VIDEO_ENCODE: u32 = 1 << 7;
 /// Bytes in a share token.
-pub const DMAPLACE_TOKEN_LEN: usize = dmaplace_proto::TOKEN_LEN;
+pub const DMAPLACE_TOKEN_LEN: usize = 16;
 /// Event kind: the buffer moved; unmap the listed mappings and map again.
 pub const DMAPLACE_EVENT_MOVED: u32 = 1;
 
@@ -370,40 +370,55 @@ pub unsafe extern "C" fn dmaplace_map(
     })
 }
 
-macro_rules! simple {
-    ($(#[$doc:meta])* $name:ident, $method:ident, $arg:ident) => {
-        $(#[$doc])*
-        ///
-        /// # Safety
-        /// `c` is a live client.
-        #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name(c: *mut dmaplace_client, $arg: u32) -> c_int {
-            // SAFETY: the caller's contract (see above).
-            guard(|| unsafe { client(c) }?.$method($arg))
-        }
-    };
+fn with_client(c: *mut dmaplace_client, f: impl FnOnce(&mut Client) -> Result<(), Error>) -> c_int {
+    // SAFETY: every caller passes on its own contract: `c` is NULL or a live client.
+    guard(|| f(unsafe { client(c) }?))
 }
 
-simple!(
-    /// The mapping's device starts DMA: the buffer does not move until `dmaplace_end_access`.
-    dmaplace_begin_access, begin_access, mapping
-);
-simple!(
-    /// The DMA is complete.
-    dmaplace_end_access, end_access, mapping
-);
-simple!(
-    /// Drops a mapping (close its fd too).
-    dmaplace_unmap, unmap, mapping
-);
-simple!(
-    /// Detaches (after unmapping).
-    dmaplace_detach, detach, attachment
-);
-simple!(
-    /// Lets go of a buffer and everything this client holds on it.
-    dmaplace_release, release, buffer
-);
+/// The mapping's device starts DMA: the buffer does not move until `dmaplace_end_access`.
+///
+/// # Safety
+/// `c` is NULL or a live client.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dmaplace_begin_access(c: *mut dmaplace_client, mapping: u32) -> c_int {
+    with_client(c, |c| c.begin_access(mapping))
+}
+
+/// The DMA begun with `dmaplace_begin_access` is complete.
+///
+/// # Safety
+/// `c` is NULL or a live client.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dmaplace_end_access(c: *mut dmaplace_client, mapping: u32) -> c_int {
+    with_client(c, |c| c.end_access(mapping))
+}
+
+/// Drops a mapping (close its fd too).
+///
+/// # Safety
+/// `c` is NULL or a live client.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dmaplace_unmap(c: *mut dmaplace_client, mapping: u32) -> c_int {
+    with_client(c, |c| c.unmap(mapping))
+}
+
+/// Detaches (after unmapping).
+///
+/// # Safety
+/// `c` is NULL or a live client.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dmaplace_detach(c: *mut dmaplace_client, attachment: u32) -> c_int {
+    with_client(c, |c| c.detach(attachment))
+}
+
+/// Lets go of a buffer and everything this client holds on it.
+///
+/// # Safety
+/// `c` is NULL or a live client.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dmaplace_release(c: *mut dmaplace_client, buffer: u32) -> c_int {
+    with_client(c, |c| c.release(buffer))
+}
 
 /// Waits up to `timeout_ms` (negative: forever) for an event; `DMAPLACE_ERR_TIMEOUT`
 /// when none came.
@@ -432,3 +447,12 @@ pub unsafe extern "C" fn dmaplace_next_event(c: *mut dmaplace_client, timeout_ms
         }
     })
 }
+
+// The C constants restate the protocol's values; these keep them equal.
+const _: () = assert!(DMAPLACE_TOKEN_LEN == dmaplace_proto::TOKEN_LEN);
+const _: () = assert!(DMAPLACE_HINT_SCANOUT == crate::hints::SCANOUT && DMAPLACE_HINT_CURSOR == crate::hints::CURSOR);
+const _: () = assert!(DMAPLACE_HINT_RENDERING == crate::hints::RENDERING && DMAPLACE_HINT_TEXTURING == crate::hints::TEXTURING);
+const _: () = assert!(DMAPLACE_HINT_CAMERA_WRITE == crate::hints::CAMERA_WRITE);
+const _: () = assert!(DMAPLACE_HINT_VIDEO_DECODE == crate::hints::VIDEO_DECODE && DMAPLACE_HINT_VIDEO_ENCODE == crate::hints::VIDEO_ENCODE);
+const _: () = assert!(DMAPLACE_ERR_BACKEND == dmaplace_proto::ErrorCode::Backend as c_int);
+const _: () = assert!(DMAPLACE_ERR_BUSY == dmaplace_proto::ErrorCode::Busy as c_int);
