@@ -53,7 +53,8 @@ fn desc(size: Option<dmaplace_core::Size>, image: Option<&str>, format: Option<&
     }
     let (Some(image), Some(format)) = (image, format) else { bail!("give --size, or --image with --format") };
     let (w, h) = image.split_once('x').with_context(|| format!("--image {image:?} is not WIDTHxHEIGHT"))?;
-    let code: [u8; 4] = format.as_bytes().try_into().map_err(|_| anyhow::anyhow!("--format {format:?} is not 4 characters"))?;
+    let code: [u8; 4] =
+        format.as_bytes().try_into().map_err(|_| anyhow::anyhow!("--format {format:?} is not 4 characters"))?;
     Ok(Desc::Image {
         width: w.parse().with_context(|| format!("width {w:?}"))?,
         height: h.parse().with_context(|| format!("height {h:?}"))?,
@@ -72,7 +73,10 @@ pub fn run(args: &ClientArgs) -> Result<Outcome> {
             let mut c = connect(args)?;
             let h = c.hello().clone();
             let s = c.status()?;
-            println!("backend {} platform {}; limits: {} bytes, {} buffers, {} fds", h.backend, h.platform, h.quota.bytes, h.quota.buffers, h.quota.fds);
+            println!(
+                "backend {} platform {}; limits: {} bytes, {} buffers, {} fds",
+                h.backend, h.platform, h.quota.bytes, h.quota.buffers, h.quota.fds
+            );
             println!("this connection: {} bytes, {} fds, {} buffers", s.bytes, s.fds, s.buffers.len());
         }
         ClientCommand::Inspect => {

@@ -40,8 +40,9 @@ pub fn run(args: &ProbeArgs) -> Result<Outcome> {
     if args.check {
         let platform = Platform::from_toml("probe", &text).context("the probed platform does not load")?;
         for d in &platform.devices {
-            let plan = solve(&platform, &BufferDesc::Size(Size::mib(4)), &[Request { device: d, hints: Usage::empty() }])
-                .map_err(|e| anyhow::anyhow!("solving 4 MiB for `{}`: {e}", d.name))?;
+            let plan =
+                solve(&platform, &BufferDesc::Size(Size::mib(4)), &[Request { device: d, hints: Usage::empty() }])
+                    .map_err(|e| anyhow::anyhow!("solving 4 MiB for `{}`: {e}", d.name))?;
             eprintln!("probe: `{}`: 4 MiB solves within {}", d.name, plan.placement);
         }
     }

@@ -85,8 +85,10 @@ fn step(client: &mut Client, held: &mut BTreeMap<u32, Held>, w: &[&str]) -> Resu
                     let dims: String = arg(w, 2, "WxH")?;
                     let (wd, ht) = dims.split_once('x').ok_or_else(|| bad(format!("`{dims}` is not WxH")))?;
                     let fourcc: String = arg(w, 3, "a fourcc")?;
-                    let code: [u8; 4] =
-                        fourcc.as_bytes().try_into().map_err(|_| bad(format!("fourcc `{fourcc}` is not 4 characters")))?;
+                    let code: [u8; 4] = fourcc
+                        .as_bytes()
+                        .try_into()
+                        .map_err(|_| bad(format!("fourcc `{fourcc}` is not 4 characters")))?;
                     Desc::Image {
                         width: wd.parse().map_err(|_| bad(format!("width `{wd}`")))?,
                         height: ht.parse().map_err(|_| bad(format!("height `{ht}`")))?,

@@ -276,7 +276,8 @@ pub unsafe extern "C" fn dmaplace_create_size(
 ) -> c_int {
     guard(|| {
         // SAFETY: the caller's contract (see above).
-        let (c, name, b, t) = unsafe { (client(c)?, str_arg(name, "name")?, out(buffer, "buffer")?, out(token, "token")?) };
+        let (c, name, b, t) =
+            unsafe { (client(c)?, str_arg(name, "name")?, out(buffer, "buffer")?, out(token, "token")?) };
         create(c, Desc::Size(size), name, b, t)
     })
 }
@@ -298,7 +299,8 @@ pub unsafe extern "C" fn dmaplace_create_image(
 ) -> c_int {
     guard(|| {
         // SAFETY: the caller's contract (see above).
-        let (c, name, b, t) = unsafe { (client(c)?, str_arg(name, "name")?, out(buffer, "buffer")?, out(token, "token")?) };
+        let (c, name, b, t) =
+            unsafe { (client(c)?, str_arg(name, "name")?, out(buffer, "buffer")?, out(token, "token")?) };
         create(c, Desc::Image { width, height, fourcc, modifiers: Vec::new() }, name, b, t)
     })
 }
@@ -346,16 +348,14 @@ pub unsafe extern "C" fn dmaplace_map(
 ) -> c_int {
     guard(|| {
         // SAFETY: the caller's contract (see above).
-        let (c, m, l, f) =
-            unsafe { (client(c)?, out(mapping, "mapping")?, out(layout, "layout")?, out(fd, "fd")?) };
+        let (c, m, l, f) = unsafe { (client(c)?, out(mapping, "mapping")?, out(layout, "layout")?, out(fd, "fd")?) };
         let r = c.map(attachment)?;
         let mut out = dmaplace_layout {
             size: r.layout.size,
             fourcc: r.layout.fourcc,
             width: r.layout.width,
             height: r.layout.height,
-            // CAST: at most 4 planes.
-            num_planes: r.layout.planes.len() as u32,
+            num_planes: u32::try_from(r.layout.planes.len().min(4)).unwrap_or(4),
             modifier: r.layout.modifier,
             ..Default::default()
         };
@@ -426,20 +426,27 @@ pub unsafe extern "C" fn dmaplace_release(c: *mut dmaplace_client, buffer: u32) 
 /// # Safety
 /// `c` live; `event` writable.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn dmaplace_next_event(c: *mut dmaplace_client, timeout_ms: c_int, event: *mut dmaplace_event) -> c_int {
+pub unsafe extern "C" fn dmaplace_next_event(
+    c: *mut dmaplace_client,
+    timeout_ms: c_int,
+    event: *mut dmaplace_event,
+) -> c_int {
     guard(|| {
         // SAFETY: the caller's contract (see above).
         let (c, ev) = unsafe { (client(c)?, out(event, "event")?) };
-        let timeout =
-            if timeout_ms < 0 { Duration::from_secs(u64::MAX / 4) } else { Duration::from_millis(timeout_ms.unsigned_abs().into()) };
+        let timeout = if timeout_ms < 0 {
+            Duration::from_secs(u64::MAX / 4)
+        } else {
+            Duration::from_millis(timeout_ms.unsigned_abs().into())
+        };
         match c.next_event(timeout)? {
             Some(Event::Moved { buffer, attachment, generation, invalidated }) => {
-                let mut e = dmaplace_event { kind: DMAPLACE_EVENT_MOVED, buffer, attachment, generation, ..Default::default() };
+                let mut e =
+                    dmaplace_event { kind: DMAPLACE_EVENT_MOVED, buffer, attachment, generation, ..Default::default() };
                 for (slot, m) in e.invalidated.iter_mut().zip(&invalidated) {
                     *slot = *m;
                 }
-                // CAST: at most the protocol's list limit.
-                e.num_invalidated = invalidated.len() as u32;
+                e.num_invalidated = u32::try_from(invalidated.len()).unwrap_or(u32::MAX);
                 *ev = e;
                 Ok(())
             }
@@ -451,8 +458,12 @@ pub unsafe extern "C" fn dmaplace_next_event(c: *mut dmaplace_client, timeout_ms
 // The C constants restate the protocol's values; these keep them equal.
 const _: () = assert!(DMAPLACE_TOKEN_LEN == dmaplace_proto::TOKEN_LEN);
 const _: () = assert!(DMAPLACE_HINT_SCANOUT == crate::hints::SCANOUT && DMAPLACE_HINT_CURSOR == crate::hints::CURSOR);
-const _: () = assert!(DMAPLACE_HINT_RENDERING == crate::hints::RENDERING && DMAPLACE_HINT_TEXTURING == crate::hints::TEXTURING);
+const _: () =
+    assert!(DMAPLACE_HINT_RENDERING == crate::hints::RENDERING && DMAPLACE_HINT_TEXTURING == crate::hints::TEXTURING);
 const _: () = assert!(DMAPLACE_HINT_CAMERA_WRITE == crate::hints::CAMERA_WRITE);
-const _: () = assert!(DMAPLACE_HINT_VIDEO_DECODE == crate::hints::VIDEO_DECODE && DMAPLACE_HINT_VIDEO_ENCODE == crate::hints::VIDEO_ENCODE);
+const _: () = assert!(
+    DMAPLACE_HINT_VIDEO_DECODE == crate::hints::VIDEO_DECODE
+        && DMAPLACE_HINT_VIDEO_ENCODE == crate::hints::VIDEO_ENCODE
+);
 const _: () = assert!(DMAPLACE_ERR_BACKEND == dmaplace_proto::ErrorCode::Backend as c_int);
 const _: () = assert!(DMAPLACE_ERR_BUSY == dmaplace_proto::ErrorCode::Busy as c_int);

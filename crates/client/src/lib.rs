@@ -240,10 +240,15 @@ impl Client {
             fd,
             seq: 0,
             events: VecDeque::new(),
-            hello: Hello { backend: String::new(), platform: String::new(), quota: Quota { bytes: 0, buffers: 0, fds: 0 } },
+            hello: Hello {
+                backend: String::new(),
+                platform: String::new(),
+                quota: Quota { bytes: 0, buffers: 0, fds: 0 },
+            },
             timeout: Duration::from_secs(30),
         };
-        let (reply, _) = c.call(Request::Hello { min_version: VERSION, max_version: VERSION, name: name.to_owned() })?;
+        let (reply, _) =
+            c.call(Request::Hello { min_version: VERSION, max_version: VERSION, name: name.to_owned() })?;
         match reply {
             Reply::Hello { backend, platform, quota, .. } => c.hello = Hello { backend, platform, quota },
             other => return Err(unexpected("hello", &other)),
@@ -284,7 +289,12 @@ impl Client {
                 Body::Event(e) => self.events.push_back(e),
                 Body::Reply(r) if m.seq == seq => return Ok((r, fds)),
                 Body::Error(e) if m.seq == seq || m.seq == 0 => return Err(Error::Daemon(e)),
-                other => return Err(Error::Protocol(format!("unexpected message (seq {}) while waiting for {seq}: {other:?}", m.seq))),
+                other => {
+                    return Err(Error::Protocol(format!(
+                        "unexpected message (seq {}) while waiting for {seq}: {other:?}",
+                        m.seq
+                    )));
+                }
             }
         }
     }
@@ -441,8 +451,7 @@ fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> Result<bool> {
 }
 
 fn send(fd: BorrowedFd<'_>, bytes: &[u8]) -> Result<()> {
-    let mut space = [MaybeUninit::<u8>::uninit(); 0];
-    let mut control = SendAncillaryBuffer::new(&mut space);
+    let mut control = SendAncillaryBuffer::default();
     rustix::net::sendmsg(fd, &[IoSlice::new(bytes)], &mut control, SendFlags::NOSIGNAL).map_err(io("sendmsg"))?;
     Ok(())
 }

@@ -305,14 +305,19 @@ fn add_cma(p: &mut Probed, name: &str, r: PhysRange, source: String) {
 fn device_tree_reserved(root: &Root, p: &mut Probed) {
     let base = "/proc/device-tree/reserved-memory";
     let cells = |f: &str| {
-        root.read_bytes(&format!("{base}/{f}")).filter(|b| b.len() == 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        root.read_bytes(&format!("{base}/{f}"))
+            .filter(|b| b.len() == 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     };
     let (Some(ac), Some(sc)) = (cells("#address-cells"), cells("#size-cells")) else { return };
     for child in root.list(base) {
         let dir = format!("{base}/{child}");
         let Some(reg) = root.read_bytes(&format!("{dir}/reg")) else { continue };
         let Some((start, size)) = dt_reg(&reg, ac, sc) else {
-            p.unknown(format!("reserved-memory `{child}`"), format!("{dir}/reg does not hold <{ac} address, {sc} size> cells"));
+            p.unknown(
+                format!("reserved-memory `{child}`"),
+                format!("{dir}/reg does not hold <{ac} address, {sc} size> cells"),
+            );
             continue;
         };
         let Some(r) = start.checked_add(size).and_then(|end| range(start, end)) else { continue };
@@ -416,7 +421,8 @@ fn pci_devices(root: &Root, p: &mut Probed) {
             root.read(&format!("{dir}/device")).unwrap_or_default().trim().trim_start_matches("0x")
         );
         let cards: Vec<String> = root.list(&format!("{dir}/drm")).into_iter().filter(|c| is_card(c)).collect();
-        let connectors = cards.iter().any(|c| root.list("/sys/class/drm").iter().any(|x| x.starts_with(&format!("{c}-"))));
+        let connectors =
+            cards.iter().any(|c| root.list("/sys/class/drm").iter().any(|x| x.starts_with(&format!("{c}-"))));
         let videos: Vec<String> = root.list(&format!("{dir}/video4linux"));
         let name = cards.first().or(videos.first()).cloned().unwrap_or_else(|| format!("pci-{}", sanitize(&bdf)));
         let mut nodes: Vec<String> = cards.iter().map(|c| format!("/dev/dri/{c}")).collect();
@@ -435,11 +441,13 @@ fn pci_devices(root: &Root, p: &mut Probed) {
             p.unknown(format!("PCI {bdf} DMA"), "its IOMMU domain is `blocked`: it cannot DMA, so it is not written");
             continue;
         }
-        // CAST: the 24-bit class code.
-        let class_name = pci_class(class as u32, connectors);
+        let class_name = pci_class(u32::try_from(class).unwrap_or(0), connectors);
         p.devices.push(ProbedDevice {
             name,
-            class: sourced(class_name, format!("{dir}/class{}", if class >> 16 == 3 { " and /sys/class/drm connectors" } else { "" })),
+            class: sourced(
+                class_name,
+                format!("{dir}/class{}", if class >> 16 == 3 { " and /sys/class/drm connectors" } else { "" }),
+            ),
             pci: bdf.clone(),
             ids,
             driver: root.link_name(&format!("{dir}/driver")),
@@ -471,7 +479,9 @@ fn other_nodes(root: &Root, p: &mut Probed) {
             let driver = root.link_name(&format!("/sys/class/{class}/{n}/device/driver")).unwrap_or_else(|| "?".into());
             p.unknown(
                 format!("{node} ({driver}) DMA constraints"),
-                format!("not a PCI function ({target}): sysfs shows no dma_mask_bits, so it is not written as a device"),
+                format!(
+                    "not a PCI function ({target}): sysfs shows no dma_mask_bits, so it is not written as a device"
+                ),
             );
         }
     }
@@ -491,7 +501,7 @@ fn hex(v: u64) -> String {
 
 fn size_text(bytes: u64) -> String {
     for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
             return format!("\"{}{unit}\"", bytes >> shift);
         }
     }
@@ -504,7 +514,8 @@ impl Probed {
         let mut t = String::new();
         let _ = writeln!(t, "# This machine, as `dmaplace probe` read it. Each value names the file it came from;");
         let _ = writeln!(t, "# what the kernel does not expose is listed as unknown below and was not guessed.");
-        let _ = writeln!(t, "# Device fields not written (max_segments, max_segment_size, segment boundary, alignment,");
+        let _ =
+            writeln!(t, "# Device fields not written (max_segments, max_segment_size, segment boundary, alignment,");
         let _ = writeln!(t, "# layouts) are not exposed by sysfs: the platform format's defaults apply to them.");
         for u in &self.unknowns {
             let _ = writeln!(t, "# unknown: {}: {}", u.what, u.why);
@@ -512,7 +523,10 @@ impl Probed {
         for r in &self.reserved {
             let _ = writeln!(t, "# reserved: {} {} (from {})", r.value.name, r.value.range, r.source);
         }
-        let _ = writeln!(t, "\n[platform]\nname = \"probe\"\ndescription = \"this machine, probed from sysfs and procfs\"\n");
+        let _ = writeln!(
+            t,
+            "\n[platform]\nname = \"probe\"\ndescription = \"this machine, probed from sysfs and procfs\"\n"
+        );
         let _ = writeln!(t, "[memory]");
         if let Some(b) = &self.max_buddy_block {
             let _ = writeln!(t, "max_buddy_block = {}  # from {}", size_text(b.value), b.source);
@@ -543,12 +557,20 @@ impl Probed {
             d.driver.as_deref().unwrap_or("(no driver)"),
             if d.nodes.is_empty() { String::new() } else { format!(", {}", d.nodes.join(" ")) }
         );
-        let _ = writeln!(t, "\n[[device]]\nname = \"{}\"\nclass = \"{}\"  # from {}", d.name, d.class.value, d.class.source);
+        let _ = writeln!(
+            t,
+            "\n[[device]]\nname = \"{}\"\nclass = \"{}\"  # from {}",
+            d.name, d.class.value, d.class.source
+        );
         let _ = writeln!(t, "bus = \"pcie\"\ndescription = \"{desc}\"\n[device.placement]");
         let _ = writeln!(t, "dma_mask = {}  # from {}", d.dma_mask_bits.value, d.dma_mask_bits.source);
         match (&d.iommu_group, &d.domain) {
             (Some(g), Some(dom)) => {
-                let _ = writeln!(t, "# IOMMU group {} (from {}), domain {} (from {})", g.value, g.source, dom.value, dom.source);
+                let _ = writeln!(
+                    t,
+                    "# IOMMU group {} (from {}), domain {} (from {})",
+                    g.value, g.source, dom.value, dom.source
+                );
             }
             (None, _) => {
                 let _ = writeln!(t, "# no IOMMU group: the device reaches physical addresses directly");
@@ -570,7 +592,11 @@ impl Probed {
                 let _ = writeln!(t, "iova_bits = {}  # from {}", b.value, b.source);
             }
             None => {
-                let _ = writeln!(t, "iova_bits = {}  # unknown: the device's own dma_mask_bits bound it", d.dma_mask_bits.value);
+                let _ = writeln!(
+                    t,
+                    "iova_bits = {}  # unknown: the device's own dma_mask_bits bound it",
+                    d.dma_mask_bits.value
+                );
             }
         }
     }

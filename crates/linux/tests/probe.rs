@@ -90,7 +90,9 @@ fn q35(t: &Tree, iomem: &str) {
             t.link(&format!("{dir}/iommu"), "../../../../class/iommu/dmar0");
         }
         if let Some(c) = card {
-            t.dir(&format!("{dir}/drm/{c}")).dir(&format!("/sys/class/drm/{c}")).dir(&format!("/sys/class/drm/{c}-VGA-1"));
+            t.dir(&format!("{dir}/drm/{c}"))
+                .dir(&format!("/sys/class/drm/{c}"))
+                .dir(&format!("/sys/class/drm/{c}-VGA-1"));
         }
     }
     // vgem: a DRM card that is no PCI function.
@@ -138,14 +140,27 @@ fn q35_with_intel_iommu_as_root() {
     let toml = p.to_toml();
     assert!(toml.contains("dma_mask = 32  # from /sys/bus/pci/devices/0000:00:01.0/dma_mask_bits"), "{toml}");
     assert!(toml.contains("pgsize_bitmap = [\"4KiB\", \"2MiB\", \"1GiB\"]  # from /sys/class/iommu/dmar0/intel-iommu/cap (SLLPS, bits 34-35)"), "{toml}");
-    assert!(toml.contains("iova_bits = 39  # from /sys/class/iommu/dmar0/intel-iommu/cap (MGAW, bits 21:16)"), "{toml}");
-    assert!(toml.contains("# unknown: /dev/dri/card1 (vgem) DMA constraints: not a PCI function (../../../devices/platform/vgem)"), "{toml}");
+    assert!(
+        toml.contains("iova_bits = 39  # from /sys/class/iommu/dmar0/intel-iommu/cap (MGAW, bits 21:16)"),
+        "{toml}"
+    );
+    assert!(
+        toml.contains(
+            "# unknown: /dev/dri/card1 (vgem) DMA constraints: not a PCI function (../../../devices/platform/vgem)"
+        ),
+        "{toml}"
+    );
     assert!(toml.contains("max_buddy_block = \"4MiB\"  # from /proc/buddyinfo"), "{toml}");
     solves(&toml, "card0");
     solves(&toml, "pci-0000-00-02.0");
     // A 32-bit device behind VT-d still reaches all RAM; the plan says so.
     let platform = Platform::from_toml("probe", &toml).unwrap();
-    let plan = solve(&platform, &BufferDesc::Size(Size::mib(8)), &[Request { device: platform.device("card0").unwrap(), hints: Usage::SCANOUT }]).unwrap();
+    let plan = solve(
+        &platform,
+        &BufferDesc::Size(Size::mib(8)),
+        &[Request { device: platform.device("card0").unwrap(), hints: Usage::SCANOUT }],
+    )
+    .unwrap();
     assert!(!plan.contiguous(), "behind the IOMMU scanout needs no contiguity");
 }
 
@@ -191,7 +206,10 @@ fn device_tree_reserved_memory_gives_cma_and_reserved_ranges() {
         .file("/proc/device-tree/reserved-memory/linux,cma/reg", [0, 0, 0, 0, 0x70, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0])
         .file("/proc/device-tree/reserved-memory/linux,cma/compatible", b"shared-dma-pool\0")
         .file("/proc/device-tree/reserved-memory/linux,cma/reusable", b"")
-        .file("/proc/device-tree/reserved-memory/secure@50000000/reg", [0, 0, 0, 0, 0x50, 0, 0, 0, 0, 0, 0, 0, 0x01, 0, 0, 0])
+        .file(
+            "/proc/device-tree/reserved-memory/secure@50000000/reg",
+            [0, 0, 0, 0, 0x50, 0, 0, 0, 0, 0, 0, 0, 0x01, 0, 0, 0],
+        )
         .file("/proc/device-tree/reserved-memory/secure@50000000/no-map", b"")
         .file("/proc/device-tree/reserved-memory/broken/reg", [0, 0, 1]);
     let p = probe(&t.root());

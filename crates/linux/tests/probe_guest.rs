@@ -26,7 +26,7 @@ fn ram_is_what_qemu_gives_a_1g_guest() {
     assert!(!p.banks.is_empty());
     assert!(p.banks.iter().all(|b| b.source == "/proc/iomem"), "root reads /proc/iomem");
     let total: u64 = p.banks.iter().map(|b| b.value.range.len().bytes()).sum();
-    assert!((1024 - 16) << 20 <= total && total <= 1 << 30, "RAM {total:#x} is not about 1 GiB");
+    assert!(((1024 - 16) << 20..=1 << 30).contains(&total), "RAM {total:#x} is not about 1 GiB");
     assert!(p.banks.iter().all(|b| b.value.range.end().get() <= 1 << 30), "a 1 GiB guest has all RAM below 1 GiB");
     assert_eq!(p.max_buddy_block.as_ref().map(|b| b.value), Some(4 << 20), "x86-64 6.12: MAX_ORDER 10");
 }
@@ -44,7 +44,11 @@ fn cirrus_and_virtio_gpu_are_pci_functions() {
     let virtio = p.devices.iter().find(|d| d.ids == "1af4:1050");
     if iommu {
         let unit = p.iommus.iter().find(|u| u.name == "dmar0").expect("intel-iommu is dmar0");
-        assert_eq!(unit.page_sizes.as_ref().unwrap().value, [4096, 2 << 20, 1 << 30], "qemu's VT-d sets both SLLPS bits");
+        assert_eq!(
+            unit.page_sizes.as_ref().unwrap().value,
+            [4096, 2 << 20, 1 << 30],
+            "qemu's VT-d sets both SLLPS bits"
+        );
         assert_eq!(unit.iova_bits.as_ref().unwrap().value, 39, "qemu's intel-iommu aw-bits default");
         let virtio = virtio.expect("virtio-gpu-pci with --iommu");
         for d in [cirrus, virtio] {

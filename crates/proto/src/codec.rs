@@ -319,9 +319,11 @@ fn encode_request(w: &mut Writer, r: &Request) -> Result<(), EncodeError> {
 
 fn decode_request(r: &mut Reader<'_>, kind: u16) -> Result<Request, DecodeError> {
     Ok(match kind {
-        op::HELLO => {
-            Request::Hello { min_version: r.u16("min_version")?, max_version: r.u16("max_version")?, name: r.str("name", MAX_NAME)? }
-        }
+        op::HELLO => Request::Hello {
+            min_version: r.u16("min_version")?,
+            max_version: r.u16("max_version")?,
+            name: r.str("name", MAX_NAME)?,
+        },
         op::CREATE => {
             let desc = match r.u8("desc")? {
                 0 => Desc::Size(r.u64("size")?),
@@ -462,8 +464,9 @@ fn decode_reply(r: &mut Reader<'_>, kind: u16) -> Result<Reply, DecodeError> {
             let (size, fourcc, modifier) = (r.u64("size")?, r.u32("fourcc")?, r.u64("modifier")?);
             let (width, height) = (r.u32("width")?, r.u32("height")?);
             let n = r.count("planes", MAX_PLANES)?;
-            let planes =
-                (0..n).map(|_| Ok(Plane { offset: r.u32("offset")?, pitch: r.u32("pitch")? })).collect::<Result<_, _>>()?;
+            let planes = (0..n)
+                .map(|_| Ok(Plane { offset: r.u32("offset")?, pitch: r.u32("pitch")? }))
+                .collect::<Result<_, _>>()?;
             Reply::Mapped { mapping, generation, layout: Layout { size, fourcc, modifier, width, height, planes } }
         }
         op::BEGIN_ACCESS | op::END_ACCESS | op::UNMAP | op::DETACH | op::RELEASE => Reply::Done(kind),
@@ -521,7 +524,12 @@ mod tests {
             Request::Hello { min_version: 1, max_version: 1, name: "cam".into() },
             Request::Create { desc: Desc::Size(4096), name: "b".into() },
             Request::Create {
-                desc: Desc::Image { width: 64, height: 32, fourcc: u32::from_le_bytes(*b"XR24"), modifiers: vec![0, 5] },
+                desc: Desc::Image {
+                    width: 64,
+                    height: 32,
+                    fourcc: u32::from_le_bytes(*b"XR24"),
+                    modifiers: vec![0, 5],
+                },
                 name: "img".into(),
             },
             Request::Attach { token, device: "dpu".into(), hints: 1 },

@@ -19,17 +19,21 @@ fn daemon() -> &'static PathBuf {
         let dir = std::env::temp_dir().join(format!("dmaplace-bench-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
         let socket = dir.join("d.sock");
-        let platform = dmaplace_core::builtin::load("refsoc").unwrap().unwrap();
-        let placer = SimPlacer::new(&platform, 1).unwrap();
-        let mut config = ServiceConfig::default();
-        config.limits.buffers = 1 << 20;
-        let service = Service::new(platform, placer, config);
-        let mut server = Server::bind(service, ServerConfig::new(&socket)).unwrap();
-        let (stop, keep) = rustix::pipe::pipe().unwrap();
+        let (ready, wait) = std::sync::mpsc::channel();
+        let path = socket.clone();
+        // The exporter is not Send (move_notify callbacks): the daemon is built on its thread.
         std::thread::spawn(move || {
-            let _keep = keep; // never written: the daemon runs for the whole process
+            let platform = dmaplace_core::builtin::load("refsoc").unwrap().unwrap();
+            let placer = SimPlacer::new(&platform, 1).unwrap();
+            let mut config = ServiceConfig::default();
+            config.limits.buffers = 1 << 20;
+            let service = Service::new(platform, placer, config);
+            let mut server = Server::bind(service, ServerConfig::new(&path)).unwrap();
+            let (stop, _keep) = rustix::pipe::pipe().unwrap(); // never written: runs for the whole process
+            ready.send(()).unwrap();
             server.run(stop.as_fd()).unwrap();
         });
+        wait.recv().unwrap();
         socket
     })
 }
@@ -72,12 +76,13 @@ fn concurrent(clients: usize, per_client: usize) {
     });
     let wall = t0.elapsed();
     all.sort();
-    let q = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    // The p-th quantile: the smallest sample with at least p of them at or below it.
+    let q = |per_mille: usize| all[(all.len() * per_mille / 1000).min(all.len() - 1)];
     println!(
         "{clients:>3} concurrent clients x {per_client} round trips: {:>8.0} round trips/s; latency p50 {:?}, p99 {:?}, max {:?}",
         all.len() as f64 / wall.as_secs_f64(),
-        q(0.50),
-        q(0.99),
+        q(500),
+        q(990),
         all[all.len() - 1]
     );
 }

@@ -109,10 +109,12 @@ fn for_each_block(
     let mut block = vec![0u8; 1 << 16];
     let mut off = 0u64;
     while off < len {
-        // CAST: at most the block's length.
-        let want = (len - off).min(block.len() as u64) as usize;
-        let n = rustix::io::pread(fd, &mut block[..want], off)
-            .map_err(|errno| PlaceError::Memfd { op: "pread", buffer: name.to_owned(), errno })?;
+        let want = usize::try_from(len - off).map_or(block.len(), |left| left.min(block.len()));
+        let n = rustix::io::pread(fd, &mut block[..want], off).map_err(|errno| PlaceError::Memfd {
+            op: "pread",
+            buffer: name.to_owned(),
+            errno,
+        })?;
         if n == 0 {
             // Past the end of the file reads as zeros (it never is: the size is sealed).
             block[..want].fill(0);
@@ -126,8 +128,11 @@ fn for_each_block(
 
 fn write_all(fd: BorrowedFd<'_>, name: &str, mut off: u64, mut bytes: &[u8]) -> Result<(), PlaceError> {
     while !bytes.is_empty() {
-        let n = rustix::io::pwrite(fd, bytes, off)
-            .map_err(|errno| PlaceError::Memfd { op: "pwrite", buffer: name.to_owned(), errno })?;
+        let n = rustix::io::pwrite(fd, bytes, off).map_err(|errno| PlaceError::Memfd {
+            op: "pwrite",
+            buffer: name.to_owned(),
+            errno,
+        })?;
         bytes = &bytes[n..];
         off += n as u64;
     }
@@ -205,8 +210,7 @@ impl Backend for SimPlacer {
         let mut block = vec![0u8; 1 << 16];
         let mut off = 0u64;
         while off < b.size {
-            // CAST: at most the block's length.
-            let n = (b.size - off).min(block.len() as u64) as usize;
+            let n = usize::try_from(b.size - off).map_or(block.len(), |left| left.min(block.len()));
             dmaplace_linux::backend::fill_pattern(&mut block[..n], seed.wrapping_add(off / 8));
             write_all(b.memfd.as_fd(), &b.name, off, &block[..n])?;
             off += n as u64;

@@ -251,10 +251,21 @@ impl<P: Placer> Server<P> {
         let timeout = rustix::time::Timespec { tv_sec: 0, tv_nsec: 200_000_000 };
         match rustix::event::poll(&mut fds, Some(&timeout)) {
             Ok(_) | Err(Errno::INTR) => {}
-            Err(e) => return Err(ServerError::Socket { op: "poll", path: self.config.socket.display().to_string(), errno: e }),
+            Err(e) => {
+                return Err(ServerError::Socket {
+                    op: "poll",
+                    path: self.config.socket.display().to_string(),
+                    errno: e,
+                });
+            }
         }
         let stopped = !fds[0].revents().is_empty();
-        let ready = ids.into_iter().zip(fds[1..].iter()).filter(|(_, f)| !f.revents().is_empty()).map(|(id, f)| (id, f.revents())).collect();
+        let ready = ids
+            .into_iter()
+            .zip(fds[1..].iter())
+            .filter(|(_, f)| !f.revents().is_empty())
+            .map(|(id, f)| (id, f.revents()))
+            .collect();
         Ok((stopped, ready))
     }
 
@@ -278,7 +289,12 @@ impl<P: Placer> Server<P> {
             // A refused peer is answered when it speaks (closing a socket with its hello
             // unread would reset the connection and lose the answer).
             let denied = (!self.allowed(&peer)).then(|| {
-                tracing::warn!(pid = peer.pid, uid = peer.uid, gid = peer.gid, "connection refused by the uid/gid policy");
+                tracing::warn!(
+                    pid = peer.pid,
+                    uid = peer.uid,
+                    gid = peer.gid,
+                    "connection refused by the uid/gid policy"
+                );
                 format!("uid {} gid {} may not use this daemon", peer.uid, peer.gid)
             });
             if self.conns.len() >= self.config.max_clients {
@@ -339,7 +355,11 @@ impl<P: Placer> Server<P> {
             let bytes = &buf[..msg.bytes.min(buf.len())];
             let seq = seq_of(bytes);
             if let Some(why) = self.conns.get(&id).and_then(|c| c.denied.clone()) {
-                self.enqueue(id, Message { seq, body: Body::Error(ErrorReply { code: ErrorCode::Permission, message: why }) }, None);
+                self.enqueue(
+                    id,
+                    Message { seq, body: Body::Error(ErrorReply { code: ErrorCode::Permission, message: why }) },
+                    None,
+                );
                 if let Some(c) = self.conns.get_mut(&id) {
                     c.closing = true;
                 }
@@ -356,7 +376,12 @@ impl<P: Placer> Server<P> {
                 continue;
             }
             if msg.bytes > MAX_MESSAGE {
-                self.garbage(id, seq, ErrorCode::TooLarge, format!("a message of {} bytes exceeds the maximum of {MAX_MESSAGE}", msg.bytes));
+                self.garbage(
+                    id,
+                    seq,
+                    ErrorCode::TooLarge,
+                    format!("a message of {} bytes exceeds the maximum of {MAX_MESSAGE}", msg.bytes),
+                );
                 continue;
             }
             match Message::decode(bytes) {
@@ -372,7 +397,9 @@ impl<P: Placer> Server<P> {
                     self.enqueue(id, Message { seq, body }, out.fd);
                     self.deliver(out.events);
                 }
-                Ok(_) => self.garbage(id, seq, ErrorCode::Malformed, "clients send requests, not replies or events".into()),
+                Ok(_) => {
+                    self.garbage(id, seq, ErrorCode::Malformed, "clients send requests, not replies or events".into())
+                }
                 Err(e) => self.garbage(id, seq, ErrorCode::Malformed, e.to_string()),
             }
         }
@@ -383,7 +410,12 @@ impl<P: Placer> Server<P> {
         if let Some(c) = self.conns.get_mut(&id) {
             c.malformed += 1;
             if c.malformed >= limit {
-                tracing::warn!(client = id, pid = c.peer.pid, count = c.malformed, "disconnecting a client that keeps sending garbage");
+                tracing::warn!(
+                    client = id,
+                    pid = c.peer.pid,
+                    count = c.malformed,
+                    "disconnecting a client that keeps sending garbage"
+                );
                 c.closing = true;
             }
         }
@@ -464,7 +496,9 @@ impl<P: Placer> Server<P> {
     /// Drops dead connections; their cleanup's events go to the other holders.
     fn reap(&mut self) {
         loop {
-            let Some((id, why)) = self.conns.iter().find_map(|(id, c)| c.dead.clone().map(|w| (*id, w))) else { return };
+            let Some((id, why)) = self.conns.iter().find_map(|(id, c)| c.dead.clone().map(|w| (*id, w))) else {
+                return;
+            };
             let conn = self.conns.remove(&id);
             let events = self.service.disconnect(id);
             if let Some(c) = conn {
@@ -504,6 +538,5 @@ fn send(fd: BorrowedFd<'_>, bytes: &[u8], pass: Option<BorrowedFd<'_>>) -> Resul
             return Err(Errno::NOBUFS);
         }
     }
-    rustix::net::sendmsg(fd, &[IoSlice::new(bytes)], &mut control, SendFlags::DONTWAIT | SendFlags::NOSIGNAL)
-        .map(drop)
+    rustix::net::sendmsg(fd, &[IoSlice::new(bytes)], &mut control, SendFlags::DONTWAIT | SendFlags::NOSIGNAL).map(drop)
 }

@@ -13,8 +13,8 @@ use dmaplace_core::exporter::{
 use dmaplace_core::solver::ImageDesc;
 use dmaplace_core::{BufferDesc, Platform, Size, Usage};
 use dmaplace_proto::{
-    AttachHow, AttachmentStatus, BufferStatus, Desc, ErrorCode, ErrorReply, Event, INSPECT_CHUNK, Layout,
-    MAX_MESSAGE, Plane, Quota, Reply, Request, Token, VERSION, op,
+    AttachHow, AttachmentStatus, BufferStatus, Desc, ErrorCode, ErrorReply, Event, INSPECT_CHUNK, Layout, MAX_MESSAGE,
+    Plane, Quota, Reply, Request, Token, VERSION, op,
 };
 use serde_json::json;
 
@@ -202,11 +202,8 @@ fn core_desc(desc: &Desc) -> Result<BufferDesc, ErrorReply> {
 impl<P: Placer> Service<P> {
     /// A service placing memory with `placer` on `platform`.
     pub fn new(platform: Platform, placer: P, config: ServiceConfig) -> Service<P> {
-        let exporter = Exporter::new(
-            platform,
-            placer,
-            ExporterConfig { busy: config.busy, ..ExporterConfig::default() },
-        );
+        let exporter =
+            Exporter::new(platform, placer, ExporterConfig { busy: config.busy, ..ExporterConfig::default() });
         Service {
             exporter,
             config,
@@ -297,8 +294,7 @@ impl<P: Placer> Service<P> {
                 tracing::info!(client, pid = c.peer.pid, uid = c.peer.uid, name = %name, "hello");
                 Ok(Reply::Hello {
                     version: VERSION,
-                    // CAST: 64 KiB fits u32.
-                    max_message: MAX_MESSAGE as u32,
+                    max_message: u32::try_from(MAX_MESSAGE).unwrap_or(u32::MAX),
                     backend: self.exporter.backend().kind().to_owned(),
                     platform: self.exporter.platform().name.clone(),
                     quota: self.quota(),
@@ -354,7 +350,12 @@ impl<P: Placer> Service<P> {
             self.exporter.take_events();
             return Err(err(
                 ErrorCode::Quota,
-                format!("{} more would exceed this client's {} (it holds {})", Size::new(size), Size::new(limits.bytes), Size::new(used)),
+                format!(
+                    "{} more would exceed this client's {} (it holds {})",
+                    Size::new(size),
+                    Size::new(limits.bytes),
+                    Size::new(used)
+                ),
             ));
         }
         c.bytes += size;
@@ -386,7 +387,10 @@ impl<P: Placer> Service<P> {
             return Err(err(ErrorCode::Quota, format!("this client holds {} buffers, the limit", c.buffers.len())));
         }
         if c.attachments.len() >= limits.attachments as usize {
-            return Err(err(ErrorCode::Quota, format!("this client has {} attachments, the limit", c.attachments.len())));
+            return Err(err(
+                ErrorCode::Quota,
+                format!("this client has {} attachments, the limit", c.attachments.len()),
+            ));
         }
         let attachment = match self.exporter.attach(buffer, device, hints) {
             Ok(a) => a,
@@ -436,7 +440,10 @@ impl<P: Placer> Service<P> {
                 let Some(buffer) = c.buffer_handle(n.buffer) else { return };
                 let invalidated =
                     c.mappings.iter().filter(|(_, m)| n.invalidated.contains(&m.id)).map(|(h, _)| *h).collect();
-                events.push((client, Event::Moved { buffer, attachment: att_handle, generation: n.generation, invalidated }));
+                events.push((
+                    client,
+                    Event::Moved { buffer, attachment: att_handle, generation: n.generation, invalidated },
+                ));
             }
             CoreEvent::Migrated { buffer, for_device, copied, checksum, .. } => {
                 tracing::info!(buffer = %buffer, for_device, copied = copied.bytes(), checksum, "migrated");
@@ -537,7 +544,12 @@ impl<P: Placer> Service<P> {
         Ok(Reply::Done(op::BEGIN_ACCESS))
     }
 
-    fn end_access(&mut self, client: ClientId, handle: u32, events: &mut Vec<(ClientId, Event)>) -> Result<Reply, ErrorReply> {
+    fn end_access(
+        &mut self,
+        client: ClientId,
+        handle: u32,
+        events: &mut Vec<(ClientId, Event)>,
+    ) -> Result<Reply, ErrorReply> {
         let fence = self
             .mapping(client, handle)?
             .fence
@@ -549,7 +561,12 @@ impl<P: Placer> Service<P> {
         Ok(Reply::Done(op::END_ACCESS))
     }
 
-    fn unmap(&mut self, client: ClientId, handle: u32, events: &mut Vec<(ClientId, Event)>) -> Result<Reply, ErrorReply> {
+    fn unmap(
+        &mut self,
+        client: ClientId,
+        handle: u32,
+        events: &mut Vec<(ClientId, Event)>,
+    ) -> Result<Reply, ErrorReply> {
         let m = self.mapping(client, handle)?;
         if m.fence.is_some() {
             return Err(err(ErrorCode::InUse, format!("mapping {handle} has access in flight: end_access first")));
@@ -562,12 +579,20 @@ impl<P: Placer> Service<P> {
         Ok(Reply::Done(op::UNMAP))
     }
 
-    fn detach(&mut self, client: ClientId, handle: u32, events: &mut Vec<(ClientId, Event)>) -> Result<Reply, ErrorReply> {
+    fn detach(
+        &mut self,
+        client: ClientId,
+        handle: u32,
+        events: &mut Vec<(ClientId, Event)>,
+    ) -> Result<Reply, ErrorReply> {
         let (attachment, _) = self.attachment(client, handle)?;
         let mapped: Vec<u32> =
             self.clients[&client].mappings.iter().filter(|(_, m)| m.attachment == handle).map(|(h, _)| *h).collect();
         if !mapped.is_empty() {
-            return Err(err(ErrorCode::InUse, format!("attachment {handle} still has mappings {mapped:?}: unmap first")));
+            return Err(err(
+                ErrorCode::InUse,
+                format!("attachment {handle} still has mappings {mapped:?}: unmap first"),
+            ));
         }
         let result = self.exporter.detach(attachment);
         self.drain(events);
@@ -577,10 +602,16 @@ impl<P: Placer> Service<P> {
         Ok(Reply::Done(op::DETACH))
     }
 
-    fn release(&mut self, client: ClientId, handle: u32, events: &mut Vec<(ClientId, Event)>) -> Result<Reply, ErrorReply> {
+    fn release(
+        &mut self,
+        client: ClientId,
+        handle: u32,
+        events: &mut Vec<(ClientId, Event)>,
+    ) -> Result<Reply, ErrorReply> {
         let c = self.clients.get(&client).ok_or_else(|| err(ErrorCode::Internal, "no such client"))?;
         c.buffers
-            .get(&handle).ok_or_else(|| err(ErrorCode::NoSuchHandle, format!("this client has no buffer {handle}")))?;
+            .get(&handle)
+            .ok_or_else(|| err(ErrorCode::NoSuchHandle, format!("this client has no buffer {handle}")))?;
         let busy: Vec<u32> = c
             .mappings
             .iter()
@@ -588,7 +619,10 @@ impl<P: Placer> Service<P> {
             .map(|(h, _)| *h)
             .collect();
         if !busy.is_empty() {
-            return Err(err(ErrorCode::InUse, format!("buffer {handle} has access in flight on mappings {busy:?}: end_access first")));
+            return Err(err(
+                ErrorCode::InUse,
+                format!("buffer {handle} has access in flight on mappings {busy:?}: end_access first"),
+            ));
         }
         self.let_go(client, handle, events);
         Ok(Reply::Done(op::RELEASE))
@@ -603,7 +637,12 @@ impl<P: Placer> Service<P> {
         let atts: Vec<(u32, AttachmentId)> =
             c.attachments.iter().filter(|(_, (_, b))| *b == handle).map(|(h, (a, _))| (*h, *a)).collect();
         let maps: Vec<MapState> = {
-            let hs: Vec<u32> = c.mappings.iter().filter(|(_, m)| atts.iter().any(|(h, _)| *h == m.attachment)).map(|(h, _)| *h).collect();
+            let hs: Vec<u32> = c
+                .mappings
+                .iter()
+                .filter(|(_, m)| atts.iter().any(|(h, _)| *h == m.attachment))
+                .map(|(h, _)| *h)
+                .collect();
             hs.iter().filter_map(|h| c.mappings.remove(h)).collect()
         };
         for (h, _) in &atts {
@@ -638,7 +677,8 @@ impl<P: Placer> Service<P> {
     /// buffers. Returns the events its cleanup caused (moves for other holders).
     pub fn disconnect(&mut self, client: ClientId) -> Vec<(ClientId, Event)> {
         let mut events = Vec::new();
-        let handles: Vec<u32> = self.clients.get(&client).map(|c| c.buffers.keys().rev().copied().collect()).unwrap_or_default();
+        let handles: Vec<u32> =
+            self.clients.get(&client).map(|c| c.buffers.keys().rev().copied().collect()).unwrap_or_default();
         for h in handles {
             self.let_go(client, h, &mut events);
         }
@@ -675,15 +715,17 @@ impl<P: Placer> Service<P> {
                 attachments,
             });
         }
-        // CAST: bounded by the fd limit.
-        let fds = c.mappings.len() as u32;
+        let fds = u32::try_from(c.mappings.len()).unwrap_or(u32::MAX);
         Ok(Reply::Status { bytes: c.bytes, fds, quota: self.quota(), buffers })
     }
 
     fn inspect(&mut self, client: ClientId, offset: u64) -> Result<Reply, ErrorReply> {
         let uid = self.clients[&client].peer.uid;
         if !self.config.admins.contains(&uid) {
-            return Err(err(ErrorCode::Permission, format!("inspect is for administrators (uids {:?}); this client is uid {uid}", self.config.admins)));
+            return Err(err(
+                ErrorCode::Permission,
+                format!("inspect is for administrators (uids {:?}); this client is uid {uid}", self.config.admins),
+            ));
         }
         if offset == 0 || self.clients[&client].inspect.is_none() {
             let text = self.inspect_json().to_string().into_bytes();

@@ -7,7 +7,6 @@
 mod common;
 
 use std::io::IoSlice;
-use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
 
 use common::{Daemon, Rng};
@@ -31,8 +30,12 @@ fn raw_and_close(socket: &std::path::Path, request: Option<Request>) {
     rustix::net::connect(&fd, &SocketAddrUnix::new(socket).unwrap()).unwrap();
     if let Some(r) = request {
         let bytes = Message { seq: 1, body: Body::Request(r) }.encode().unwrap();
-        let mut space = [MaybeUninit::<u8>::uninit(); 0];
-        let _ = rustix::net::sendmsg(&fd, &[IoSlice::new(&bytes)], &mut SendAncillaryBuffer::new(&mut space), SendFlags::NOSIGNAL);
+        let _ = rustix::net::sendmsg(
+            &fd,
+            &[IoSlice::new(&bytes)],
+            &mut SendAncillaryBuffer::default(),
+            SendFlags::NOSIGNAL,
+        );
     }
 }
 
@@ -76,8 +79,12 @@ fn doomed(socket: &std::path::Path, shared: &dmaplace::Token, rng: &mut Rng) -> 
         return steps;
     }
     // A request sent, its reply never read.
-    c.send_raw(&Message { seq: 99, body: Body::Request(Request::Create { desc: Desc::Size(4096), name: "x".into() }) }.encode().unwrap())
-        .unwrap();
+    c.send_raw(
+        &Message { seq: 99, body: Body::Request(Request::Create { desc: Desc::Size(4096), name: "x".into() }) }
+            .encode()
+            .unwrap(),
+    )
+    .unwrap();
     if steps == 8 {
         return steps;
     }
@@ -114,7 +121,7 @@ fn a_thousand_abrupt_disconnects_leak_nothing() {
                     let mut rng = Rng(SEED ^ (t + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
                     let mut h = [0u64; 10];
                     for _ in 0..CLIENTS / THREADS {
-                        h[doomed(&socket, &token, &mut rng) as usize] += 1;
+                        h[usize::try_from(doomed(&socket, &token, &mut rng)).unwrap()] += 1;
                     }
                     h
                 })

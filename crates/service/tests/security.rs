@@ -113,7 +113,10 @@ fn garbage_gets_error_replies_then_disconnection() {
     send_with_fd(&c, &status);
     let (m, _) = c.recv_raw(Duration::from_secs(5)).unwrap();
     assert_eq!(m.seq, 5);
-    assert!(matches!(&m.body, Body::Error(e) if e.code == ErrorCode::Control && e.message.contains("carried 1 fd")), "{m:?}");
+    assert!(
+        matches!(&m.body, Body::Error(e) if e.code == ErrorCode::Control && e.message.contains("carried 1 fd")),
+        "{m:?}"
+    );
     assert_eq!(d.fd_count(), fds_before, "the fd the client passed was closed");
     // 3: over the size limit.
     c.send_raw(&vec![0u8; dmaplace::MAX_MESSAGE + 100]).unwrap();
@@ -170,7 +173,7 @@ fn silent_clients_time_out_and_slow_readers_stall_nobody() {
     // The silent one is closed within the timeout (read returns 0 or an error).
     let n = loop {
         match rustix::net::recv(&silent, &mut b, rustix::net::RecvFlags::DONTWAIT) {
-            Ok((n, _)) if n == 0 => break Ok(0),
+            Ok((0, _)) => break Ok(0),
             Ok(_) => continue,
             Err(rustix::io::Errno::AGAIN) if t0.elapsed() < Duration::from_secs(10) => {
                 std::thread::sleep(Duration::from_millis(20))

@@ -171,7 +171,10 @@ fn c_example_addfb2() {
     let text = String::from_utf8_lossy(&out.stdout);
     println!("{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "scanout exited with {}:\n{}", out.status, d.log());
-    assert!(text.contains("layout: 1024x768 fourcc XR24 modifier 0x0 size 3145728 planes 1 pitch 4096 offset 0"), "{text}");
+    assert!(
+        text.contains("layout: 1024x768 fourcc XR24 modifier 0x0 size 3145728 planes 1 pitch 4096 offset 0"),
+        "{text}"
+    );
     assert!(text.contains(&format!("ADDFB2 {card}: framebuffer ")), "{text}");
     assert!(text.lines().any(|l| l == "PASS"), "{text}");
 }
@@ -193,7 +196,8 @@ fn main() {
         Some(host_setup())
     };
     let (mut passed, mut failed) = (0, 0);
-    let mut runs: Vec<(&str, Box<dyn Fn()>)> = Vec::new();
+    type Run<'a> = (&'static str, Box<dyn Fn() + 'a>);
+    let mut runs: Vec<Run<'_>> = Vec::new();
     if let Some(s) = &setup {
         runs.push(("move_when_idle_busy_refused", Box::new(move || scenario(s, false))));
         runs.push(("move_when_idle_busy_queued", Box::new(move || scenario(s, true))));

@@ -94,7 +94,10 @@ fn load_platform(spec: &str) -> anyhow::Result<Platform> {
     }
     match dmaplace_core::builtin::load(spec) {
         Some(p) => p.map_err(Into::into),
-        None => bail!("no platform `{spec}`: give `probe`, a built-in name ({}) or a .toml path", dmaplace_core::builtin::names().collect::<Vec<_>>().join(", ")),
+        None => bail!(
+            "no platform `{spec}`: give `probe`, a built-in name ({}) or a .toml path",
+            dmaplace_core::builtin::names().collect::<Vec<_>>().join(", ")
+        ),
     }
 }
 
@@ -112,9 +115,7 @@ fn serve<P: Placer>(service: Service<P>, config: ServerConfig) -> anyhow::Result
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
@@ -145,7 +146,9 @@ fn main() -> anyhow::Result<()> {
         BackendArg::Sim => serve(Service::new(platform.clone(), SimPlacer::new(&platform, args.seed)?, config), server),
         BackendArg::Heaps | BackendArg::Auto => {
             if std::path::Path::new(dmaplace_linux::kmod::DEV_DMAPLACE).exists() {
-                tracing::warn!("/dev/dmaplace exists, but dmaplaced does not drive the kernel module yet: using the dma-heaps");
+                tracing::warn!(
+                    "/dev/dmaplace exists, but dmaplaced does not drive the kernel module yet: using the dma-heaps"
+                );
             }
             let placer = HeapPlacer::new(args.allow_memfd || args.backend == BackendArg::Auto);
             if !placer.inner().inventory().has_dma_buf() && !args.allow_memfd && args.backend == BackendArg::Heaps {
