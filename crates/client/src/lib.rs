@@ -214,6 +214,8 @@ pub struct Client {
     events: VecDeque<Event>,
     hello: Hello,
     timeout: Duration,
+    /// The receive buffer, reused.
+    buf: Vec<u8>,
 }
 
 fn io(op: &str) -> impl FnOnce(Errno) -> Error + '_ {
@@ -246,6 +248,7 @@ impl Client {
                 quota: Quota { bytes: 0, buffers: 0, fds: 0 },
             },
             timeout: Duration::from_secs(30),
+            buf: vec![0u8; MAX_MESSAGE],
         };
         let (reply, _) =
             c.call(Request::Hello { min_version: VERSION, max_version: VERSION, name: name.to_owned() })?;
@@ -303,12 +306,12 @@ impl Client {
         if !wait_readable(self.fd.as_fd(), timeout)? {
             return Err(Error::Timeout(timeout));
         }
-        let mut buf = vec![0u8; MAX_MESSAGE];
+        let buf = &mut self.buf;
         let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(4))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let flags = RecvFlags::CMSG_CLOEXEC | RecvFlags::TRUNC;
-        let got = rustix::net::recvmsg(&self.fd, &mut [IoSliceMut::new(&mut buf)], &mut control, flags)
-            .map_err(io("recvmsg"))?;
+        let got =
+            rustix::net::recvmsg(&self.fd, &mut [IoSliceMut::new(buf)], &mut control, flags).map_err(io("recvmsg"))?;
         let mut fds = Vec::new();
         for m in control.drain() {
             if let RecvAncillaryMessage::ScmRights(r) = m {

@@ -119,6 +119,8 @@ pub struct Server<P: Placer> {
     conns: BTreeMap<ClientId, Conn>,
     next_id: ClientId,
     own_uid: u32,
+    /// One receive buffer, reused (a message is handled before the next is read).
+    buf: Vec<u8>,
 }
 
 impl<P: Placer> std::fmt::Debug for Server<P> {
@@ -183,7 +185,15 @@ impl<P: Placer> Server<P> {
         rustix::net::listen(&listener, 128).map_err(sock_err("listen", &path))?;
         let own_uid = rustix::process::geteuid().as_raw();
         tracing::info!(socket = %path.display(), backend = service.exporter().backend().kind(), platform = %service.exporter().platform().name, "listening");
-        Ok(Server { service, config, listener, conns: BTreeMap::new(), next_id: 1, own_uid })
+        Ok(Server {
+            service,
+            config,
+            listener,
+            conns: BTreeMap::new(),
+            next_id: 1,
+            own_uid,
+            buf: vec![0u8; MAX_MESSAGE],
+        })
     }
 
     /// The state machine.
@@ -326,7 +336,12 @@ impl<P: Placer> Server<P> {
     }
 
     fn read_some(&mut self, id: ClientId) {
-        let mut buf = vec![0u8; MAX_MESSAGE];
+        let mut buf = std::mem::take(&mut self.buf);
+        self.read_batch(id, &mut buf);
+        self.buf = buf;
+    }
+
+    fn read_batch(&mut self, id: ClientId, buf: &mut [u8]) {
         for _ in 0..self.config.batch {
             let Some(conn) = self.conns.get(&id) else { return };
             if conn.closing || conn.dead.is_some() {
@@ -335,7 +350,7 @@ impl<P: Placer> Server<P> {
             let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(8))];
             let mut control = RecvAncillaryBuffer::new(&mut space);
             let flags = RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC | RecvFlags::TRUNC;
-            let got = rustix::net::recvmsg(&conn.fd, &mut [IoSliceMut::new(&mut buf)], &mut control, flags);
+            let got = rustix::net::recvmsg(&conn.fd, &mut [IoSliceMut::new(buf)], &mut control, flags);
             // Clients send no fds: any that came are closed here, whatever else happened.
             let fds = control
                 .drain()
