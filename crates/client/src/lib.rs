@@ -117,7 +117,7 @@ pub enum Error {
     },
     /// The daemon refused the request.
     #[error("dmaplaced: {0}")]
-    Daemon(#[from] ErrorReply),
+    Daemon(ErrorReply),
     /// The daemon sent something that is not a valid answer.
     #[error("protocol: {0}")]
     Protocol(String),
@@ -133,6 +133,12 @@ pub enum Error {
     /// The daemon closed the connection.
     #[error("dmaplaced closed the connection")]
     Closed,
+}
+
+impl From<ErrorReply> for Error {
+    fn from(e: ErrorReply) -> Error {
+        Error::Daemon(e)
+    }
 }
 
 impl Error {

@@ -631,6 +631,7 @@ mod tests {
         assert_eq!(hex(0x1_2000_0000), "0x1_2000_0000");
         assert_eq!(hex(0x9f000), "0x9_f000");
         assert_eq!(size_text(64 << 20), "\"64MiB\"");
-        assert_eq!(size_text(0x9f000), "651264");
+        assert_eq!(size_text(0x9f000), "\"636KiB\"");
+        assert_eq!(size_text(1000), "1000");
     }
 }

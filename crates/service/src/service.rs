@@ -172,7 +172,12 @@ fn export_error(e: ExportError) -> ErrorReply {
     if code == ErrorCode::Internal {
         tracing::error!(error = %e, "exporter lost track of an object the daemon holds");
     }
-    err(code, e.to_string())
+    let message = match &e {
+        // The code already says "backend".
+        ExportError::Backend(inner) => inner.to_string(),
+        other => other.to_string(),
+    };
+    err(code, message)
 }
 
 fn random_token() -> Result<Token, ErrorReply> {
