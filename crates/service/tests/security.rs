@@ -238,3 +238,27 @@ fn agent_role_hook() {
         std::process::exit(0);
     }
 }
+
+#[test]
+fn truncated_control_data_is_an_error_and_no_fd_leaks() {
+    let d = sim("ctrunc", &["--max-malformed", "10"]);
+    let mut c = Client::connect(&d.socket, "fds").unwrap();
+    let before = d.fd_count();
+    // More fds than the daemon makes room for (8): the kernel truncates (MSG_CTRUNC).
+    let memfds: Vec<_> =
+        (0..16).map(|_| rustix::fs::memfd_create("extra", rustix::fs::MemfdFlags::CLOEXEC).unwrap()).collect();
+    let fds: Vec<_> = memfds.iter().map(|f| f.as_fd()).collect();
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(16))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+    let status = Message { seq: 8, body: Body::Request(Request::Status) }.encode().unwrap();
+    rustix::net::sendmsg(&c, &[IoSlice::new(&status)], &mut control, SendFlags::NOSIGNAL).unwrap();
+    let (m, _) = c.recv_raw(Duration::from_secs(5)).unwrap();
+    assert_eq!(m.seq, 8);
+    assert!(
+        matches!(&m.body, Body::Error(e) if e.code == ErrorCode::Control && e.message.contains("MSG_CTRUNC")),
+        "{m:?}"
+    );
+    assert_eq!(d.fd_count(), before, "the fds that did arrive were closed");
+    c.status().unwrap();
+}
