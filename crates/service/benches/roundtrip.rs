@@ -53,6 +53,28 @@ fn create_attach_map_release(bencher: divan::Bencher) {
     bencher.bench_local(|| round_trip(&mut c));
 }
 
+/// The same four requests straight into the state machine (no socket, no fd passing):
+/// what the daemon's logic costs, against which the socket round trip compares.
+#[divan::bench]
+fn service_only(bencher: divan::Bencher) {
+    use dmaplace_proto::{Reply, Request};
+    let platform = dmaplace_core::builtin::load("refsoc").unwrap().unwrap();
+    let placer = SimPlacer::new(&platform, 1).unwrap();
+    let mut service = Service::new(platform, placer, ServiceConfig::default());
+    service.connect(1, dmaplace_service::Peer { pid: 1, uid: 0, gid: 0 });
+    let hello = Request::Hello { min_version: 1, max_version: 1, name: "bench".into() };
+    assert!(service.handle(1, 1, &hello).reply.is_ok());
+    bencher.bench_local(|| {
+        let create = Request::Create { desc: Desc::Size(4096), name: "bench".into() };
+        let Ok(Reply::Created { buffer, token, .. }) = service.handle(1, 2, &create).reply else { panic!("create") };
+        let attach = Request::Attach { token, device: "gpu".into(), hints: hints::RENDERING };
+        let Ok(Reply::Attached { attachment, .. }) = service.handle(1, 3, &attach).reply else { panic!("attach") };
+        let mapped = service.handle(1, 4, &Request::Map { attachment });
+        assert!(mapped.reply.is_ok() && mapped.fd.is_some());
+        assert!(service.handle(1, 5, &Request::Release { buffer }).reply.is_ok());
+    });
+}
+
 fn concurrent(clients: usize, per_client: usize) {
     let socket = daemon().clone();
     let t0 = Instant::now();
