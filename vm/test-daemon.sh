@@ -44,7 +44,15 @@ static=(env RUSTFLAGS='-C target-feature=+crt-static' CARGO_TARGET_DIR="$TARGET_
 DAEMON="$TARGET_DIR/x86_64-unknown-linux-gnu/release/dmaplaced"
 json=$("${static[@]}" cargo test --release --no-run --message-format=json --target x86_64-unknown-linux-gnu \
 	-p dmaplace-service --test three_process -p dmaplace-linux --test probe_guest) || fail "building the guest tests"
-mapfile -t BINS < <(jq -r 'select(.profile.test == true and (.target.name == "three_process" or .target.name == "probe_guest")) | .executable // empty' <<<"$json")
+mapfile -t BINS < <(python3 -c '
+import json, sys
+for line in sys.stdin:
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("profile", {}).get("test") and m.get("executable") \
+            and m["target"]["name"] in ("three_process", "probe_guest"):
+        print(m["executable"])
+' <<<"$json")
 [[ ${#BINS[@]} == 2 ]] || fail "expected the three_process and probe_guest binaries, got: ${BINS[*]}"
 "$REPO/scripts/c-api.sh" || fail "scripts/c-api.sh (the C example)"
 EXAMPLE="$REPO/target/c-example/scanout-static"
