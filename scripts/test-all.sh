@@ -9,10 +9,13 @@
 #   2. scripts/fuzz-smoke.sh: every cargo-fuzz target for FUZZ_SECONDS (default 20).
 #   3. vm/test-linux.sh: the Linux backends on Debian 6.12 and a self-built 6.12 in qemu.
 #   4. kernel/test.sh: the Rust-for-Linux exporter module in qemu, with and without an IOMMU.
+#   5. vm/test-daemon.sh: dmaplaced on real heaps, the C example's ADDFB2, `dmaplace probe`
+#      against what qemu provides. (scripts/c-api.sh, the C header/pkg-config/example
+#      check, runs after the fuzz smoke.)
 #
 # Environment: PROPTEST_CASES (default 10000), DMAPLACE_STRESS_OPS (default 60000),
 # FUZZ_SECONDS, DMAPLACE_VM_CACHE (qemu rig cache, default ~/.cache/dmaplace-vm),
-# DMAPLACE_SKIP_VM=1 to skip steps 3 and 4 (say so in any report that uses it).
+# DMAPLACE_SKIP_VM=1 to skip steps 3, 4 and 5 (say so in any report that uses it).
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,12 +39,14 @@ step() {
 
 step "cargo test --workspace --release" cargo test --workspace --release
 step "fuzz smoke" scripts/fuzz-smoke.sh
+step "C API: header, pkg-config, example (scripts/c-api.sh)" scripts/c-api.sh
 if [[ ${DMAPLACE_SKIP_VM:-0} == 1 ]]; then
 	echo "=== test-all: DMAPLACE_SKIP_VM=1: the qemu steps did NOT run" >&2
-	verdict="PASS (host only; qemu steps skipped: vm/test-linux.sh, kernel/test.sh)"
+	verdict="PASS (host only; qemu steps skipped: vm/test-linux.sh, kernel/test.sh, vm/test-daemon.sh)"
 else
 	step "Linux backends in qemu (vm/test-linux.sh)" vm/test-linux.sh
 	step "kernel module in qemu (kernel/test.sh)" kernel/test.sh
+	step "dmaplaced and probe in qemu (vm/test-daemon.sh)" vm/test-daemon.sh
 	verdict="PASS"
 fi
 echo "=== test-all: $verdict"

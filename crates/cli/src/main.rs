@@ -1,9 +1,11 @@
 //! `dmaplace`: place dma-buf memory for every device that shares it.
 
 mod alloc_cmd;
+mod client_cmd;
 mod demo;
 mod load;
 mod out;
+mod probe_cmd;
 mod report;
 mod request;
 mod sim_cmd;
@@ -35,6 +37,10 @@ enum Command {
     Alloc(alloc_cmd::AllocArgs),
     /// Replay a scenario or a trace on a simulated platform under placement policies, and compare.
     Sim(sim_cmd::SimArgs),
+    /// Write this machine's platform file, read from sysfs and procfs, each value with its source.
+    Probe(probe_cmd::ProbeArgs),
+    /// Talk to dmaplaced: shell, status, inspect, alloc.
+    Client(client_cmd::ClientArgs),
     /// List the known platforms.
     Platforms {
         /// Emit JSON.
@@ -72,6 +78,8 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(&args),
         Command::Alloc(args) => alloc_cmd::run(&args),
         Command::Sim(args) => sim_cmd::run(&args),
+        Command::Probe(args) => probe_cmd::run(&args),
+        Command::Client(args) => client_cmd::run(&args),
         Command::Platforms { json } => load::list_platforms(json).map(|()| Outcome::Ok),
         Command::Devices { platform, json } => load::list_devices(&platform, json).map(|()| Outcome::Ok),
     };

@@ -28,6 +28,7 @@ pub mod inventory;
 pub mod kmod;
 pub mod parse;
 pub mod phys;
+pub mod probe;
 pub mod sys;
 pub mod udmabuf;
 

@@ -1,0 +1,225 @@
+//! Three processes share one buffer through dmaplaced: a producer, a consumer and a
+//! late consumer with a tighter placement need.
+//!
+//! - allocation happens at the first map (not before: `status` says unallocated);
+//! - while the producer's device is in DMA (`begin_access`), the late attach is refused
+//!   (`--busy refuse`: `busy`) or queued (`--busy queue`: its map is `move_pending` until
+//!   the access ends);
+//! - once idle, the late consumer forces a move: both earlier holders get `moved`
+//!   naming their stale mapping, map again and read back exactly what the producer
+//!   wrote (each process checksums its own mmap of the new fd);
+//! - the daemon's own view (`inspect`) agrees: one migration, one contiguous segment.
+//!
+//! Host: the simulated refsoc (gpu, g2d, then dpu with SCANOUT: contiguous, 32-bit).
+//! qemu guest (`vm/test-daemon.sh`): the custom kernel's real heaps, with a platform
+//! of this guest's RAM and CMA and three devices: two unconstrained, and one that may
+//! only use the CMA area, contiguously; the system heap cannot serve it, so it moves.
+//!
+//! Runs as its own main (harness = false): it re-executes itself as each client.
+
+mod common;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use common::{Agent, Daemon};
+use serde_json::Value;
+
+struct Setup {
+    daemon_args: Vec<String>,
+    producer: &'static str,
+    consumer: &'static str,
+    late: &'static str,
+    size: u64,
+    /// The late device needs one contiguous segment (checked in `inspect`).
+    late_contiguous: bool,
+}
+
+fn host_setup() -> Setup {
+    Setup {
+        daemon_args: ["--backend", "sim", "--platform", "refsoc", "--seed", "7"].map(String::from).to_vec(),
+        producer: "gpu RENDERING",
+        consumer: "g2d -",
+        late: "dpu SCANOUT",
+        size: 8 << 20,
+        late_contiguous: true,
+    }
+}
+
+/// This guest's platform: RAM and CMA as probed, plus three test devices.
+fn guest_setup() -> Result<Setup, String> {
+    let probed = dmaplace_linux::probe::probe(&dmaplace_linux::probe::Root::system());
+    let cma = probed.cma.first().ok_or("this kernel has no CMA area (the Debian kernel): nothing to move to")?;
+    let mut toml = probed.to_toml();
+    // Keep the probe's memory; the devices are the test's (what a real platform file
+    // would say about a camera, a blitter and a display that scans out of CMA).
+    if let Some(i) = toml.find("\n[[device]]") {
+        toml.truncate(i);
+    }
+    toml.push_str(&format!(
+        "\n[[device]]\nname = \"gpu64\"\nclass = \"gpu\"\n\n[[device]]\nname = \"blit64\"\nclass = \"dma\"\n\n[[device]]\nname = \"display-cma\"\nclass = \"display\"\n[device.placement]\nregions = [\"{}\"]\nmax_segments = 1\n",
+        cma.value.name
+    ));
+    let path = "/tmp/dmaplace-guest.toml";
+    std::fs::write(path, &toml).map_err(|e| e.to_string())?;
+    println!("guest platform:\n{toml}");
+    Ok(Setup {
+        daemon_args: ["--backend", "heaps", "--platform", path].map(String::from).to_vec(),
+        producer: "gpu64 RENDERING",
+        consumer: "blit64 -",
+        late: "display-cma SCANOUT",
+        size: 8 << 20,
+        late_contiguous: true,
+    })
+}
+
+fn moved(a: &mut Agent, generation: u64, stale: &Value) {
+    let v = a.ok("wait-moved 5000");
+    let m = &v["moved"];
+    assert!(m.is_object(), "{}: no moved event: {v}", a.name);
+    assert_eq!(m["generation"], generation, "{}", a.name);
+    assert_eq!(m["invalidated"], serde_json::json!([stale]), "{}: the stale mapping", a.name);
+}
+
+fn scenario(s: &Setup, queue: bool) {
+    let mut args: Vec<&str> = s.daemon_args.iter().map(String::as_str).collect();
+    args.extend(["--busy", if queue { "queue" } else { "refuse" }]);
+    let d = Daemon::start("three", &args);
+    let mut p = Agent::spawn("producer", &d.socket, &[]);
+    let mut c = Agent::spawn("consumer", &d.socket, &[]);
+    let mut l = Agent::spawn("late", &d.socket, &[]);
+
+    let created = p.ok(&format!("create size {} frame", s.size));
+    let token = created["token"].as_str().unwrap().to_owned();
+    let pa = p.ok(&format!("attach {token} {}", s.producer));
+    assert_eq!(pa["how"], "BeforeAllocation");
+    let ca = c.ok(&format!("attach {token} {}", s.consumer));
+    assert_eq!(ca["how"], "BeforeAllocation");
+    let st = p.ok("status");
+    assert_eq!(st["buffers"][0]["allocated"], false, "nothing is allocated before the first map");
+
+    // The first map allocates, for both attachments.
+    let pm = p.ok(&format!("map {}", pa["attachment"]));
+    assert_eq!(pm["generation"], 0);
+    assert_eq!(p.ok("status")["buffers"][0]["allocated"], true);
+    let written = p.ok(&format!("write {} 4242", pm["mapping"]))["checksum"].clone();
+    let cm = c.ok(&format!("map {}", ca["attachment"]));
+    assert_eq!(c.ok(&format!("read {}", cm["mapping"]))["checksum"], written, "the consumer sees the producer's bytes");
+
+    // DMA in flight: a move now is refused or queued.
+    p.ok(&format!("begin {}", pm["mapping"]));
+    let late_att;
+    if queue {
+        let la = l.ok(&format!("attach {token} {}", s.late));
+        assert_eq!(la["how"], "Queued");
+        late_att = la["attachment"].clone();
+        l.fails(&format!("map {late_att}"), "move_pending");
+        assert_eq!(p.ok("wait-moved 300")["timeout"], true, "no move while DMA is in flight");
+        p.ok(&format!("end {}", pm["mapping"]));
+    } else {
+        let refused = l.fails(&format!("attach {token} {}", s.late), "busy");
+        assert!(refused["message"].as_str().unwrap().contains("unsignalled fence"), "{refused}");
+        p.ok(&format!("end {}", pm["mapping"]));
+        let la = l.ok(&format!("attach {token} {}", s.late));
+        assert_eq!(la["how"], "Migrated", "idle: the late attach moves the buffer");
+        late_att = la["attachment"].clone();
+    }
+
+    // Both earlier holders are told, map again, and find the same bytes.
+    moved(&mut p, 1, &pm["mapping"]);
+    moved(&mut c, 1, &cm["mapping"]);
+    p.fails(&format!("begin {}", pm["mapping"]), "stale");
+    for (a, old, att) in [(&mut p, &pm, &pa), (&mut c, &cm, &ca)] {
+        a.ok(&format!("unmap {}", old["mapping"]));
+        let m = a.ok(&format!("map {}", att["attachment"]));
+        assert_eq!(m["generation"], 1);
+        assert_eq!(a.ok(&format!("read {}", m["mapping"]))["checksum"], written, "{}: contents preserved", a.name);
+    }
+    let lm = l.ok(&format!("map {late_att}"));
+    assert_eq!(l.ok(&format!("read {}", lm["mapping"]))["checksum"], written);
+
+    // The daemon's own account.
+    let view = p.ok("inspect")["inspect"].clone();
+    assert_eq!(view["stats"]["migrations"], 1, "{view}");
+    let buffer = &view["buffers"][0];
+    assert_eq!(buffer["generation"], 1);
+    if s.late_contiguous {
+        assert_eq!(buffer["backing"]["segments"].as_array().map(Vec::len), Some(1), "{buffer}");
+    }
+    assert_eq!(view["accounting"]["backings"], 1, "the old backing was freed");
+
+    // Everyone lets go: the buffer is freed.
+    for a in [&mut p, &mut c, &mut l] {
+        a.ok("release 1");
+    }
+    let view = p.ok("inspect")["inspect"].clone();
+    assert_eq!(view["buffers"], serde_json::json!([]));
+    assert_eq!(view["accounting"]["backings"], 0);
+}
+
+/// The C example (`examples/c/scanout.c`, static, copied to /scanout-static by
+/// vm/test-daemon.sh) against a daemon on this guest's probed platform and real heaps:
+/// a scanout buffer for cirrus through the daemon, imported into KMS with ADDFB2.
+fn c_example_addfb2() {
+    let probed = dmaplace_linux::probe::probe(&dmaplace_linux::probe::Root::system());
+    let cirrus = probed.devices.iter().find(|d| d.ids == "1013:00b8").expect("cirrus-vga");
+    let card = cirrus.nodes.iter().find(|n| n.starts_with("/dev/dri/card")).expect("cirrus has a DRM card");
+    let d = Daemon::start("c-example", &["--backend", "heaps", "--platform", "probe"]);
+    let out = std::process::Command::new("/scanout-static")
+        .args([d.socket.to_str().unwrap(), &cirrus.name, "1024x768", card])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "scanout exited with {}:\n{}", out.status, d.log());
+    assert!(
+        text.contains("layout: 1024x768 fourcc XR24 modifier 0x0 size 3145728 planes 1 pitch 4096 offset 0"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("ADDFB2 {card}: framebuffer ")), "{text}");
+    assert!(text.lines().any(|l| l == "PASS"), "{text}");
+}
+
+fn main() {
+    if common::agent_role() {
+        return;
+    }
+    let in_guest = std::env::var("DMAPLACE_IN_GUEST").as_deref() == Ok("1");
+    let setup = if in_guest {
+        match guest_setup() {
+            Ok(s) => Some(s),
+            Err(why) => {
+                println!("three_process: the move scenarios are skipped in this guest: {why}");
+                None
+            }
+        }
+    } else {
+        Some(host_setup())
+    };
+    let (mut passed, mut failed) = (0, 0);
+    type Run<'a> = (&'static str, Box<dyn Fn() + 'a>);
+    let mut runs: Vec<Run<'_>> = Vec::new();
+    if let Some(s) = &setup {
+        runs.push(("move_when_idle_busy_refused", Box::new(move || scenario(s, false))));
+        runs.push(("move_when_idle_busy_queued", Box::new(move || scenario(s, true))));
+    }
+    if in_guest && std::path::Path::new("/scanout-static").exists() {
+        runs.push(("c_example_scanout_addfb2", Box::new(c_example_addfb2)));
+    }
+    for (name, run) in runs {
+        println!("--- {name}");
+        match catch_unwind(AssertUnwindSafe(run)) {
+            Ok(()) => {
+                println!("--- {name}: ok");
+                passed += 1;
+            }
+            Err(_) => {
+                println!("--- {name}: FAILED");
+                failed += 1;
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# dmaplaced and `dmaplace probe` on real kernels: builds dmaplaced, the three-process
+# test and the probe guest test static, and the C example (scripts/c-api.sh), then boots
+# (vm/rig.sh run) the self-built 6.12 without and with intel-iommu and Debian's 6.12,
+# 1 GiB each, and runs them as root:
+#   - probe_guest: the probed platform against what qemu provides (RAM, cirrus,
+#     virtio-gpu, VT-d 2M/1G and 39-bit width, CMA), and that it loads and solves;
+#   - three_process: producer, consumer and late consumer through dmaplaced on the real
+#     heaps (custom kernel: system heap, then a move to the CMA heap), and the C example
+#     allocating a scanout buffer through the daemon and importing it into KMS (ADDFB2 on
+#     cirrus) on the probed platform.
+# Fails loudly on any failure.
+#
+# Usage: vm/test-daemon.sh [--boot custom|custom-iommu|debian]...
+# Environment: DMAPLACE_VM_CACHE (rig cache), DMAPLACE_RIG (the rig script).
+set -Eeuo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RIG=${DMAPLACE_RIG:-$REPO/vm/rig.sh}
+TARGET_DIR="$REPO/target/guest-daemon"
+BOOTS=()
+while [[ $# -gt 0 ]]; do
+	case $1 in
+	--boot) BOOTS+=("${2:?--boot needs custom|custom-iommu|debian}"); shift 2 ;;
+	-h | --help) sed -n '2,15p' "$0"; exit 0 ;;
+	*) echo "test-daemon: unknown argument $1 (see --help)" >&2; exit 2 ;;
+	esac
+done
+[[ ${#BOOTS[@]} -gt 0 ]] || BOOTS=(custom custom-iommu debian)
+
+say() { printf '[test-daemon %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+fail() {
+	printf '\n[test-daemon] FAILED: %s\n\n' "$*" >&2
+	exit 1
+}
+
+"$RIG" fetch || fail "vm/rig.sh fetch"
+"$RIG" kernel >/dev/null || fail "vm/rig.sh kernel"
+
+say "building static guest binaries (target/guest-daemon)"
+static=(env RUSTFLAGS='-C target-feature=+crt-static' CARGO_TARGET_DIR="$TARGET_DIR")
+"${static[@]}" cargo build --release --target x86_64-unknown-linux-gnu -p dmaplace-service --bin dmaplaced ||
+	fail "building dmaplaced (static)"
+DAEMON="$TARGET_DIR/x86_64-unknown-linux-gnu/release/dmaplaced"
+json=$("${static[@]}" cargo test --release --no-run --message-format=json --target x86_64-unknown-linux-gnu \
+	-p dmaplace-service --test three_process -p dmaplace-linux --test probe_guest) || fail "building the guest tests"
+mapfile -t BINS < <(python3 -c '
+import json, sys
+for line in sys.stdin:
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("profile", {}).get("test") and m.get("executable") \
+            and m["target"]["name"] in ("three_process", "probe_guest"):
+        print(m["executable"])
+' <<<"$json")
+[[ ${#BINS[@]} == 2 ]] || fail "expected the three_process and probe_guest binaries, got: ${BINS[*]}"
+"$REPO/scripts/c-api.sh" || fail "scripts/c-api.sh (the C example)"
+EXAMPLE="$REPO/target/c-example/scanout-static"
+
+FAILED=()
+for boot in "${BOOTS[@]}"; do
+	case $boot in
+	custom) args=(--kernel custom) ;;
+	custom-iommu) args=(--kernel custom --iommu) ;;
+	debian) args=(--kernel debian) ;;
+	*) fail "unknown boot $boot" ;;
+	esac
+	say "boot: $boot"
+	if ! "$RIG" run "${args[@]}" --mem 1G --timeout 600 --args "--nocapture --test-threads=1" \
+		--file "$DAEMON" --file "$EXAMPLE" "${BINS[@]}"; then
+		FAILED+=("$boot")
+	fi
+done
+[[ ${#FAILED[@]} == 0 ]] || fail "guest boots failed: ${FAILED[*]}"
+say "PASS"
