@@ -448,6 +448,13 @@ unsafe extern "C" fn dp_unpin(attach: *mut bindings::dma_buf_attachment) {
 /// Builds the sg table of `backing` for `dev`: physically adjacent chunks merged,
 /// entries split at the device's `max_segment_size` (and, for a device without
 /// an IOMMU, at its segment boundary), then `dma_map_sgtable`.
+///
+/// Mapped with `DMA_ATTR_SKIP_CPU_SYNC`, as DRM PRIME's exporters map dma-bufs
+/// (`drm_gem_map_dma_buf`): a dma-buf is mapped by several devices at once, and
+/// dma-debug refuses overlapping streaming mappings that each do their own cache
+/// maintenance. The maintenance a plain map and unmap would do is done
+/// explicitly instead: a sync for the device after mapping, a sync for the CPU
+/// before unmapping (and `begin/end_cpu_access` sync every live mapping).
 fn map_sgt(backing: &Backing, rec: &AttachRec, dir: bindings::dma_data_direction) -> Result<*mut bindings::sg_table> {
     let cap = rec.cons.max_segment_size.clamp(sys::PAGE_BYTES, u64::from(u32::MAX) & !0xfff);
     let boundary = if rec.cons.has_iommu() { u64::MAX } else { rec.cons.segment_boundary_mask };
@@ -499,7 +506,8 @@ fn map_sgt(backing: &Backing, rec: &AttachRec, dir: bindings::dma_data_direction
         }
     }
     // SAFETY: the table is filled; the device is the attachment's, alive while it is attached.
-    let ret = unsafe { bindings::dma_map_sgtable(rec.dev.0, sgt, dir, 0) };
+    // CAST: DMA_ATTR_SKIP_CPU_SYNC is a small flag.
+    let ret = unsafe { bindings::dma_map_sgtable(rec.dev.0, sgt, dir, bindings::DMA_ATTR_SKIP_CPU_SYNC as _) };
     if ret < 0 {
         // SAFETY: the table was allocated above and is not mapped.
         unsafe {
@@ -508,13 +516,17 @@ fn map_sgt(backing: &Backing, rec: &AttachRec, dir: bindings::dma_data_direction
         }
         return Err(Error::from_errno(ret));
     }
+    // SAFETY: just mapped for this device (the cache maintenance the skipped sync would do).
+    unsafe { bindings::dma_sync_sgtable_for_device(rec.dev.0, sgt, dir) };
     Ok(sgt)
 }
 
 fn unmap_sgt(dev: *mut bindings::device, sgt: *mut bindings::sg_table, dir: bindings::dma_data_direction) {
     // SAFETY: `sgt` was built and mapped for `dev` by map_sgt and is handed back exactly once.
     unsafe {
-        bindings::dma_unmap_sgtable(dev, sgt, dir, 0);
+        bindings::dma_sync_sgtable_for_cpu(dev, sgt, dir);
+        // CAST: DMA_ATTR_SKIP_CPU_SYNC is a small flag.
+        bindings::dma_unmap_sgtable(dev, sgt, dir, bindings::DMA_ATTR_SKIP_CPU_SYNC as _);
         bindings::sg_free_table(sgt);
         drop(KBox::from_raw(sgt));
     }

@@ -521,13 +521,19 @@ seed_from_sibling() {
 	printf 'seeded-from=%s\npatch=%s\n' "$sib" "$patch" >"$kdir/.dmaplace-unpacked"
 }
 
-# Keep the newest $DMAPLACE_VM_KEEP_KERNELS (default 2) built trees of each flavour;
-# ~2 GB each (the debug kernel's ~3 GB).
+# Keep the $DMAPLACE_VM_KEEP_KERNELS (default 3) most recently used built trees
+# of each flavour, and any tree used in the last day (several branches in
+# parallel use different trees: none evicts another's); ~2 GB each (debug ~3 GB).
+# A tree's last use is the mtime of its .dmaplace-used (touched by every
+# kernel-dir/kernel-env/run), else of .dmaplace-built.
 gc_kernels() {
-	local keep=${DMAPLACE_VM_KEEP_KERNELS:-2} d
-	find "$CACHE/kernel" -maxdepth 2 -name .dmaplace-built -printf '%T@ %h\n' | sort -rn |
+	local keep=${DMAPLACE_VM_KEEP_KERNELS:-3} d
+	find "$CACHE/kernel" -maxdepth 2 -name .dmaplace-built -printf '%h\n' | while read -r d; do
+		printf '%s %s\n' "$(stat -c %Y "$d/.dmaplace-used" 2>/dev/null || stat -c %Y "$d/.dmaplace-built")" "$d"
+	done | sort -rn |
 		if [[ $FLAVOUR == debug ]]; then grep -- '-debug-'; else grep -v -- '-debug-'; fi |
-		sed -n "$((keep + 1)),\$p" | cut -d' ' -f2- | while read -r d; do
+		sed -n "$((keep + 1)),\$p" | awk -v old="$(($(date +%s) - 86400))" '$1 < old' |
+		cut -d' ' -f2- | while read -r d; do
 		log "removing old kernel tree $d (keeping $keep)"
 		mv "$d" "$CACHE/kernel/.trash.$$.${d##*/}"
 	done
@@ -563,7 +569,12 @@ cmd_kernel() {
 	apt_ready
 	ensure_toolchain
 	mkdir -p "$CACHE/kernel"
-	with_lock kernel build_kernel
+	# A built tree never changes: no need to wait for another build's lock.
+	if [[ -f $(kernel_dir)/.dmaplace-built ]]; then
+		log "$FLAVOUR kernel up to date: $(kernel_dir)"
+	else
+		with_lock kernel build_kernel
+	fi
 	kernel_dir
 }
 
@@ -572,6 +583,7 @@ cmd_kernel_dir() {
 	d=$(kernel_dir)
 	[[ -f $d/.dmaplace-built ]] ||
 		die "$FLAVOUR kernel not built for the current inputs ($d): run vm/rig.sh kernel$([[ $FLAVOUR == debug ]] && echo ' --debug')"
+	touch "$d/.dmaplace-used" 2>/dev/null || true # last use, for gc_kernels
 	printf '%s\n' "$d"
 }
 
@@ -643,6 +655,8 @@ mount -t tmpfs tmpfs /dev/shm
 . /etc/dmaplace.env
 export DMAPLACE_IN_GUEST DMAPLACE_KERNEL DMAPLACE_IOMMU RUST_BACKTRACE
 fail=""
+# dma-debug prints only its first error by default: print every one.
+[ -w /sys/kernel/debug/dma-api/num_errors ] && echo 10000 >/sys/kernel/debug/dma-api/num_errors
 for m in $(cat /lib/modules/modules.load); do
 	insmod "/lib/modules/$m.ko" || fail="$fail insmod:$m"
 done
@@ -674,6 +688,10 @@ if grep -E 'WARNING:|BUG:|Oops|UBSAN:|Kernel panic|general protection fault|INFO
 	grep -vE 'DMA-API: (preallocated [0-9]+ debug entries|debugging enabled by kernel config)$' >/tmp/kbad; then
 	echo "DMAPLACE-DMESG: kernel reports:"
 	cat /tmp/kbad
+	# the context of the first one (the console shows only errors; traces are warnings)
+	first=$(grep -nE 'WARNING:|BUG:|Oops|UBSAN:|INFO: |DMA-API: ' /tmp/dmesg | grep -vE 'DMA-API: (preallocated [0-9]+ debug entries|debugging enabled by kernel config)$' | head -n1 | cut -d: -f1)
+	echo "DMAPLACE-DMESG: context:"
+	tail -n +"$((first > 5 ? first - 5 : 1))" /tmp/dmesg | head -n 80
 	fail="$fail dmesg:reports"
 fi
 # lockdep turns itself off after its first report (or when it runs out of room)
@@ -682,10 +700,10 @@ if [ -r /proc/lockdep_stats ]; then
 	echo "DMAPLACE-CHECK: lockdep debug_locks=$dl"
 	[ "$dl" = 1 ] || fail="$fail lockdep:off"
 fi
-if [ -r /sys/kernel/debug/dma-api/num_errors ]; then
-	ne=$(cat /sys/kernel/debug/dma-api/num_errors)
+if [ -r /sys/kernel/debug/dma-api/error_count ]; then
+	ne=$(cat /sys/kernel/debug/dma-api/error_count)
 	dis=$(cat /sys/kernel/debug/dma-api/disabled)
-	echo "DMAPLACE-CHECK: dma-api num_errors=$ne disabled=$dis"
+	echo "DMAPLACE-CHECK: dma-api error_count=$ne disabled=$dis"
 	[ "$ne" = 0 ] || fail="$fail dma-api:errors=$ne"
 	[ "$dis" = N ] || [ "$dis" = 0 ] || fail="$fail dma-api:disabled"
 fi

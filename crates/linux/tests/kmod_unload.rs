@@ -90,6 +90,12 @@ fn workload() -> u64 {
         total += size;
         keep.push((buf, map));
     }
+    // The check after rmmod is not vacuous: dma-debug sees these mappings now.
+    if guest::dma_debug().is_some() {
+        let live = our_dma_entries();
+        assert!(!live.is_empty(), "dma-debug lists none of the workload's live mappings");
+        println!("PLACEMENT unload: dma-debug lists {} mappings of the workload while it runs", live.len());
+    }
     if let Ok(card) = DrmCard::open_driver(&["vgem"]) {
         let buf = dp.create(8 * MIB, "unload-vgem").expect("create");
         let handle = card.import(&buf.fd).expect("vgem import");

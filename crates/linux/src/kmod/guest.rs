@@ -43,7 +43,7 @@ pub fn kernel_config(option: &str) -> Result<bool, String> {
 /// `(error count, active entries)` of dma-debug (`CONFIG_DMA_API_DEBUG`), or
 /// `None` on a kernel without it.
 pub fn dma_debug() -> Option<(u64, usize)> {
-    let errors = std::fs::read_to_string("/sys/kernel/debug/dma-api/num_errors").ok()?.trim().parse().ok()?;
+    let errors = std::fs::read_to_string("/sys/kernel/debug/dma-api/error_count").ok()?.trim().parse().ok()?;
     let dump = std::fs::read_to_string("/sys/kernel/debug/dma-api/dump").ok()?;
     Some((errors, dump.lines().filter(|l| !l.trim().is_empty()).count()))
 }
