@@ -162,6 +162,10 @@ pub mod td_attach {
 /// Attach as a dynamic importer (`dma_buf_dynamic_attach` with `move_notify`):
 /// nothing is mapped until MAP. Without it the dma-buf core maps at attach.
 pub const TD_ATTACH_DYNAMIC: u32 = 1;
+/// With [`TD_ATTACH_DYNAMIC`]: the importer unmaps all its mappings inside
+/// `move_notify` (an eager importer); without it, it keeps them until UNMAP (a
+/// lazy one, whose old pages the exporter must keep until then).
+pub const TD_ATTACH_UNMAP_ON_MOVE: u32 = 2;
 
 /// `struct dmaplace_td_map`: 40 bytes. Maps the attachment and copies the DMA
 /// side of the sg table out: `nents` entries of `{u64 dma_address; u64 dma_length}`.
@@ -204,6 +208,11 @@ pub const TD_HANDLE_SIZE: usize = 16;
 pub const TD_UNMAP: u32 = ioc(W, 0x43, TD_HANDLE_SIZE);
 /// `DMAPLACE_TD_DETACH`: `_IOW('P', 0x44, struct dmaplace_td_handle)`.
 pub const TD_DETACH: u32 = ioc(W, 0x44, TD_HANDLE_SIZE);
+/// `DMAPLACE_TD_PIN`: `_IOW('P', 0x46, struct dmaplace_td_handle)`: `dma_buf_pin`
+/// (dynamic attachments only; pins nest).
+pub const TD_PIN: u32 = ioc(W, 0x46, TD_HANDLE_SIZE);
+/// `DMAPLACE_TD_UNPIN`: `_IOW('P', 0x47, struct dmaplace_td_handle)`: `dma_buf_unpin`.
+pub const TD_UNPIN: u32 = ioc(W, 0x47, TD_HANDLE_SIZE);
 
 /// `struct dmaplace_td_status`: 32 bytes.
 ///
@@ -213,7 +222,8 @@ pub const TD_DETACH: u32 = ioc(W, 0x44, TD_HANDLE_SIZE);
 /// | 8 | `u64 move_notifies` | out: `move_notify` calls seen |
 /// | 16 | `u32 maps` | out: live mappings |
 /// | 20 | `u32 flags` | out: the attach flags |
-/// | 24 | `u64 reserved` | must be 0 |
+/// | 24 | `u32 pins` | out (0 on input): pins held through TD_PIN |
+/// | 28 | `u32 unmapped_on_move` | out (0 on input): mappings dropped inside `move_notify` |
 pub const TD_STATUS_SIZE: usize = 32;
 /// `DMAPLACE_TD_STATUS`: `_IOWR('P', 0x45, struct dmaplace_td_status)`.
 pub const TD_STATUS: u32 = ioc(W | R, 0x45, TD_STATUS_SIZE);
@@ -227,6 +237,8 @@ pub mod td_status {
     pub const MAPS: usize = 16;
     /// `u32 flags`.
     pub const FLAGS: usize = 20;
-    /// `u64 reserved`.
-    pub const RESERVED: usize = 24;
+    /// `u32 pins`.
+    pub const PINS: usize = 24;
+    /// `u32 unmapped_on_move`.
+    pub const UNMAPPED_ON_MOVE: usize = 28;
 }

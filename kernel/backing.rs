@@ -13,9 +13,14 @@
 //!   (2 MiB then 4 KiB for VT-d), never below what the segment limit allows,
 //!   falling back to the next order when a high-order block is not available.
 //!
-//! Compound blocks and CMA pages are both "nice clean individual kernel
-//! allocations" in `vm_insert_page`'s sense, so mmap can insert every page and
-//! `/proc/self/pagemap` shows where each one is.
+//! Every chunk is zeroed here, explicitly, whatever its source ([`Backing::allocate`]
+//! calls [`zero_chunk`]): no path relies on `__GFP_ZERO` or on the DMA
+//! allocator's own memset.
+//!
+//! CPU mappings insert frames as special PTEs (`vmf_insert_mixed`), so they take
+//! no page references and need nothing of a page but its frame: compound tail
+//! pages, CMA pages (each with its own reference count, from `alloc_contig_range`)
+//! and a non-compound fallback block of `dma_alloc_pages` all map the same way.
 
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
@@ -32,8 +37,12 @@ use crate::sys::{self, PAGE_SHIFT, Raw};
 pub enum Source {
     /// A (compound) block from the page allocator.
     Buddy,
-    /// `dma_alloc_pages` on the allocator device (CMA for blocks above `MAX_ORDER`).
-    DmaAlloc,
+    /// `dma_alloc_pages` on the allocator device, which took it from a CMA area
+    /// (`cma_alloc`; the only source above `MAX_ORDER`).
+    Cma,
+    /// `dma_alloc_pages` on the allocator device, from the page allocator (its
+    /// fallback when CMA had nothing in the window).
+    DmaBuddy,
 }
 
 impl Source {
@@ -41,15 +50,20 @@ impl Source {
     pub fn name(self) -> &'static str {
         match self {
             Source::Buddy => "buddy",
-            Source::DmaAlloc => "cma",
+            Source::Cma => "cma",
+            Source::DmaBuddy => "dma",
         }
+    }
+
+    fn from_dma_alloc(page: *mut bindings::page) -> Source {
+        if sys::page_is_cma(page) { Source::Cma } else { Source::DmaBuddy }
     }
 }
 
 /// One physically contiguous allocation.
 pub struct Chunk {
     page: Raw<bindings::page>,
-    /// The allocation order (for `DmaAlloc`: the order of the size asked for).
+    /// The allocation order (for `dma_alloc_pages` chunks: the order of the size asked for).
     pub order: u32,
     /// Physical address of the first byte.
     pub phys: u64,
@@ -102,7 +116,7 @@ const fn gfp_zone(window_end: u64) -> bindings::gfp_t {
 }
 
 fn alloc_block(order: u32, zone: bindings::gfp_t) -> Option<*mut bindings::page> {
-    let mut gfp = bindings::GFP_KERNEL | bindings::__GFP_ZERO | bindings::__GFP_NOWARN | zone;
+    let mut gfp = bindings::GFP_KERNEL | bindings::__GFP_NOWARN | zone;
     if order > 0 {
         gfp |= bindings::__GFP_COMP | bindings::__GFP_NORETRY;
     }
@@ -116,10 +130,39 @@ fn free_block(page: *mut bindings::page, order: u32) {
     unsafe { bindings::__free_pages(page, order) };
 }
 
+/// Zeroes every page of a chunk (the whole allocation, not only the bytes the
+/// buffer uses: the tail of the last chunk is mapped too).
+pub fn zero_chunk(c: &Chunk) {
+    let pages = Backing::chunk_bytes(c) >> PAGE_SHIFT;
+    let pfn = c.phys >> PAGE_SHIFT;
+    for i in 0..pages {
+        sys::clear_page(sys::pfn_to_page(pfn + i));
+        if i % 256 == 255 {
+            sys::cond_resched();
+        }
+    }
+}
+
+/// A run of physically contiguous pages of a backing, from some page on.
+pub struct Run {
+    /// The first frame.
+    pub pfn: u64,
+    /// Pages to the end of its chunk.
+    pub pages: u64,
+}
+
 impl Backing {
-    /// Allocates `plan.size` bytes that meet `plan` (the caller verifies every
-    /// device's own constraints afterwards with [`plan::serves`]).
+    /// Allocates `plan.size` bytes that meet `plan`, zeroed (the caller verifies
+    /// every device's own constraints afterwards with [`plan::serves`]).
     pub fn allocate(plan: &Plan, alloc: &Allocator<'_>) -> Result<Backing> {
+        let b = Self::allocate_pages(plan, alloc)?;
+        for c in b.chunks.iter() {
+            zero_chunk(c);
+        }
+        Ok(b)
+    }
+
+    fn allocate_pages(plan: &Plan, alloc: &Allocator<'_>) -> Result<Backing> {
         let strategy = plan::strategy(plan);
         let mut b = Backing { chunks: KVec::new(), size: plan.size, allocdev: Raw(alloc.dev.load(Ordering::Acquire)) };
         if strategy.contiguous {
@@ -201,7 +244,7 @@ impl Backing {
             order: plan::order_of(size),
             phys,
             len: size,
-            source: Source::DmaAlloc,
+            source: Source::from_dma_alloc(page),
             dma_handle: handle,
             alloc_bytes: size,
         };
@@ -277,14 +320,14 @@ impl Backing {
     fn chunk_bytes(c: &Chunk) -> u64 {
         match c.source {
             Source::Buddy => block_bytes(c.order),
-            Source::DmaAlloc => c.alloc_bytes,
+            Source::Cma | Source::DmaBuddy => c.alloc_bytes,
         }
     }
 
     fn free_chunk(dev: *mut bindings::device, c: &Chunk) {
         match c.source {
             Source::Buddy => free_block(c.page.0, c.order),
-            Source::DmaAlloc => {
+            Source::Cma | Source::DmaBuddy => {
                 // CAST: alloc_bytes came from a usize.
                 let bytes = c.alloc_bytes as usize;
                 // SAFETY: the page came from dma_alloc_pages(dev, bytes, &handle) and is unused now.
@@ -325,13 +368,13 @@ impl Backing {
         })
     }
 
-    /// The `index`-th 4 KiB page.
-    pub fn page(&self, index: u64) -> Option<*mut bindings::page> {
+    /// The pages from the `index`-th 4 KiB page to the end of its chunk.
+    pub fn run_from(&self, index: u64) -> Option<Run> {
         let mut first = 0u64;
         for c in self.chunks.iter() {
             let n = c.len >> PAGE_SHIFT;
             if index < first + n {
-                return Some(sys::pfn_to_page((c.phys >> PAGE_SHIFT) + index - first));
+                return Some(Run { pfn: (c.phys >> PAGE_SHIFT) + index - first, pages: first + n - index });
             }
             first += n;
         }

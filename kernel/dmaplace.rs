@@ -20,18 +20,20 @@ use core::fmt::Write;
 use core::sync::atomic::{AtomicPtr, Ordering};
 
 use kernel::bindings;
-use kernel::error::{Error, Result, code};
+use kernel::error::{Result, code};
 use kernel::ffi::{c_int, c_long, c_uint, c_ulong};
 use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex};
 use kernel::types::Opaque;
 
 pub mod abi;
+pub mod account;
 pub mod backing;
 pub mod exporter;
 pub mod plan;
 pub mod sys;
 
+use account::Account;
 use exporter::Buffer;
 use plan::Effective;
 use sys::{Bits, Hex, Name, Raw, SeqWriter};
@@ -108,7 +110,7 @@ fn same_ioctl(cmd: u32, want: u32) -> bool {
     cmd & !(0x3fff << 16) == want & !(0x3fff << 16)
 }
 
-fn ioctl_create(cmd: u32, arg: usize) -> Result<c_long> {
+fn ioctl_create(account: &Arc<Account>, cmd: u32, arg: usize) -> Result<c_long> {
     let user_size = sys::ioc_size(cmd);
     // The caller must at least be able to receive the fd and the id.
     if user_size < abi::create::ID + 8 {
@@ -131,13 +133,14 @@ fn ioctl_create(cmd: u32, arg: usize) -> Result<c_long> {
     if name.is_empty() {
         name = Name::from_field(b"buffer\0")?;
     }
+    let charge = Account::charge(account, size)?;
     let g = global();
     let id = {
         let mut st = g.state.lock();
         st.next_id += 1;
         st.next_id
     };
-    let buf = Buffer::new(id, size, name)?;
+    let buf = Buffer::new(id, size, name, charge)?;
     // CAST: fd_flags holds only O_CLOEXEC and O_ACCMODE bits; size <= 1 GiB fits usize.
     let (flags, bytes) = (fd_flags as c_int, size as usize);
     let exp = bindings::dma_buf_export_info {
@@ -176,21 +179,35 @@ fn ioctl_create(cmd: u32, arg: usize) -> Result<c_long> {
         unsafe { bindings::dma_buf_put(dmabuf) };
         return Err(code::ENOMEM);
     }
-    // SAFETY: the dma-buf is ours; dma_buf_fd installs an fd that takes over our reference.
-    let fd = unsafe { bindings::dma_buf_fd(dmabuf, flags) };
-    if fd < 0 {
-        // SAFETY: no fd took the reference; putting it releases the buffer.
-        unsafe { bindings::dma_buf_put(dmabuf) };
-        return Err(Error::from_errno(fd));
-    }
-    // CAST: fd >= 0.
-    sys::put_u32(&mut b, abi::create::FD, fd as u32);
+    // The fd becomes visible only once userspace has the result: a failed copy-out
+    // (EFAULT) leaves no fd behind for the caller to leak, and releases the buffer.
+    let fd = match sys::ReservedFd::new(fd_flags) {
+        Ok(fd) => fd,
+        Err(e) => {
+            // SAFETY: no fd took the reference; putting it releases the buffer.
+            unsafe { bindings::dma_buf_put(dmabuf) };
+            return Err(e);
+        }
+    };
+    sys::put_u32(&mut b, abi::create::FD, fd.number());
     sys::put_u64(&mut b, abi::create::ID, id);
-    sys::copy_struct_out(arg, user_size, &b)?;
+    if let Err(e) = sys::copy_struct_out(arg, user_size, &b) {
+        drop(fd);
+        // SAFETY: the fd was never installed; putting our reference releases the buffer.
+        unsafe { bindings::dma_buf_put(dmabuf) };
+        return Err(e);
+    }
+    // SAFETY: the dma-buf's file is live and the fd table takes over our reference to it.
+    unsafe { fd.install((*dmabuf).file) };
     Ok(0)
 }
 
 fn ioctl_declare(cmd: u32, arg: usize) -> Result<c_long> {
+    // A declaration changes how every later attachment of that device is placed,
+    // whoever owns the buffer: an administrator's decision.
+    if !sys::capable_sys_admin() {
+        return Err(code::EPERM);
+    }
     let mut b = [0u8; abi::DECLARE_SIZE];
     sys::copy_struct_in(arg, sys::ioc_size(cmd), &mut b)?;
     let name = Name::<64>::from_field(&b[abi::declare::DEVICE..abi::declare::DEVICE + abi::declare::DEVICE_LEN])?;
@@ -230,11 +247,41 @@ fn ioctl_declare(cmd: u32, arg: usize) -> Result<c_long> {
     Ok(0)
 }
 
-unsafe extern "C" fn dp_ioctl(_file: *mut bindings::file, cmd: c_uint, arg: c_ulong) -> c_long {
+/// The [`Account`] of an open `/dev/dmaplace`.
+///
+/// # Safety
+///
+/// `file` is an open `/dev/dmaplace` (private_data set by [`dev_open`]).
+unsafe fn file_account<'a>(file: *mut bindings::file) -> kernel::sync::ArcBorrow<'a, Account> {
+    // SAFETY: dev_open stored an Arc<Account> there; dev_release takes it back after the last ioctl.
+    unsafe { kernel::sync::ArcBorrow::from_raw((*file).private_data as *const Account) }
+}
+
+unsafe extern "C" fn dev_open(_inode: *mut bindings::inode, file: *mut bindings::file) -> c_int {
+    match Account::new() {
+        Ok(a) => {
+            // SAFETY: the file is being opened; private_data is ours until dev_release.
+            unsafe { (*file).private_data = Arc::into_raw(a).cast_mut().cast() };
+            0
+        }
+        Err(e) => e.to_errno(),
+    }
+}
+
+unsafe extern "C" fn dev_release(_inode: *mut bindings::inode, file: *mut bindings::file) -> c_int {
+    // SAFETY: set by dev_open; release is the last call on this file. Buffers keep their own
+    // references to the account until they are released.
+    drop(unsafe { Arc::from_raw((*file).private_data as *const Account) });
+    0
+}
+
+unsafe extern "C" fn dev_ioctl(file: *mut bindings::file, cmd: c_uint, arg: c_ulong) -> c_long {
     // CAST: user pointers fit usize on 64-bit.
     let arg = arg as usize;
     let r = if same_ioctl(cmd, abi::IOCTL_CREATE) {
-        ioctl_create(cmd, arg)
+        // SAFETY: the core calls ioctl on an open /dev/dmaplace.
+        let account: Arc<Account> = unsafe { file_account(file) }.into();
+        ioctl_create(&account, cmd, arg)
     } else if same_ioctl(cmd, abi::IOCTL_DECLARE) {
         ioctl_declare(cmd, arg)
     } else {
@@ -297,17 +344,21 @@ fn show_buffer(w: &mut SeqWriter, buf: &Buffer, ram_end: u64) -> core::fmt::Resu
     let inner = buf.inner.lock();
     writeln!(
         w,
-        "buffer id={} name={} size={} backing={} generation={} migrations={} refused={} maps={} vmaps={} mmaps={}",
+        "buffer id={} name={} size={} backing={} generation={} migrations={} moves_while_mapped={} refused={} maps={} pins={} vmaps={} mmaps={} retired={} retired_bytes={}",
         buf.id,
         buf.name,
         Hex(buf.size),
         u8::from(inner.backing.is_some()),
         inner.generation,
         inner.migrations,
+        inner.moves_while_mapped,
         inner.refused,
         inner.maps(),
+        inner.pins(),
         inner.vmaps,
-        inner.mmaps
+        inner.mmaps,
+        inner.retired.len(),
+        Hex(inner.retired_bytes())
     )?;
     for (i, a) in inner.attachments.iter().enumerate() {
         let c = &a.cons;
@@ -318,13 +369,13 @@ fn show_buffer(w: &mut SeqWriter, buf: &Buffer, ram_end: u64) -> core::fmt::Resu
         };
         writeln!(
             w,
-            "attach buf={} idx={} seq={} dev={} dynamic={} pinned={} maps={} served={} dma_mask={} bus_dma_limit={} max_segment_size={} segment_boundary_mask={} iommu={} pgsize_bitmap={} aperture_end={} declared_max_segments={} declared_alignment={}",
+            "attach buf={} idx={} seq={} dev={} dynamic={} pins={} maps={} served={} dma_mask={} bus_dma_limit={} max_segment_size={} segment_boundary_mask={} iommu={} pgsize_bitmap={} aperture_end={} declared_max_segments={} declared_alignment={}",
             buf.id,
             i,
             a.seq,
             a.name,
             u8::from(a.dynamic),
-            u8::from(a.pinned),
+            a.pins,
             a.maps.len(),
             served,
             Hex(c.dma_mask),
@@ -508,7 +559,9 @@ impl kernel::Module for Dmaplace {
         let mut this = Dmaplace { global, misc: None, dbg_fops: Raw(dbg_fops), debugfs: Raw::null() };
         let fops = bindings::file_operations {
             owner: module.as_ptr(),
-            unlocked_ioctl: Some(dp_ioctl),
+            open: Some(dev_open),
+            release: Some(dev_release),
+            unlocked_ioctl: Some(dev_ioctl),
             llseek: Some(bindings::noop_llseek),
             ..Default::default()
         };

@@ -10,10 +10,17 @@
 //! Attachments belong to the open file and are torn down when it is closed.
 //!
 //! With `TD_ATTACH_DYNAMIC` the attachment is a dynamic importer: nothing is
-//! mapped until MAP, and `move_notify` calls are counted (STATUS reads them).
+//! mapped until MAP, `move_notify` calls are counted (STATUS reads them), PIN and
+//! UNPIN call `dma_buf_pin`/`dma_buf_unpin`, and with `TD_ATTACH_UNMAP_ON_MOVE`
+//! the importer unmaps everything inside `move_notify`, as an eager importer
+//! would; without it the mappings stay until UNMAP, as a lazy importer's would.
+//!
+//! Lock order: the file's attachment list → the dma-buf's `resv` → an
+//! importer's mapping list (→ the exporter's locks). Maps and unmaps run under
+//! `resv`, so `move_notify` (which runs under `resv`) never sees a half-done one.
 
 use core::ffi::c_void;
-use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use kernel::bindings;
 use kernel::error::{Error, Result, code};
@@ -45,10 +52,20 @@ struct FakeDev {
     pdev: Raw<bindings::platform_device>,
 }
 
+/// One mapping: the table the exporter returned and its direction.
+type Map = (Raw<bindings::sg_table>, bindings::dma_data_direction);
+
 /// What the importer side keeps per attachment (the `importer_priv` of a
 /// dynamic attachment points here).
+#[pin_data]
 struct Importer {
     move_notifies: AtomicU64,
+    unmapped_on_move: AtomicU64,
+    pins: AtomicU32,
+    unmap_on_move: bool,
+    /// Live mappings; changed only with the dma-buf's `resv` held.
+    #[pin]
+    maps: Mutex<KVec<Map>>,
 }
 
 struct Attachment {
@@ -57,9 +74,8 @@ struct Attachment {
     attach: Raw<bindings::dma_buf_attachment>,
     /// A reference taken on a borrowed PCI device (null for fake devices).
     borrowed: Raw<bindings::device>,
-    importer: Raw<Importer>,
+    importer: Pin<KBox<Importer>>,
     flags: u32,
-    maps: KVec<(Raw<bindings::sg_table>, bindings::dma_data_direction)>,
 }
 
 /// Per open file.
@@ -88,6 +104,16 @@ unsafe extern "C" fn td_move_notify(attach: *mut bindings::dma_buf_attachment) {
     // after dma_buf_detach.
     let imp = unsafe { &*((*attach).importer_priv as *const Importer) };
     imp.move_notifies.fetch_add(1, Ordering::Relaxed);
+    if !imp.unmap_on_move {
+        return;
+    }
+    let mut maps = imp.maps.lock();
+    while let Some((sgt, dir)) = sys::vec_pop(&mut maps) {
+        // SAFETY: move_notify runs with the dma-buf's resv held, as dma_buf_unmap_attachment
+        // requires; the table came from dma_buf_map_attachment on this attachment.
+        unsafe { bindings::dma_buf_unmap_attachment(attach, sgt.0, dir) };
+        imp.unmapped_on_move.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 static IMPORTER_OPS: bindings::dma_buf_attach_ops =
@@ -175,7 +201,12 @@ fn attach(st: &FileState, cmd: u32, arg: usize) -> Result<c_long> {
     // CAST: the field is an s32 fd.
     let fd = sys::get_u32(&b, abi::td_attach::FD) as i32;
     let flags = sys::get_u32(&b, abi::td_attach::FLAGS);
-    if flags & !abi::TD_ATTACH_DYNAMIC != 0 || sys::get_u64(&b, abi::td_attach::HANDLE) != 0 {
+    let known = abi::TD_ATTACH_DYNAMIC | abi::TD_ATTACH_UNMAP_ON_MOVE;
+    let dynamic = flags & abi::TD_ATTACH_DYNAMIC != 0;
+    if flags & !known != 0 || (flags & abi::TD_ATTACH_UNMAP_ON_MOVE != 0 && !dynamic) {
+        return Err(code::EINVAL);
+    }
+    if sys::get_u64(&b, abi::td_attach::HANDLE) != 0 {
         return Err(code::EINVAL);
     }
     // Held across the attach so that the push below cannot fail (capacity reserved).
@@ -196,19 +227,31 @@ fn attach(st: &FileState, cmd: u32, arg: usize) -> Result<c_long> {
             return Err(e);
         }
     };
-    let importer = KBox::into_raw(match KBox::new(Importer { move_notifies: AtomicU64::new(0) }, GFP_KERNEL) {
+    let importer = KBox::pin_init(
+        pin_init!(Importer {
+            move_notifies: AtomicU64::new(0),
+            unmapped_on_move: AtomicU64::new(0),
+            pins: AtomicU32::new(0),
+            unmap_on_move: flags & abi::TD_ATTACH_UNMAP_ON_MOVE != 0,
+            maps <- kernel::new_mutex!(KVec::new(), "dmaplace_testdev::importer"),
+        }),
+        GFP_KERNEL,
+    );
+    let importer = match importer {
         Ok(i) => i,
         Err(e) => {
             // SAFETY: our reference from dma_buf_get.
             unsafe { bindings::dma_buf_put(dmabuf) };
             put_dev();
-            return Err(e.into());
+            return Err(e);
         }
-    });
-    // SAFETY: `dmabuf` and `dev` are referenced; the importer ops and priv outlive the attachment.
+    };
+    let priv_ = (&*importer as *const Importer).cast_mut().cast::<c_void>();
+    // SAFETY: `dmabuf` and `dev` are referenced; the importer ops and the pinned importer
+    // outlive the attachment (dropped only after dma_buf_detach).
     let att = unsafe {
-        if flags & abi::TD_ATTACH_DYNAMIC != 0 {
-            bindings::dma_buf_dynamic_attach(dmabuf, dev, &IMPORTER_OPS, importer.cast::<c_void>())
+        if dynamic {
+            bindings::dma_buf_dynamic_attach(dmabuf, dev, &IMPORTER_OPS, priv_)
         } else {
             bindings::dma_buf_attach(dmabuf, dev)
         }
@@ -216,25 +259,14 @@ fn attach(st: &FileState, cmd: u32, arg: usize) -> Result<c_long> {
     let att = match sys::check_ptr(att) {
         Ok(a) => a,
         Err(e) => {
-            // SAFETY: the attach failed; drop what we took.
-            unsafe {
-                drop(KBox::from_raw(importer));
-                bindings::dma_buf_put(dmabuf);
-            }
+            // SAFETY: the attach failed; drop the dma-buf reference we took.
+            unsafe { bindings::dma_buf_put(dmabuf) };
             put_dev();
             return Err(e);
         }
     };
     let handle = st.next.fetch_add(1, Ordering::Relaxed) + 1;
-    let rec = Attachment {
-        handle,
-        dmabuf: Raw(dmabuf),
-        attach: Raw(att),
-        borrowed: Raw(borrowed),
-        importer: Raw(importer),
-        flags,
-        maps: KVec::new(),
-    };
+    let rec = Attachment { handle, dmabuf: Raw(dmabuf), attach: Raw(att), borrowed: Raw(borrowed), importer, flags };
     atts.push(rec, GFP_KERNEL)?;
     drop(atts);
     sys::put_u64(&mut b, abi::td_attach::HANDLE, handle);
@@ -242,17 +274,24 @@ fn attach(st: &FileState, cmd: u32, arg: usize) -> Result<c_long> {
     Ok(0)
 }
 
-fn teardown(a: &mut Attachment) {
-    while !a.maps.is_empty() {
-        let last = a.maps.len() - 1;
-        let (sgt, dir) = sys::vec_remove(&mut a.maps, last);
-        // SAFETY: the table came from dma_buf_map_attachment_unlocked on this attachment.
-        unsafe { bindings::dma_buf_unmap_attachment_unlocked(a.attach.0, sgt.0, dir) };
-    }
-    // SAFETY: the attachment, dma-buf reference, device reference and importer are ours.
+/// Unmaps everything, drops the pins, detaches and puts the references.
+fn teardown(a: Attachment) {
+    sys::with_resv(a.dmabuf.0, || {
+        let mut maps = a.importer.maps.lock();
+        while let Some((sgt, dir)) = sys::vec_pop(&mut maps) {
+            // SAFETY: resv is held; the table came from dma_buf_map_attachment on this attachment.
+            unsafe { bindings::dma_buf_unmap_attachment(a.attach.0, sgt.0, dir) };
+        }
+        while a.importer.pins.load(Ordering::Relaxed) > 0 {
+            // SAFETY: resv is held; each pin came from dma_buf_pin on this attachment.
+            unsafe { bindings::dma_buf_unpin(a.attach.0) };
+            a.importer.pins.fetch_sub(1, Ordering::Relaxed);
+        }
+    });
+    // SAFETY: the attachment, dma-buf reference and device reference are ours; the importer
+    // (dropped with `a`, after this) is no longer reachable from the dma-buf once detached.
     unsafe {
         bindings::dma_buf_detach(a.dmabuf.0, a.attach.0);
-        drop(KBox::from_raw(a.importer.0));
         bindings::dma_buf_put(a.dmabuf.0);
         if !a.borrowed.0.is_null() {
             bindings::put_device(a.borrowed.0);
@@ -278,41 +317,53 @@ fn map(st: &FileState, cmd: u32, arg: usize) -> Result<c_long> {
     {
         return Err(code::EINVAL);
     }
-    let mut atts = st.attachments.lock();
-    let a = atts.iter_mut().find(|a| a.handle == handle).ok_or(code::ENOENT)?;
-    a.maps.reserve(1, GFP_KERNEL)?;
-    // SAFETY: a live attachment of ours; the unlocked variant takes the resv lock.
-    let sgt = sys::check_ptr(unsafe { bindings::dma_buf_map_attachment_unlocked(a.attach.0, dir) })?;
-    // SAFETY: a mapped table: nents DMA entries from sgl.
-    let (nents, orig) = unsafe { ((*sgt).nents, (*sgt).orig_nents) };
+    let atts = st.attachments.lock();
+    let a = atts.iter().find(|a| a.handle == handle).ok_or(code::ENOENT)?;
+    // The DMA side is read under resv (another importer's map may move the buffer and make
+    // an eager importer unmap this table) and copied out after: no user fault under resv.
+    let mut dma = KVVec::<(u64, u64)>::new();
+    let (nents, orig) = sys::with_resv(a.dmabuf.0, || -> Result<(u32, u32)> {
+        a.importer.maps.lock().reserve(1, GFP_KERNEL)?;
+        // SAFETY: a live attachment of ours, with resv held (the map may move the buffer and
+        // call move_notify, which takes the importer's list lock: not held here).
+        let sgt = sys::check_ptr(unsafe { bindings::dma_buf_map_attachment(a.attach.0, dir) })?;
+        a.importer.maps.lock().push((Raw(sgt), dir), GFP_KERNEL)?;
+        // SAFETY: a mapped table: nents DMA entries from sgl.
+        let (nents, orig, mut sg) = unsafe { ((*sgt).nents, (*sgt).orig_nents, (*sgt).sgl) };
+        for _ in 0..nents.min(max) {
+            // SAFETY: `sg` walks the table's first nents entries (the DMA side).
+            let (addr, len) = unsafe { (bindings::sg_dma_address(sg), bindings::sg_dma_len(sg)) };
+            dma.push((addr, u64::from(len)), GFP_KERNEL)?;
+            // SAFETY: as above.
+            sg = unsafe { bindings::sg_next(sg) };
+        }
+        Ok((nents, orig))
+    })?;
+    drop(atts);
     // CAST: u32 -> usize.
     let mut w = UserSlice::new(entries as usize, (max as usize) * abi::TD_ENTRY_SIZE).writer();
-    // SAFETY: as above.
-    let mut sg = unsafe { (*sgt).sgl };
-    let mut res = Ok(());
-    for _ in 0..nents.min(max) {
+    for &(addr, len) in dma.iter() {
         let mut e = [0u8; abi::TD_ENTRY_SIZE];
-        // SAFETY: `sg` walks the table's first nents entries (the DMA side).
-        let (addr, len) = unsafe { (bindings::sg_dma_address(sg), bindings::sg_dma_len(sg)) };
         sys::put_u64(&mut e, 0, addr);
-        sys::put_u64(&mut e, 8, u64::from(len));
-        if let Err(err) = w.write_slice(&e) {
-            res = Err(err);
-            break;
-        }
-        // SAFETY: as above.
-        sg = unsafe { bindings::sg_next(sg) };
+        sys::put_u64(&mut e, 8, len);
+        w.write_slice(&e)?;
     }
-    a.maps.push((Raw(sgt), dir), GFP_KERNEL)?;
-    drop(atts);
-    res?;
     sys::put_u32(&mut b, abi::td_map::NENTS, nents);
     sys::put_u32(&mut b, abi::td_map::ORIG_NENTS, orig);
     sys::copy_struct_out(arg, user_size, &b)?;
     Ok(0)
 }
 
-fn handle_op(st: &FileState, cmd: u32, arg: usize, detach: bool) -> Result<c_long> {
+/// The ioctls that take only a handle.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HandleOp {
+    Unmap,
+    Detach,
+    Pin,
+    Unpin,
+}
+
+fn handle_op(st: &FileState, cmd: u32, arg: usize, op: HandleOp) -> Result<c_long> {
     let mut b = [0u8; abi::TD_HANDLE_SIZE];
     sys::copy_struct_in(arg, sys::ioc_size(cmd), &mut b)?;
     if sys::get_u64(&b, 8) != 0 {
@@ -321,21 +372,45 @@ fn handle_op(st: &FileState, cmd: u32, arg: usize, detach: bool) -> Result<c_lon
     let handle = sys::get_u64(&b, 0);
     let mut atts = st.attachments.lock();
     let i = atts.iter().position(|a| a.handle == handle).ok_or(code::ENOENT)?;
-    if detach {
-        let mut a = sys::vec_remove(&mut atts, i);
-        drop(atts);
-        teardown(&mut a);
-        return Ok(0);
+    match op {
+        HandleOp::Detach => {
+            let a = sys::vec_remove(&mut atts, i);
+            drop(atts);
+            teardown(a);
+            Ok(0)
+        }
+        HandleOp::Unmap => {
+            let a = &atts[i];
+            sys::with_resv(a.dmabuf.0, || {
+                let (sgt, dir) = sys::vec_pop(&mut a.importer.maps.lock()).ok_or(code::EINVAL)?;
+                // SAFETY: resv is held; the table came from dma_buf_map_attachment on this attachment.
+                unsafe { bindings::dma_buf_unmap_attachment(a.attach.0, sgt.0, dir) };
+                Ok(0)
+            })
+        }
+        HandleOp::Pin | HandleOp::Unpin => {
+            let a = &atts[i];
+            // dma_buf_pin is for dynamic importers (the core pins static ones itself).
+            if a.flags & abi::TD_ATTACH_DYNAMIC == 0 {
+                return Err(code::EINVAL);
+            }
+            sys::with_resv(a.dmabuf.0, || {
+                if op == HandleOp::Pin {
+                    // SAFETY: resv is held; a live dynamic attachment of ours.
+                    sys::check_ret(unsafe { bindings::dma_buf_pin(a.attach.0) })?;
+                    a.importer.pins.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    if a.importer.pins.load(Ordering::Relaxed) == 0 {
+                        return Err(code::EINVAL);
+                    }
+                    // SAFETY: resv is held; this pin came from dma_buf_pin on this attachment.
+                    unsafe { bindings::dma_buf_unpin(a.attach.0) };
+                    a.importer.pins.fetch_sub(1, Ordering::Relaxed);
+                }
+                Ok(0)
+            })
+        }
     }
-    let a = &mut atts[i];
-    if a.maps.is_empty() {
-        return Err(code::EINVAL);
-    }
-    let last = a.maps.len() - 1;
-    let (sgt, dir) = sys::vec_remove(&mut a.maps, last);
-    // SAFETY: the table came from dma_buf_map_attachment_unlocked on this attachment.
-    unsafe { bindings::dma_buf_unmap_attachment_unlocked(a.attach.0, sgt.0, dir) };
-    Ok(0)
 }
 
 fn status(st: &FileState, cmd: u32, arg: usize) -> Result<c_long> {
@@ -345,18 +420,25 @@ fn status(st: &FileState, cmd: u32, arg: usize) -> Result<c_long> {
     }
     let mut b = [0u8; abi::TD_STATUS_SIZE];
     sys::copy_struct_in(arg, user_size, &mut b)?;
-    if sys::get_u64(&b, abi::td_status::RESERVED) != 0 || sys::get_u64(&b, abi::td_status::MOVE_NOTIFIES) != 0 {
+    let outputs = sys::get_u64(&b, abi::td_status::MOVE_NOTIFIES)
+        | u64::from(sys::get_u32(&b, abi::td_status::MAPS))
+        | u64::from(sys::get_u32(&b, abi::td_status::FLAGS))
+        | u64::from(sys::get_u32(&b, abi::td_status::PINS))
+        | u64::from(sys::get_u32(&b, abi::td_status::UNMAPPED_ON_MOVE));
+    if outputs != 0 {
         return Err(code::EINVAL);
     }
     let handle = sys::get_u64(&b, abi::td_status::HANDLE);
     let atts = st.attachments.lock();
     let a = atts.iter().find(|a| a.handle == handle).ok_or(code::ENOENT)?;
-    // SAFETY: the importer lives as long as the attachment.
-    let n = unsafe { (*a.importer.0).move_notifies.load(Ordering::Relaxed) };
-    sys::put_u64(&mut b, abi::td_status::MOVE_NOTIFIES, n);
+    let imp = &a.importer;
+    sys::put_u64(&mut b, abi::td_status::MOVE_NOTIFIES, imp.move_notifies.load(Ordering::Relaxed));
     // CAST: a handful of mappings.
-    sys::put_u32(&mut b, abi::td_status::MAPS, a.maps.len() as u32);
+    sys::put_u32(&mut b, abi::td_status::MAPS, imp.maps.lock().len() as u32);
     sys::put_u32(&mut b, abi::td_status::FLAGS, a.flags);
+    sys::put_u32(&mut b, abi::td_status::PINS, imp.pins.load(Ordering::Relaxed));
+    // CAST: a count of mappings.
+    sys::put_u32(&mut b, abi::td_status::UNMAPPED_ON_MOVE, imp.unmapped_on_move.load(Ordering::Relaxed) as u32);
     drop(atts);
     sys::copy_struct_out(arg, user_size, &b)?;
     Ok(0)
@@ -386,10 +468,8 @@ unsafe extern "C" fn td_release(_inode: *mut bindings::inode, file: *mut binding
     // SAFETY: set by td_open; release is the last call on this file.
     let st = unsafe { KBox::from_raw((*file).private_data as *mut FileState) };
     let mut atts = st.attachments.lock();
-    while !atts.is_empty() {
-        let last = atts.len() - 1;
-        let mut a = sys::vec_remove(&mut atts, last);
-        teardown(&mut a);
+    while let Some(a) = sys::vec_pop(&mut atts) {
+        teardown(a);
     }
     drop(atts);
     drop(st);
@@ -408,9 +488,13 @@ unsafe extern "C" fn td_ioctl(file: *mut bindings::file, cmd: c_uint, arg: c_ulo
     } else if same_ioctl(cmd, abi::TD_MAP) {
         map(st, cmd, arg)
     } else if same_ioctl(cmd, abi::TD_UNMAP) {
-        handle_op(st, cmd, arg, false)
+        handle_op(st, cmd, arg, HandleOp::Unmap)
     } else if same_ioctl(cmd, abi::TD_DETACH) {
-        handle_op(st, cmd, arg, true)
+        handle_op(st, cmd, arg, HandleOp::Detach)
+    } else if same_ioctl(cmd, abi::TD_PIN) {
+        handle_op(st, cmd, arg, HandleOp::Pin)
+    } else if same_ioctl(cmd, abi::TD_UNPIN) {
+        handle_op(st, cmd, arg, HandleOp::Unpin)
     } else if same_ioctl(cmd, abi::TD_STATUS) {
         status(st, cmd, arg)
     } else {

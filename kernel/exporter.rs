@@ -11,14 +11,26 @@
 //! first map.
 //!
 //! Late attach: a device the backing cannot serve is refused with `EBUSY` while
-//! anything is mapped (or vmapped) or the reservation object has unsignalled
-//! fences; otherwise it is accepted and the next `map_dma_buf` migrates: new
-//! backing for the merged plan, CPU mappings zapped, contents copied, old pages
-//! freed, `dma_buf_move_notify` for dynamic importers.
+//! the backing cannot move ([`MoveBlocker`]: an attachment is pinned — every
+//! static importer is, and with `CONFIG_DMABUF_MOVE_NOTIFY` off every mapping
+//! is —, it is vmapped, or the reservation object has unsignalled fences);
+//! otherwise it is accepted and the next `map_dma_buf` migrates: new backing for
+//! the merged plan, CPU mappings zapped, contents copied, `dma_buf_move_notify`
+//! for dynamic importers. The old pages are freed at once if no dynamic importer
+//! still has them mapped, else when the last such mapping is unmapped (they are
+//! *retired*): no device mapping ever outlives its pages.
 //!
-//! Lock order: the dma-buf's `resv` (held by the core around map/unmap/pin) →
-//! [`Buffer::inner`] → the allocator lock; the module's global lock is never
-//! held together with a buffer's, except by debugfs (global → buffer).
+//! CPU mappings (`mmap`) are `VM_IO | VM_MIXEDMAP` with special PTEs
+//! (`vmf_insert_mixed`): `get_user_pages` refuses them (`VM_IO`, and GUP-fast
+//! skips special PTEs), so no page reference taken through a mapping (O_DIRECT,
+//! vmsplice, process_vm_readv) can outlive a move; `/proc/self/pagemap` still
+//! shows the frames. `MAP_PRIVATE` is refused: a private copy-on-write page
+//! would silently stop following the buffer.
+//!
+//! Lock order: the mmap lock (mmap, fault) → the dma-buf's `resv` (held by the
+//! core around map/unmap/pin/vmap) → [`Buffer::inner`] → the allocator lock →
+//! `i_mmap_rwsem` (zapping CPU mappings); the module's global lock is never held
+//! together with a buffer's, except by debugfs (global → buffer).
 
 use core::ffi::c_void;
 use core::sync::atomic::AtomicPtr;
@@ -30,6 +42,7 @@ use kernel::error::{Error, Result, code};
 use kernel::prelude::*;
 use kernel::sync::{Arc, ArcBorrow, Mutex};
 
+use crate::account::Charge;
 use crate::backing::{Allocator, Backing};
 use crate::plan::{self, DeviceConstraints, Effective, Plan};
 use crate::sys::{self, DevRef, Name, PAGE_SHIFT, Raw};
@@ -40,6 +53,29 @@ pub struct Mapping {
     pub sgt: Raw<bindings::sg_table>,
     /// Its direction.
     pub dir: bindings::dma_data_direction,
+    /// The backing generation it maps (older than the buffer's after a move).
+    pub generation: u32,
+}
+
+/// An old backing that a dynamic importer still has mapped after a move: freed
+/// when its last mapping is unmapped.
+pub struct Retired {
+    /// Its generation.
+    pub generation: u32,
+    /// The pages.
+    pub backing: Backing,
+}
+
+/// Why a backing cannot move now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoveBlocker {
+    /// Attachments hold this many pins (static importers, explicit `dma_buf_pin`,
+    /// or mappings with `CONFIG_DMABUF_MOVE_NOTIFY` off).
+    Pinned(u32),
+    /// Mapped into the kernel (`vmap`).
+    Vmapped(u32),
+    /// Unsignalled fences in the reservation object: DMA may be in flight.
+    Fenced,
 }
 
 /// What the exporter knows about one attachment.
@@ -54,8 +90,9 @@ pub struct AttachRec {
     pub cons: DeviceConstraints,
     /// A dynamic importer (`importer_ops` with `move_notify`).
     pub dynamic: bool,
-    /// Pinned by the core (non-dynamic importers) or by the importer.
-    pub pinned: bool,
+    /// Pins held (they nest): by the core for a non-dynamic importer, by a
+    /// dynamic importer with `dma_buf_pin`, or per mapping with move_notify off.
+    pub pins: u32,
     /// Live mappings.
     pub maps: KVec<Mapping>,
     /// Attach sequence number within the buffer.
@@ -66,10 +103,14 @@ pub struct AttachRec {
 pub struct Inner {
     /// Attachments in attach order (index `i` is bit `i` of a plan's causes).
     pub attachments: KVec<AttachRec>,
-    /// The pages, once the first map (or mmap/vmap) needed them.
+    /// The pages, once the first map (or CPU access) needed them.
     pub backing: Option<Backing>,
+    /// Old backings still mapped by dynamic importers after a move.
+    pub retired: KVec<Retired>,
     /// Bumped on every (re)allocation.
     pub generation: u32,
+    /// Moves made while a dynamic importer had the old backing mapped.
+    pub moves_while_mapped: u32,
     /// Migrations done for late attachers.
     pub migrations: u32,
     /// Attaches or maps refused with EBUSY.
@@ -87,7 +128,9 @@ impl Inner {
         Inner {
             attachments: KVec::new(),
             backing: None,
+            retired: KVec::new(),
             generation: 0,
+            moves_while_mapped: 0,
             migrations: 0,
             refused: 0,
             vmaps: 0,
@@ -100,6 +143,36 @@ impl Inner {
     /// Live mappings over all attachments.
     pub fn maps(&self) -> usize {
         self.attachments.iter().map(|a| a.maps.len()).sum()
+    }
+
+    /// Pins over all attachments.
+    pub fn pins(&self) -> u32 {
+        self.attachments.iter().map(|a| a.pins).sum()
+    }
+
+    /// Why the backing cannot move now, if it cannot. Unpinned mappings of dynamic
+    /// importers do not block a move: they get `move_notify`, and their old pages
+    /// stay until they unmap.
+    fn move_blocker(&self, dmabuf: *mut bindings::dma_buf) -> Option<MoveBlocker> {
+        match (self.pins(), self.vmaps) {
+            (0, 0) if fences_signalled(dmabuf) => None,
+            (0, 0) => Some(MoveBlocker::Fenced),
+            (0, v) => Some(MoveBlocker::Vmapped(v)),
+            (p, _) => Some(MoveBlocker::Pinned(p)),
+        }
+    }
+
+    /// Frees the retired backings no mapping refers to any more.
+    fn free_unmapped_retired(&mut self) {
+        let attachments = &self.attachments;
+        sys::vec_retain(&mut self.retired, |r| {
+            attachments.iter().any(|a| a.maps.iter().any(|m| m.generation == r.generation))
+        });
+    }
+
+    /// Bytes held by retired backings.
+    pub fn retired_bytes(&self) -> u64 {
+        self.retired.iter().map(|r| r.backing.size).sum()
     }
 
     /// The constraints of every attachment, in order.
@@ -153,6 +226,8 @@ pub struct Buffer {
     pub name: Name<32>,
     /// The dma-buf, once exported.
     pub dmabuf: AtomicPtr<bindings::dma_buf>,
+    /// Its size, charged to its owner until it is released.
+    pub charge: Charge,
     /// Everything that changes.
     #[pin]
     pub inner: Mutex<Inner>,
@@ -160,13 +235,14 @@ pub struct Buffer {
 
 impl Buffer {
     /// A new buffer with no backing.
-    pub fn new(id: u64, size: u64, name: Name<32>) -> Result<Arc<Buffer>> {
+    pub fn new(id: u64, size: u64, name: Name<32>, charge: Charge) -> Result<Arc<Buffer>> {
         Arc::pin_init(
             pin_init!(Buffer {
                 id,
                 size,
                 name,
                 dmabuf: AtomicPtr::new(core::ptr::null_mut()),
+                charge,
                 inner <- kernel::new_mutex!(Inner::new(), "dmaplace::Buffer::inner"),
             }),
             GFP_KERNEL,
@@ -287,16 +363,14 @@ unsafe extern "C" fn dp_attach(dmabuf: *mut bindings::dma_buf, attach: *mut bind
     }
     if let Some(b) = &inner.backing {
         if let Err(why) = plan::serves(&Effective::of(&cons), buf.size, b.segments()) {
-            let (maps, vmaps) = (inner.maps(), inner.vmaps);
-            if maps > 0 || vmaps > 0 || !fences_signalled(dmabuf) {
+            if let Some(blocker) = inner.move_blocker(dmabuf) {
                 inner.refused += 1;
                 pr_info!(
-                    "dmaplace: buffer {}: {} cannot use the backing ({:?}) and it cannot move now (maps={} vmaps={}): EBUSY\n",
+                    "buffer {}: {} cannot use the backing ({:?}) and it cannot move now ({:?}): EBUSY\n",
                     buf.id,
                     name,
                     why,
-                    maps,
-                    vmaps
+                    blocker
                 );
                 return code::EBUSY.to_errno();
             }
@@ -313,8 +387,7 @@ unsafe extern "C" fn dp_attach(dmabuf: *mut bindings::dma_buf, attach: *mut bind
         }
     }
     let seq = inner.next_seq;
-    let rec =
-        AttachRec { attach: Raw(attach), dev: Raw(dev), name, cons, dynamic, pinned: false, maps: KVec::new(), seq };
+    let rec = AttachRec { attach: Raw(attach), dev: Raw(dev), name, cons, dynamic, pins: 0, maps: KVec::new(), seq };
     if inner.attachments.push(rec, GFP_KERNEL).is_err() {
         return code::ENOMEM.to_errno();
     }
@@ -329,21 +402,33 @@ unsafe extern "C" fn dp_detach(dmabuf: *mut bindings::dma_buf, attach: *mut bind
     let Some(i) = inner.find(attach) else { return };
     let mut rec = sys::vec_remove(&mut inner.attachments, i);
     // An importer that detaches with live mappings leaks them; unmap them here.
-    while !rec.maps.is_empty() {
-        let last = rec.maps.len() - 1;
-        let m = sys::vec_remove(&mut rec.maps, last);
+    while let Some(m) = sys::vec_pop(&mut rec.maps) {
         pr_warn!("buffer {}: {} detached with a live mapping; unmapping it\n", buf.id, rec.name);
         unmap_sgt(rec.dev.0, m.sgt.0, m.dir);
     }
+    if rec.pins > 0 {
+        pr_warn!("buffer {}: {} detached with {} pins held\n", buf.id, rec.name, rec.pins);
+    }
+    inner.free_unmapped_retired();
 }
 
 unsafe extern "C" fn dp_pin(attach: *mut bindings::dma_buf_attachment) -> c_int {
     // SAFETY: the core calls pin with a live attachment of our dma-buf (resv held).
-    let buf = unsafe { buffer((*attach).dmabuf) };
-    let mut inner = buf.inner.lock();
-    if let Some(i) = inner.find(attach) {
-        inner.attachments[i].pinned = true;
+    let dmabuf = unsafe { (*attach).dmabuf };
+    // SAFETY: as above.
+    let buf = unsafe { buffer(dmabuf) };
+    // A pinned backing cannot move, so it is placed now, for every device attached so far
+    // (allocating, or moving for a late attacher while nothing else pins it). The core pins
+    // a static importer at attach, and every mapping when CONFIG_DMABUF_MOVE_NOTIFY is off,
+    // before calling map_dma_buf: the move must happen here, not in map.
+    if let Err(e) = buf.place(dmabuf, attach) {
+        return e.to_errno();
     }
+    let mut inner = buf.inner.lock();
+    let Some(i) = inner.find(attach) else {
+        return code::EINVAL.to_errno();
+    };
+    inner.attachments[i].pins += 1;
     0
 }
 
@@ -352,13 +437,24 @@ unsafe extern "C" fn dp_unpin(attach: *mut bindings::dma_buf_attachment) {
     let buf = unsafe { buffer((*attach).dmabuf) };
     let mut inner = buf.inner.lock();
     if let Some(i) = inner.find(attach) {
-        inner.attachments[i].pinned = false;
+        let rec = &mut inner.attachments[i];
+        match rec.pins.checked_sub(1) {
+            Some(n) => rec.pins = n,
+            None => pr_warn!("buffer {}: {} unpinned more often than pinned\n", buf.id, rec.name),
+        }
     }
 }
 
 /// Builds the sg table of `backing` for `dev`: physically adjacent chunks merged,
 /// entries split at the device's `max_segment_size` (and, for a device without
 /// an IOMMU, at its segment boundary), then `dma_map_sgtable`.
+///
+/// Mapped with `DMA_ATTR_SKIP_CPU_SYNC`, as DRM PRIME's exporters map dma-bufs
+/// (`drm_gem_map_dma_buf`): a dma-buf is mapped by several devices at once, and
+/// dma-debug refuses overlapping streaming mappings that each do their own cache
+/// maintenance. The maintenance a plain map and unmap would do is done
+/// explicitly instead: a sync for the device after mapping, a sync for the CPU
+/// before unmapping (and `begin/end_cpu_access` sync every live mapping).
 fn map_sgt(backing: &Backing, rec: &AttachRec, dir: bindings::dma_data_direction) -> Result<*mut bindings::sg_table> {
     let cap = rec.cons.max_segment_size.clamp(sys::PAGE_BYTES, u64::from(u32::MAX) & !0xfff);
     let boundary = if rec.cons.has_iommu() { u64::MAX } else { rec.cons.segment_boundary_mask };
@@ -410,7 +506,8 @@ fn map_sgt(backing: &Backing, rec: &AttachRec, dir: bindings::dma_data_direction
         }
     }
     // SAFETY: the table is filled; the device is the attachment's, alive while it is attached.
-    let ret = unsafe { bindings::dma_map_sgtable(rec.dev.0, sgt, dir, 0) };
+    // CAST: DMA_ATTR_SKIP_CPU_SYNC is a small flag.
+    let ret = unsafe { bindings::dma_map_sgtable(rec.dev.0, sgt, dir, bindings::DMA_ATTR_SKIP_CPU_SYNC as _) };
     if ret < 0 {
         // SAFETY: the table was allocated above and is not mapped.
         unsafe {
@@ -419,13 +516,17 @@ fn map_sgt(backing: &Backing, rec: &AttachRec, dir: bindings::dma_data_direction
         }
         return Err(Error::from_errno(ret));
     }
+    // SAFETY: just mapped for this device (the cache maintenance the skipped sync would do).
+    unsafe { bindings::dma_sync_sgtable_for_device(rec.dev.0, sgt, dir) };
     Ok(sgt)
 }
 
 fn unmap_sgt(dev: *mut bindings::device, sgt: *mut bindings::sg_table, dir: bindings::dma_data_direction) {
     // SAFETY: `sgt` was built and mapped for `dev` by map_sgt and is handed back exactly once.
     unsafe {
-        bindings::dma_unmap_sgtable(dev, sgt, dir, 0);
+        bindings::dma_sync_sgtable_for_cpu(dev, sgt, dir);
+        // CAST: DMA_ATTR_SKIP_CPU_SYNC is a small flag.
+        bindings::dma_unmap_sgtable(dev, sgt, dir, bindings::DMA_ATTR_SKIP_CPU_SYNC as _);
         bindings::sg_free_table(sgt);
         drop(KBox::from_raw(sgt));
     }
@@ -451,56 +552,10 @@ fn map(
     attach: *mut bindings::dma_buf_attachment,
     dir: bindings::dma_data_direction,
 ) -> Result<*mut bindings::sg_table> {
-    let g = crate::global();
-    let moved = {
-        let mut inner = buf.inner.lock();
-        inner.find(attach).ok_or(code::EINVAL)?;
-        if inner.backing.is_some() && inner.serves_all(buf.size) {
-            false
-        } else {
-            let plan = inner.plan(buf.size, g.ram_end);
-            match inner.backing.is_some() {
-                false => {
-                    let b = buf.allocate(&plan, &inner)?;
-                    inner.backing = Some(b);
-                    inner.generation += 1;
-                    false
-                }
-                true => {
-                    let (maps, vmaps) = (inner.maps(), inner.vmaps);
-                    if maps > 0 || vmaps > 0 || !fences_signalled(dmabuf) {
-                        inner.refused += 1;
-                        pr_info!(
-                            "dmaplace: buffer {}: the backing does not serve every device and cannot move now (maps={} vmaps={}): EBUSY\n",
-                            buf.id,
-                            maps,
-                            vmaps
-                        );
-                        return Err(code::EBUSY);
-                    }
-                    let new = buf.allocate(&plan, &inner)?;
-                    // CPU mappings fault back in from the new pages (the fault handler
-                    // waits for `inner`); nothing else maps the old ones.
-                    // SAFETY: the dma-buf is alive; its file's mapping holds the user mmaps of it.
-                    unsafe { bindings::unmap_mapping_range((*(*dmabuf).file).f_mapping, 0, 0, 1) };
-                    if let Some(old) = inner.backing.as_ref() {
-                        new.copy_from(old);
-                    }
-                    inner.backing = Some(new); // drops (frees) the old backing
-                    inner.generation += 1;
-                    inner.migrations += 1;
-                    pr_info!("buffer {}: migrated for a late attacher (generation {})\n", buf.id, inner.generation);
-                    true
-                }
-            }
-        }
-    };
-    if moved {
-        // SAFETY: the core holds the dma-buf's resv lock around map_dma_buf, as move_notify requires.
-        unsafe { bindings::dma_buf_move_notify(dmabuf) };
-    }
+    buf.place(dmabuf, attach)?;
     let mut inner = buf.inner.lock();
     let i = inner.find(attach).ok_or(code::EINVAL)?;
+    let generation = inner.generation;
     let sgt = {
         let backing = inner.backing.as_ref().ok_or(code::ENOMEM)?;
         map_sgt(backing, &inner.attachments[i], dir)?
@@ -509,8 +564,78 @@ fn map(
         unmap_sgt(inner.attachments[i].dev.0, sgt, dir);
         return Err(code::ENOMEM);
     }
-    inner.attachments[i].maps.push(Mapping { sgt: Raw(sgt), dir }, GFP_KERNEL)?;
+    inner.attachments[i].maps.push(Mapping { sgt: Raw(sgt), dir, generation }, GFP_KERNEL)?;
     Ok(sgt)
+}
+
+impl Buffer {
+    /// Makes the backing serve every attachment: allocates the first one, or
+    /// moves the buffer for a late attacher (then tells the dynamic importers).
+    /// Called with the dma-buf's `resv` held (map, pin).
+    fn place(&self, dmabuf: *mut bindings::dma_buf, attach: *mut bindings::dma_buf_attachment) -> Result {
+        let moved = {
+            let mut inner = self.inner.lock();
+            inner.find(attach).ok_or(code::EINVAL)?;
+            if inner.backing.is_none() {
+                self.ensure_backing(&mut inner)?;
+                false
+            } else if inner.serves_all(self.size) {
+                false
+            } else {
+                self.migrate(&mut inner, dmabuf)?;
+                true
+            }
+        };
+        if moved {
+            // Dynamic importers drop what they derived from the old pages (they may
+            // unmap right here, which frees the retired backing).
+            // SAFETY: the caller holds the dma-buf's resv lock, as move_notify requires.
+            unsafe { bindings::dma_buf_move_notify(dmabuf) };
+        }
+        Ok(())
+    }
+
+    /// Moves the buffer to a backing for the merged plan of every attachment:
+    /// `EBUSY` when it cannot move now. Zaps the CPU mappings (they refault onto
+    /// the new pages) before the old pages can be freed; the old backing is
+    /// retired while a dynamic importer still has it mapped. The caller sends
+    /// `move_notify` once `inner` is unlocked.
+    fn migrate(&self, inner: &mut Inner, dmabuf: *mut bindings::dma_buf) -> Result {
+        if let Some(blocker) = inner.move_blocker(dmabuf) {
+            inner.refused += 1;
+            pr_info!(
+                "buffer {}: the backing does not serve every device and cannot move now ({:?}): EBUSY\n",
+                self.id,
+                blocker
+            );
+            return Err(code::EBUSY);
+        }
+        let plan = inner.plan(self.size, crate::global().ram_end);
+        let new = self.allocate(&plan, inner)?;
+        // No CPU can write the old pages from here on: faults wait for `inner`.
+        // SAFETY: the dma-buf is alive; its file's mapping holds the user mmaps of it.
+        unsafe { bindings::unmap_mapping_range((*(*dmabuf).file).f_mapping, 0, 0, 1) };
+        let old_generation = inner.generation;
+        let Some(old) = inner.backing.replace(new) else { return Ok(()) };
+        if let Some(b) = inner.backing.as_ref() {
+            b.copy_from(&old);
+        }
+        inner.generation += 1;
+        inner.migrations += 1;
+        let still_mapped = inner.attachments.iter().any(|a| a.maps.iter().any(|m| m.generation == old_generation));
+        if still_mapped {
+            inner.moves_while_mapped += 1;
+            if inner.retired.reserve(1, GFP_KERNEL).is_err() {
+                // Cannot track it: keep the old pages rather than free them under a mapping.
+                pr_warn!("buffer {}: out of memory retiring the old backing; leaking it\n", self.id);
+                core::mem::forget(old);
+            } else {
+                inner.retired.push(Retired { generation: old_generation, backing: old }, GFP_KERNEL)?;
+            }
+        }
+        pr_info!("buffer {}: migrated for a late attacher (generation {})\n", self.id, inner.generation);
+        Ok(())
+    }
 }
 
 unsafe extern "C" fn dp_unmap(
@@ -530,6 +655,7 @@ unsafe extern "C" fn dp_unmap(
     let m = sys::vec_remove(&mut rec.maps, j);
     let _ = dir;
     unmap_sgt(rec.dev.0, m.sgt.0, m.dir);
+    inner.free_unmapped_retired();
 }
 
 unsafe extern "C" fn dp_release(dmabuf: *mut bindings::dma_buf) {
@@ -538,6 +664,9 @@ unsafe extern "C" fn dp_release(dmabuf: *mut bindings::dma_buf) {
     crate::forget_buffer(&buf);
     let mut inner = buf.inner.lock();
     inner.backing = None;
+    while let Some(r) = sys::vec_pop(&mut inner.retired) {
+        pr_warn!("buffer {}: released with a retired backing (generation {})\n", buf.id, r.generation);
+    }
 }
 
 fn sync(buf: &Buffer, dir: bindings::dma_data_direction, for_cpu: bool) {
@@ -559,6 +688,10 @@ fn sync(buf: &Buffer, dir: bindings::dma_data_direction, for_cpu: bool) {
 unsafe extern "C" fn dp_begin_cpu_access(dmabuf: *mut bindings::dma_buf, dir: bindings::dma_data_direction) -> c_int {
     // SAFETY: the core calls begin_cpu_access on our live dma-buf.
     let buf = unsafe { buffer(dmabuf) };
+    // The CPU's first access places the pages (for the devices attached so far).
+    if let Err(e) = buf.ensure_backing(&mut buf.inner.lock()) {
+        return e.to_errno();
+    }
     sync(&buf, dir, true);
     0
 }
@@ -570,50 +703,42 @@ unsafe extern "C" fn dp_end_cpu_access(dmabuf: *mut bindings::dma_buf, dir: bind
     0
 }
 
-/// The vm operations of a CPU mapping: pages fault back in after a migration.
+/// The vm operations of a CPU mapping: pages are inserted at fault time, and
+/// fault back in after a migration zapped them.
 static VM_OPS: bindings::vm_operations_struct = bindings::vm_operations_struct {
     fault: Some(dp_fault),
     // SAFETY: every other member is an optional callback; all-zero is "none".
     ..unsafe { core::mem::zeroed() }
 };
 
+/// Pages inserted per fault at most (the rest of the faulting chunk, up to this):
+/// fewer faults for a sequential first touch, bounded work under the lock.
+const FAULT_AROUND_PAGES: u64 = 512;
+
 unsafe extern "C" fn dp_mmap(dmabuf: *mut bindings::dma_buf, vma: *mut bindings::vm_area_struct) -> c_int {
     // SAFETY: the core calls mmap on our live dma-buf, with the mmap lock held for writing.
     let buf = unsafe { buffer(dmabuf) };
-    let mut inner = buf.inner.lock();
-    if let Err(e) = buf.ensure_backing(&mut inner) {
-        return e.to_errno();
+    // SAFETY: the vma is being set up under the mmap write lock.
+    let flags = unsafe { (*vma).__bindgen_anon_2.vm_flags };
+    // CAST: u32 flag constants widen to vm_flags_t.
+    if flags & (bindings::VM_SHARED as bindings::vm_flags_t) == 0 {
+        pr_info!("buffer {}: MAP_PRIVATE mapping refused (it would not follow a move): EINVAL\n", buf.id);
+        return code::EINVAL.to_errno();
     }
-    let Some(backing) = inner.backing.as_ref() else {
-        return code::ENOMEM.to_errno();
-    };
-    // SAFETY: the vma is being set up under the mmap write lock; it maps our dma-buf's file,
-    // which keeps the buffer alive as long as the vma exists.
-    let (start, end, pgoff) = unsafe {
+    // SAFETY: as above; the vma maps our dma-buf's file, which keeps the buffer alive as long
+    // as the vma exists. VM_IO keeps get_user_pages out; VM_MIXEDMAP (not PFNMAP) keeps
+    // pagemap working; the PTEs are special (vmf_insert_mixed), so no page is referenced.
+    unsafe {
         // CAST: u32 flag constants widen to vm_flags_t.
         bindings::vm_flags_set(
             vma,
-            (bindings::VM_MIXEDMAP | bindings::VM_DONTEXPAND | bindings::VM_DONTDUMP) as bindings::vm_flags_t,
+            (bindings::VM_IO | bindings::VM_MIXEDMAP | bindings::VM_DONTEXPAND | bindings::VM_DONTDUMP)
+                as bindings::vm_flags_t,
         );
         (*vma).vm_ops = &VM_OPS;
         (*vma).vm_private_data = (&*buf as *const Buffer).cast_mut().cast();
-        (
-            (*vma).__bindgen_anon_1.__bindgen_anon_1.vm_start,
-            (*vma).__bindgen_anon_1.__bindgen_anon_1.vm_end,
-            (*vma).vm_pgoff,
-        )
-    };
-    let n = (end - start) >> PAGE_SHIFT;
-    for (k, page) in backing.pages().skip(pgoff).take(n).enumerate() {
-        let addr = start + (k << PAGE_SHIFT);
-        // SAFETY: VM_MIXEDMAP is set; the page is a compound-block or CMA page of our backing,
-        // which vm_insert_page takes a reference on.
-        let ret = unsafe { bindings::vm_insert_page(vma, addr, page) };
-        if ret < 0 {
-            return ret;
-        }
     }
-    inner.mmaps += 1;
+    buf.inner.lock().mmaps += 1;
     0
 }
 
@@ -629,19 +754,35 @@ unsafe extern "C" fn dp_fault(vmf: *mut bindings::vm_fault) -> bindings::vm_faul
             &*((*vma).vm_private_data as *const Buffer),
         )
     };
-    let inner = buf.inner.lock();
-    // CAST: usize is 64 bits here.
-    let Some(page) = inner.backing.as_ref().and_then(|b| b.page(pgoff as u64)) else {
+    // SAFETY: as above.
+    let vm_end = unsafe { (*vma).__bindgen_anon_1.__bindgen_anon_1.vm_end };
+    let mut inner = buf.inner.lock();
+    // The first CPU access places the pages (for the devices attached so far).
+    if inner.backing.is_none() && buf.ensure_backing(&mut inner).is_err() {
+        return bindings::vm_fault_reason_VM_FAULT_OOM;
+    }
+    let Some(backing) = inner.backing.as_ref() else {
         return bindings::vm_fault_reason_VM_FAULT_SIGBUS;
     };
-    // SAFETY: VM_MIXEDMAP was set at mmap time, so vm_insert_page needs only the vma lock we hold.
-    let ret = unsafe { bindings::vm_insert_page(vma, addr, page) };
-    match ret {
-        0 => bindings::vm_fault_reason_VM_FAULT_NOPAGE,
-        r if r == code::EBUSY.to_errno() => bindings::vm_fault_reason_VM_FAULT_NOPAGE,
-        r if r == code::ENOMEM.to_errno() => bindings::vm_fault_reason_VM_FAULT_OOM,
-        _ => bindings::vm_fault_reason_VM_FAULT_SIGBUS,
+    // CAST: usize is 64 bits here.
+    let (pgoff, addr, vm_end) = (pgoff as u64, addr as u64, vm_end as u64);
+    let Some(run) = backing.run_from(pgoff) else {
+        return bindings::vm_fault_reason_VM_FAULT_SIGBUS;
+    };
+    let n = run.pages.min(FAULT_AROUND_PAGES).min((vm_end - addr) >> PAGE_SHIFT);
+    let mut ret = bindings::vm_fault_reason_VM_FAULT_NOPAGE;
+    for k in 0..n {
+        let pfn = bindings::pfn_t { val: run.pfn + k };
+        // CAST: addresses fit usize.
+        let at = (addr + (k << PAGE_SHIFT)) as usize;
+        // SAFETY: VM_MIXEDMAP is set and the address lies in the vma (bounded by vm_end); the
+        // frame is one of our backing's pages, which stay ours while `inner` is held.
+        ret = unsafe { bindings::vmf_insert_mixed(vma, at, pfn) };
+        if ret != bindings::vm_fault_reason_VM_FAULT_NOPAGE {
+            break;
+        }
     }
+    ret
 }
 
 unsafe extern "C" fn dp_vmap(dmabuf: *mut bindings::dma_buf, map: *mut bindings::iosys_map) -> c_int {

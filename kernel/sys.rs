@@ -13,6 +13,7 @@ use core::ffi::c_void;
 
 use core::fmt;
 use core::ptr;
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use kernel::ffi::c_char;
 
 use kernel::bindings;
@@ -243,6 +244,24 @@ pub fn ram_end() -> u64 {
     unsafe { bindings::ram_end() }
 }
 
+/// Whether a page sits in a CMA pageblock.
+pub fn page_is_cma(page: *mut bindings::page) -> bool {
+    // SAFETY: reads the pageblock's migrate type of a page the caller owns.
+    unsafe { bindings::dmaplace_page_is_cma(page) }
+}
+
+/// Zeroes one page the caller owns (`clear_page` on its linear-map address).
+pub fn clear_page(page: *mut bindings::page) {
+    // SAFETY: an owned lowmem page: PAGE_SIZE writable bytes at its linear-map address.
+    unsafe { bindings::clear_page(page_address(page).cast()) };
+}
+
+/// `cond_resched()`: long loops over pages in process context yield.
+pub fn cond_resched() {
+    // SAFETY: called in process context without spinlocks held.
+    unsafe { bindings::cond_resched() };
+}
+
 /// Copies `PAGE_SIZE` bytes between two pages the caller owns.
 pub fn copy_page(dst: *mut bindings::page, src: *mut bindings::page) {
     let (d, s) = (page_address(dst), page_address(src));
@@ -432,7 +451,196 @@ impl fmt::Display for Bits {
     }
 }
 
+// ------------------------------------------------------------------ module parameters
+
+/// A `struct kernel_param` in the `__param` section, which the module loader
+/// reads (6.12's `module!` has no parameters). Declare with [`module_param!`].
+#[repr(transparent)]
+pub struct Param(pub bindings::kernel_param);
+
+// SAFETY: the loader and sysfs read it (sysfs writes go to `arg`, an atomic, under
+// kernel_param_lock); nothing in the module touches the struct itself.
+unsafe impl Sync for Param {}
+
+/// An `unsigned int` module parameter's value (`param_ops_uint` stores a plain
+/// `unsigned int`, which has `AtomicU32`'s layout).
+pub struct UintParam(pub AtomicU32);
+
+impl UintParam {
+    /// The current value (sysfs may change it at any time when writable).
+    pub fn get(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A `bool` module parameter's value (`param_ops_bool` stores a `bool`).
+pub struct BoolParam(pub AtomicBool);
+
+impl BoolParam {
+    /// The current value.
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// `module_param(name, uint|bool, perm)`: `module_param!(STATIC, "name", param_ops_uint, VALUE, 0o644)`
+/// where `VALUE` is a `static` [`UintParam`] (or [`BoolParam`] with `param_ops_bool`).
+#[macro_export]
+macro_rules! module_param {
+    ($static:ident, $name:literal, $ops:ident, $value:ident, $perm:expr) => {
+        #[link_section = "__param"]
+        #[used(compiler)]
+        static $static: $crate::sys::Param = $crate::sys::Param(kernel::bindings::kernel_param {
+            name: concat!($name, "\0").as_ptr().cast(),
+            // SAFETY: `__this_module` is the module's own `struct module`, defined by modpost.
+            mod_: unsafe {
+                #[allow(improper_ctypes)]
+                extern "C" {
+                    static __this_module: kernel::types::Opaque<kernel::bindings::module>;
+                }
+                __this_module.get()
+            },
+            // SAFETY: the kernel's parameter operations are immutable statics.
+            ops: unsafe { &kernel::bindings::$ops },
+            perm: $perm,
+            level: -1,
+            flags: 0,
+            __bindgen_anon_1: kernel::bindings::kernel_param__bindgen_ty_1 {
+                arg: &$value as *const _ as *mut core::ffi::c_void,
+            },
+        });
+    };
+}
+
+// ------------------------------------------------------------------ fds, capabilities
+
+/// An fd number reserved with `get_unused_fd_flags`, not yet visible to userspace:
+/// [`ReservedFd::install`] publishes a file on it; dropping it gives the number back.
+pub struct ReservedFd(u32);
+
+impl ReservedFd {
+    /// Reserves the lowest free fd of the current task (`O_CLOEXEC` honoured).
+    pub fn new(flags: u32) -> Result<ReservedFd> {
+        // SAFETY: get_unused_fd_flags only reserves a slot in current's fd table.
+        let fd = unsafe { bindings::get_unused_fd_flags(flags) };
+        // CAST: non-negative after the check.
+        check_ret(fd).map(|fd| ReservedFd(fd as u32))
+    }
+
+    /// The number userspace will see.
+    pub fn number(&self) -> u32 {
+        self.0
+    }
+
+    /// Installs `file` on the reserved number; the fd table takes over the
+    /// caller's reference to the file.
+    ///
+    /// # Safety
+    ///
+    /// `file` is a live file on which the caller owns a reference it gives up.
+    pub unsafe fn install(self, file: *mut bindings::file) {
+        // SAFETY: the slot was reserved by `new` in this task; the caller gives up its reference.
+        unsafe { bindings::fd_install(self.0, file) };
+        core::mem::forget(self);
+    }
+}
+
+impl Drop for ReservedFd {
+    fn drop(&mut self) {
+        // SAFETY: the slot was reserved by `new` and never installed.
+        unsafe { bindings::put_unused_fd(self.0) };
+    }
+}
+
+/// `capable(CAP_SYS_ADMIN)` for the current task.
+pub fn capable_sys_admin() -> bool {
+    // CAST: CAP_SYS_ADMIN is 21.
+    // SAFETY: capable() checks the current task's credentials and may audit.
+    unsafe { bindings::capable(bindings::CAP_SYS_ADMIN as kernel::ffi::c_int) }
+}
+
+/// The thread group id of the current task.
+pub fn current_tgid() -> i32 {
+    // SAFETY: reads current's tgid.
+    unsafe { bindings::dmaplace_current_tgid() }
+}
+
+// ------------------------------------------------------------------ memory cgroups
+
+/// A reference to a memory cgroup (none without CONFIG_MEMCG or outside any).
+pub struct Memcg(Raw<bindings::mem_cgroup>);
+
+impl Memcg {
+    /// The current task's memcg.
+    pub fn current() -> Memcg {
+        // SAFETY: takes a reference on current's memcg (or returns NULL).
+        Memcg(Raw(unsafe { bindings::dmaplace_memcg_current() }))
+    }
+
+    /// Runs `f` with kernel allocations that carry `__GFP_ACCOUNT` (and
+    /// [`Memcg::charge_page`]) charged to this memcg instead of the current task's.
+    pub fn charging<R>(&self, f: impl FnOnce() -> R) -> R {
+        // SAFETY: set_active_memcg only swaps current's active memcg; restored below.
+        let old = unsafe { bindings::set_active_memcg(self.0.0) };
+        let r = f();
+        // SAFETY: as above.
+        unsafe { bindings::set_active_memcg(old) };
+        r
+    }
+
+    /// Charges `2^order` pages starting at `page` (a block we own, not charged yet)
+    /// to this memcg. `ENOMEM` when the memcg is at its limit.
+    pub fn charge_page(&self, page: *mut bindings::page, order: u32) -> Result {
+        let gfp = bindings::GFP_KERNEL;
+        // CAST: order <= MAX_PAGE_ORDER.
+        self.charging(|| check_ret(unsafe { bindings::memcg_kmem_charge_page(page, gfp, order as i32) })).map(drop)
+    }
+}
+
+/// Undoes [`Memcg::charge_page`] (a no-op for a page that was not charged).
+pub fn uncharge_page(page: *mut bindings::page, order: u32) {
+    // CAST: order <= MAX_PAGE_ORDER.
+    // SAFETY: the page is ours; uncharging reads and clears its memcg_data.
+    unsafe { bindings::memcg_kmem_uncharge_page(page, order as i32) };
+}
+
+impl Drop for Memcg {
+    fn drop(&mut self) {
+        // SAFETY: the reference came from dmaplace_memcg_current (NULL is fine).
+        unsafe { bindings::mem_cgroup_put(self.0.0) };
+    }
+}
+
+// ------------------------------------------------------------------ reservation lock
+
+/// Runs `f` with the dma-buf's reservation lock held (`dma_resv_lock(resv, NULL)`).
+pub fn with_resv<R>(dmabuf: *mut bindings::dma_buf, f: impl FnOnce() -> R) -> R {
+    // SAFETY: the caller holds a reference on the dma-buf; a NULL ctx never returns -EDEADLK.
+    unsafe { bindings::dma_resv_lock((*dmabuf).resv, ptr::null_mut()) };
+    let r = f();
+    // SAFETY: locked above.
+    unsafe { bindings::dma_resv_unlock((*dmabuf).resv) };
+    r
+}
+
 // ------------------------------------------------------------------ KVec removal
+
+/// Drops every element `keep` refuses, keeping the order of the rest.
+pub fn vec_retain<T, A: kernel::alloc::Allocator>(v: &mut kernel::alloc::Vec<T, A>, mut keep: impl FnMut(&T) -> bool) {
+    let mut i = 0;
+    while i < v.len() {
+        if keep(&v[i]) {
+            i += 1;
+        } else {
+            drop(vec_remove(v, i));
+        }
+    }
+}
+
+/// Removes and returns the last element.
+pub fn vec_pop<T, A: kernel::alloc::Allocator>(v: &mut kernel::alloc::Vec<T, A>) -> Option<T> {
+    if v.is_empty() { None } else { Some(vec_remove(v, v.len() - 1)) }
+}
 
 /// Removes and returns element `i`, shifting the rest down (6.12's `Vec` has
 /// no `remove`). Panics (like `slice` indexing) when `i` is out of bounds.

@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
-# dmaplace's kernel module, end to end: builds the rig's custom kernel if needed
-# (vm/rig.sh kernel: one kernel for this and the Linux-backend rig, cached by
-# version outside the clone), builds dmaplace.ko and dmaplace_testdev.ko from
-# nothing, runs the host-side differential test of the module's merge against
-# dmaplace-core, builds the static guest tests, and boots the kernel twice under
-# qemu (without and with intel-iommu, 6 GiB so that RAM extends above 4 GiB)
-# to run them as root. Fails loudly; prints every scenario's placement.
+# dmaplace's kernel module, end to end: builds the rig's two kernels if needed
+# (vm/rig.sh kernel [--debug], cached by version outside the clone), builds
+# dmaplace.ko and dmaplace_testdev.ko for each from nothing, runs the host-side
+# differential test of the module's merge against dmaplace-core, builds the
+# static guest tests, and boots under qemu (6 GiB, so that RAM extends above
+# 4 GiB) to run them as root:
 #
-# Usage: kernel/test.sh [--filter NAME] [--no-iommu] [--only-iommu] [--keep-going]
+#   debug/plain   the debug kernel (lockdep, KASAN, DEBUG_VM, DEBUG_PAGEALLOC,
+#                 DMA_API_DEBUG; CONFIG_DMABUF_MOVE_NOTIFY on), 2 CPUs
+#   debug/iommu   the same behind qemu's intel-iommu
+#   custom/plain  the ordinary custom kernel (CONFIG_DMABUF_MOVE_NOTIFY off, as
+#                 in Debian), 1 CPU
+#
+# Any test failure, kernel report (WARN, BUG, KASAN, lockdep, DMA-API) or a
+# filter that matches no test fails the run. Prints every scenario's placement.
+#
+# Usage: kernel/test.sh [--filter NAME] [--no-iommu] [--only-iommu] [--no-debug]
+#                       [--only-debug] [--keep-going]
 # Environment: DMAPLACE_VM_CACHE (rig cache), DMAPLACE_VM_JOBS (kernel make -j).
 set -Eeuo pipefail
 
@@ -15,21 +24,33 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RIG="$REPO/vm/rig.sh"
 TARGET_DIR=${DMAPLACE_KMOD_TARGET:-$REPO/target/kmod-guest}
 FILTER=""
-BOOTS=(plain iommu)
+BOOTS=(debug/plain debug/iommu custom/plain)
 KEEP_GOING=0
 MEM=6G
 TIMEOUT=600
 
+drop_boots() { # drop_boots PATTERN: remove the boots matching a glob
+	local keep=() b
+	for b in "${BOOTS[@]}"; do
+		# shellcheck disable=SC2053 # the pattern is a glob on purpose
+		[[ $b == $1 ]] || keep+=("$b")
+	done
+	BOOTS=("${keep[@]}")
+}
+
 while [[ $# -gt 0 ]]; do
 	case $1 in
 	--filter) FILTER=${2:?}; shift 2 ;;
-	--no-iommu) BOOTS=(plain); shift ;;
-	--only-iommu) BOOTS=(iommu); shift ;;
+	--no-iommu) drop_boots '*/iommu'; shift ;;
+	--only-iommu) drop_boots '*/plain'; shift ;;
+	--no-debug) drop_boots 'debug/*'; shift ;;
+	--only-debug) drop_boots 'custom/*'; shift ;;
 	--keep-going) KEEP_GOING=1; shift ;;
-	-h | --help) sed -n '2,13p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,20p' "$0"; exit 0 ;;
 	*) echo "kernel/test.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
 	esac
 done
+[[ ${#BOOTS[@]} -gt 0 ]] || { echo "kernel/test.sh: the options leave no boot to run" >&2; exit 2; }
 
 say() { printf '[kernel/test %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 fail() {
@@ -47,19 +68,26 @@ step() { # step NAME CMD...: runs and times one step
 	"$@" || fail "$name"
 	TIMES+=("$(printf '%-28s %6ss' "$name" "$(secs "$t" "$(now)")")")
 }
+wants() { [[ " ${BOOTS[*]} " == *" $1/"* ]]; } # wants custom|debug
 
-# 1. qemu, busybox and the custom kernel (no-ops when cached).
+# 1. qemu, busybox and the kernels (no-ops when cached).
 step "rig fetch" "$RIG" fetch
-step "rig kernel" "$RIG" kernel
+wants custom && step "rig kernel" "$RIG" kernel
+wants debug && step "rig kernel --debug" "$RIG" kernel --debug
 
-# 2. The modules, from nothing (a fresh build dir each time).
-build_modules() {
-	rm -rf "$REPO/target/kmod"
-	mapfile -t KOS < <("$REPO/kernel/build.sh")
-	[[ ${#KOS[@]} -eq 2 && -f ${KOS[0]} && -f ${KOS[1]} ]] || fail "kernel/build.sh produced no modules"
-	say "modules: ${KOS[*]}"
+# 2. The modules, from nothing (a fresh build dir each time), for each kernel.
+declare -A KOS=()
+build_modules() { # build_modules custom|debug
+	local out=$REPO/target/kmod flag=() kos
+	[[ $1 == debug ]] && out=$REPO/target/kmod-debug flag=(--debug)
+	rm -rf "$out"
+	mapfile -t kos < <(DMAPLACE_KMOD_OUT=$out "$REPO/kernel/build.sh" "${flag[@]}")
+	[[ ${#kos[@]} -eq 2 && -f ${kos[0]} && -f ${kos[1]} ]] || fail "kernel/build.sh ${flag[*]} produced no modules"
+	KOS[$1]="${kos[0]} ${kos[1]}"
+	say "modules ($1 kernel): ${kos[*]}"
 }
-step "build modules" build_modules
+wants custom && step "build modules" build_modules custom
+wants debug && step "build modules (debug)" build_modules debug
 
 # 3. The host-side differential test of kernel/plan.rs against dmaplace-core.
 step "host: kmod_plan test" cargo test -q -p dmaplace-linux --test kmod_plan
@@ -79,31 +107,47 @@ step "build guest tests" build_guest_tests
 # 5. Boot and run: the scenarios, then the unload test (last: it unloads the modules).
 FAILED=()
 LOGS=()
-boot() {
-	local kind=$1 extra=() log
+# passed_tests LOG: the tests libtest reported passed, over all binaries in the log
+passed_tests() {
+	tr -d '\r' <"$1" | sed -n 's/^test result: ok\. \([0-9]*\) passed.*/\1/p' | awk '{n += $1} END {print n + 0}'
+}
+boot() { # boot custom|debug plain|iommu
+	local kernel=$1 kind=$2 extra=() log kos args n
 	[[ $kind == iommu ]] && extra=(--iommu)
-	local args="--test-threads=1 --nocapture"
+	[[ $kernel == debug ]] && extra+=(--smp 2)
+	read -ra kos <<<"${KOS[$kernel]}"
+	# Every test is #[ignore]d on the host; iommu_* tests need the IOMMU boot.
+	args="--test-threads=1 --nocapture --include-ignored"
+	[[ $kind == plain ]] && args+=" --skip iommu_"
 	[[ -n $FILTER ]] && args+=" $FILTER"
+	local k=custom
+	[[ $kernel == debug ]] && k=custom-debug
 	# loglevel=4 keeps pr_info off the console (it stays in dmesg, which the rig
 	# checks): the test output is not interleaved with kernel messages.
-	if "$RIG" run --kernel custom "${extra[@]}" --mem "$MEM" --timeout "$TIMEOUT" --quiet --append "loglevel=4" \
-		--insmod "${KOS[0]}" --insmod "${KOS[1]}" --args "$args" "$BIN_KMOD" "$BIN_UNLOAD"; then
-		log=$(ls -td "${DMAPLACE_VM_CACHE:-$HOME/.cache/dmaplace-vm}"/runs/*-custom"$([[ $kind == iommu ]] && echo -iommu)"-* | head -n1)
-		LOGS+=("$kind:$log/serial.log")
+	if ! "$RIG" run --kernel "$k" "${extra[@]}" --mem "$MEM" --timeout "$TIMEOUT" --quiet --append "loglevel=4" \
+		--insmod "${kos[0]}" --insmod "${kos[1]}" --args "$args" "$BIN_KMOD" "$BIN_UNLOAD"; then
+		FAILED+=("$kernel/$kind")
+		[[ $KEEP_GOING == 1 ]] || fail "guest tests on the $kernel kernel ($kind)"
 		return 0
 	fi
-	FAILED+=("$kind")
-	[[ $KEEP_GOING == 1 ]] || fail "guest tests on the custom kernel ($kind)"
+	log=$(ls -td "${DMAPLACE_VM_CACHE:-$HOME/.cache/dmaplace-vm}"/runs/*-"$k$([[ $kind == iommu ]] && echo -iommu)"-* | head -n1)
+	n=$(passed_tests "$log/serial.log")
+	if [[ $n -eq 0 ]]; then
+		FAILED+=("$kernel/$kind:no-tests")
+		fail "no test ran on the $kernel kernel ($kind)${FILTER:+: --filter $FILTER matches no test}; log: $log/serial.log"
+	fi
+	say "$kernel/$kind: $n tests passed"
+	LOGS+=("$kernel/$kind:$log/serial.log")
 	return 0
 }
 for b in "${BOOTS[@]}"; do
-	step "guest: custom $b" boot "$b"
+	step "guest: $b" boot "${b%/*}" "${b#*/}"
 done
 
-# 6. The placements each scenario produced.
+# 6. The placements each scenario produced, and the kernel checkers' verdicts.
 for l in "${LOGS[@]}"; do
 	printf '\n[kernel/test] placements (%s boot, %s):\n' "${l%%:*}" "${l#*:}" >&2
-	tr -d '\r' <"${l#*:}" | grep -ao 'PLACEMENT .*' | sed 's/^PLACEMENT /  /' >&2 || true
+	tr -d '\r' <"${l#*:}" | grep -aoE '(PLACEMENT|DMAPLACE-CHECK:) .*' | sed -E 's/^PLACEMENT /  /; s/^/  /' >&2 || true
 done
 
 printf '\n[kernel/test] timings:\n' >&2

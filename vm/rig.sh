@@ -32,16 +32,18 @@ Usage: vm/rig.sh <command> [options]
 Commands:
   fetch         Download qemu, busybox and Debian's newest linux-image-6.12.*+deb12-amd64
                 (apt-get download + dpkg -x, no install) into the cache.
-  kernel        Build the custom kernel (linux-source-6.12, tinyconfig + vm/kernel.config,
-                CONFIG_RUST with rustc $RUST_VERSION / bindgen $BINDGEN_VERSION, LLVM=1).
-  kernel-dir    Print the custom kernel's build dir (for make -C <dir> M=<moddir> LLVM=1 modules).
-  kernel-env    Print shell exports (PATH, RUSTUP_TOOLCHAIN) for building out-of-tree Rust
-                modules: eval "\$(vm/rig.sh kernel-env)".
-  initramfs     --kernel debian|custom [--out FILE] [run's file options] BIN...
+  kernel        [--debug] Build the custom kernel (linux-source-6.12, tinyconfig +
+                vm/kernel.config, CONFIG_RUST with rustc $RUST_VERSION / bindgen $BINDGEN_VERSION,
+                LLVM=1, kernel/*.patch applied). --debug: the debug kernel, which adds
+                vm/kernel-debug.config (lockdep, KASAN, DEBUG_VM, DEBUG_PAGEALLOC, DMA_API_DEBUG).
+  kernel-dir    [--debug] Print the kernel's build dir (make -C <dir> M=<moddir> LLVM=1 modules).
+  kernel-env    [--debug] Print shell exports (PATH, RUSTUP_TOOLCHAIN) for building out-of-tree
+                Rust modules: eval "\$(vm/rig.sh kernel-env)".
+  initramfs     --kernel debian|custom|custom-debug [--out FILE] [run's file options] BIN...
                 Build a gzip cpio (busybox, /init, modules, BINs) and print its path.
-  run           --kernel debian|custom [--iommu] [--mem $DEFAULT_MEM] [--smp 1] [--append "..."]
-                [--timeout $DEFAULT_TIMEOUT] [--args "..."] [--file SRC[:DEST]]... [--insmod KO]...
-                [--quiet] BIN [BIN...]
+  run           --kernel debian|custom|custom-debug [--iommu] [--mem $DEFAULT_MEM] [--smp 1]
+                [--append "..."] [--timeout $DEFAULT_TIMEOUT] [--args "..."] [--file SRC[:DEST]]...
+                [--insmod 'KO [param=value...]']... [--quiet] BIN [BIN...]
                 Boot the kernel with BINs (static executables) in an initramfs; the guest
                 runs each as root with DMAPLACE_IN_GUEST=1 DMAPLACE_KERNEL=<kernel>
                 DMAPLACE_IOMMU=0|1. Exit 0 only if the guest prints DMAPLACE-RESULT: PASS.
@@ -323,27 +325,56 @@ cmd_fetch() {
 }
 
 # ---------------------------------------------------------------- kernel
-bindings_patch() { # the bindings_helper patch in force
-	if [[ -f $REPO_DIR/kernel/bindings_helper.patch ]]; then
-		printf '%s\n' "$REPO_DIR/kernel/bindings_helper.patch"
+# The kernel flavour: `custom`, or `debug` (vm/kernel-debug.config on top).
+FLAVOUR=custom
+
+kernel_patches() { # the patches in force, in the order they are applied
+	local p=()
+	mapfile -t p < <(find "$REPO_DIR/kernel" -maxdepth 1 -name '*.patch' | LC_ALL=C sort)
+	if [[ ${#p[@]} -gt 0 ]]; then
+		printf '%s\n' "${p[@]}"
 	else
 		printf '%s\n' "$RIG_DIR/bindings_helper.default.patch"
 	fi
 }
 
+combined_patch() { # print every patch in force, concatenated (one patch for `patch -p1`)
+	local f
+	while read -r f; do cat "$f"; done < <(kernel_patches)
+}
+
+config_fragments() { # the config fragments of $FLAVOUR, merged in this order
+	printf '%s\n' "$RIG_DIR/kernel.config"
+	[[ $FLAVOUR == debug ]] && printf '%s\n' "$RIG_DIR/kernel-debug.config"
+	return 0
+}
+
 # The build tree is keyed by everything that changes it: <base key> covers
-# linux-source version, vm/kernel.config and the toolchain; p<sha> the patch.
+# linux-source version, the config fragments and the toolchain; p<sha> the patches.
 kernel_base_key() {
-	local srcver clangv
+	local srcver clangv frags="" f tag=""
 	srcver=$(candidate_version "$LINUX_SOURCE_PKG")
 	have clang || die "clang is not installed: run vm/rig.sh kernel"
 	clangv=$(clang --version | sed -n 1p)
-	printf 'linux-%s-%s\n' "${srcver//[:~+]/_}" \
-		"$(sha_str "src=$srcver frag=$(sha "$RIG_DIR/kernel.config") rustc=$RUST_VERSION bindgen=$BINDGEN_VERSION clang=$clangv")"
+	while read -r f; do frags+="$(sha "$f")"; done < <(config_fragments)
+	[[ $FLAVOUR == debug ]] && tag="-debug"
+	printf 'linux-%s%s-%s\n' "${srcver//[:~+]/_}" "$tag" \
+		"$(sha_str "src=$srcver frag=$frags rustc=$RUST_VERSION bindgen=$BINDGEN_VERSION clang=$clangv")"
 }
 
 kernel_dir() {
-	printf '%s\n' "$CACHE/kernel/$(kernel_base_key)-p$(sha "$(bindings_patch)")"
+	printf '%s\n' "$CACHE/kernel/$(kernel_base_key)-p$(combined_patch | sha_stdin)"
+}
+
+sha_stdin() { sha256sum | cut -c1-16; }
+
+# The effective fragment: every fragment's lines, a later setting of an option
+# replacing an earlier one (what merge_config.sh does).
+merged_fragment() {
+	local f
+	while read -r f; do grep -E '^(CONFIG_|# CONFIG_)' "$f"; done < <(config_fragments) |
+		awk '{ o = $1 == "#" ? $2 : $1; sub(/=.*/, "", o); if (!(o in v)) k[n++] = o; v[o] = $0 }
+			END { for (i = 0; i < n; i++) print v[k[i]] }'
 }
 
 bindgen_root() { printf '%s\n' "$CACHE/tools/bindgen-$BINDGEN_VERSION"; }
@@ -392,26 +423,33 @@ check_config() { # .config FRAGMENT: every requested option must have survived
 }
 
 build_kernel() {
-	local kdir srcver patch tmp deb kpath
+	local kdir srcver patch tmp deb kpath frags=() merged t0
 	kdir=$(kernel_dir)
 	kpath=$(toolchain_path)
 	export PATH=$kpath RUSTUP_TOOLCHAIN=$RUST_VERSION
 	if [[ -f $kdir/.dmaplace-built ]]; then
-		log "custom kernel up to date: $kdir"
+		log "$FLAVOUR kernel up to date: $kdir"
 		return 0
 	fi
+	t0=$(date +%s)
 	srcver=$(candidate_version "$LINUX_SOURCE_PKG")
-	patch=$(bindings_patch)
+	mkdir -p "$CACHE/tmp"
+	patch="$CACHE/tmp/patch.$$"
+	combined_patch >"$patch"
 	if [[ ! -f $kdir/.dmaplace-unpacked ]]; then
 		seed_from_sibling "$kdir" "$patch" || unpack_source "$kdir" "$srcver" "$patch"
 	fi
+	rm -f "$patch"
 	cd "$kdir"
 	make -s LLVM=1 rustavailable >&2 || die "Rust toolchain not usable for the kernel (make rustavailable); PATH=$PATH"
-	log "configuring: tinyconfig + vm/kernel.config"
+	mapfile -t frags < <(config_fragments)
+	log "configuring: tinyconfig + ${frags[*]#"$REPO_DIR/"}"
 	make -s LLVM=1 tinyconfig >&2
-	scripts/kconfig/merge_config.sh -m .config "$RIG_DIR/kernel.config" >/dev/null
+	scripts/kconfig/merge_config.sh -m .config "${frags[@]}" >/dev/null
 	make -s LLVM=1 olddefconfig >&2
-	check_config .config "$RIG_DIR/kernel.config"
+	merged="$kdir/.dmaplace-fragment"
+	merged_fragment >"$merged"
+	check_config .config "$merged"
 	cp .config "$kdir/.dmaplace-config"
 	log "building: make LLVM=1 -j$JOBS bzImage modules (log: $kdir/build.log)"
 	if ! make LLVM=1 -j"$JOBS" bzImage modules >"$kdir/build.log" 2>&1; then
@@ -419,14 +457,16 @@ build_kernel() {
 		die "kernel build failed; full log: $kdir/build.log"
 	fi
 	make LLVM=1 -j"$JOBS" rust-analyzer >>"$kdir/build.log" 2>&1 || log "warning: make rust-analyzer failed (see $kdir/build.log)"
+	# uapi headers in usr/include, for userspace built against this exact tree (selftests)
+	make LLVM=1 headers >>"$kdir/build.log" 2>&1 || die "make headers failed; full log: $kdir/build.log"
 	[[ -f arch/x86/boot/bzImage ]] || die "no arch/x86/boot/bzImage after build in $kdir"
 	[[ -f Module.symvers ]] || die "no Module.symvers after build in $kdir"
 	grep -q 'pub struct dma_buf ' rust/bindings/bindings_generated.rs ||
-		die "rust/bindings lacks struct dma_buf: the bindings_helper patch ($patch) did not take effect"
+		die "rust/bindings lacks struct dma_buf: the kernel patches ($(kernel_patches | tr '\n' ' ')) did not take effect"
 	build_kmod_probe "$kdir"
-	touch "$kdir/.dmaplace-built"
+	printf 'build_seconds=%s\n' "$(($(date +%s) - t0))" >"$kdir/.dmaplace-built"
 	gc_kernels
-	log "custom kernel built: $kdir/arch/x86/boot/bzImage"
+	log "$FLAVOUR kernel built in $(($(date +%s) - t0)) s: $kdir/arch/x86/boot/bzImage"
 }
 
 unpack_source() { # KDIR SRCVER PATCH: fresh tree from linux-source, patched
@@ -456,10 +496,11 @@ unpack_source() { # KDIR SRCVER PATCH: fresh tree from linux-source, patched
 seed_from_sibling() {
 	local kdir=$1 patch=$2 base sib tmp
 	base=$(kernel_base_key)
-	sib=$(find "$CACHE/kernel" -maxdepth 2 -path "*/$base-p*/.dmaplace-built" -printf '%T@ %h\n' 2>/dev/null |
-		sort -rn | sed -n '1s/^[^ ]* //p')
-	[[ -n $sib && -f $sib/.dmaplace-patch ]] || return 1
-	log "seeding from $sib (same kernel, different bindings_helper patch)"
+	# the newest tree with the same base key, built or not (a failed build keeps its objects)
+	sib=$(find "$CACHE/kernel" -maxdepth 2 -path "*/$base-p*/.dmaplace-patch" -printf '%T@ %h\n' 2>/dev/null |
+		grep -v '\.tmp\.' | sort -rn | sed -n '1s/^[^ ]* //p')
+	[[ -n $sib && -f $sib/.dmaplace-patch && $sib != "$kdir" ]] || return 1
+	log "seeding from $sib (same kernel, different patches)"
 	tmp="$kdir.tmp.$$"
 	rm -rf "$tmp"
 	cp -a "$sib" "$tmp"
@@ -469,6 +510,7 @@ seed_from_sibling() {
 		log "could not revert the old patch in the copy; unpacking fresh"
 		return 1
 	fi
+	rm -f "$tmp/.dmaplace-fragment" "$tmp/.dmaplace-config"
 	patch -p1 -d "$tmp" <"$patch" >&2 || {
 		rm -rf "$tmp"
 		die "patch $patch does not apply to the kernel source (reverted copy of $sib)"
@@ -479,11 +521,19 @@ seed_from_sibling() {
 	printf 'seeded-from=%s\npatch=%s\n' "$sib" "$patch" >"$kdir/.dmaplace-unpacked"
 }
 
-# Keep the newest $DMAPLACE_VM_KEEP_KERNELS (default 2) built trees; ~2 GB each.
+# Keep the $DMAPLACE_VM_KEEP_KERNELS (default 3) most recently used built trees
+# of each flavour, and any tree used in the last day (several branches in
+# parallel use different trees: none evicts another's); ~2 GB each (debug ~3 GB).
+# A tree's last use is the mtime of its .dmaplace-used (touched by every
+# kernel-dir/kernel-env/run), else of .dmaplace-built.
 gc_kernels() {
-	local keep=${DMAPLACE_VM_KEEP_KERNELS:-2} d
-	find "$CACHE/kernel" -maxdepth 2 -name .dmaplace-built -printf '%T@ %h\n' | sort -rn |
-		sed -n "$((keep + 1)),\$p" | cut -d' ' -f2- | while read -r d; do
+	local keep=${DMAPLACE_VM_KEEP_KERNELS:-3} d
+	find "$CACHE/kernel" -maxdepth 2 -name .dmaplace-built -printf '%h\n' | while read -r d; do
+		printf '%s %s\n' "$(stat -c %Y "$d/.dmaplace-used" 2>/dev/null || stat -c %Y "$d/.dmaplace-built")" "$d"
+	done | sort -rn |
+		if [[ $FLAVOUR == debug ]]; then grep -- '-debug-'; else grep -v -- '-debug-'; fi |
+		sed -n "$((keep + 1)),\$p" | awk -v old="$(($(date +%s) - 86400))" '$1 < old' |
+		cut -d' ' -f2- | while read -r d; do
 		log "removing old kernel tree $d (keeping $keep)"
 		mv "$d" "$CACHE/kernel/.trash.$$.${d##*/}"
 	done
@@ -504,23 +554,41 @@ build_kmod_probe() { # prove out-of-tree Rust modules build against KDIR
 	[[ -f $m/dmaplace_rig_probe.ko ]] || die "no dmaplace_rig_probe.ko after building vm/kmod-probe"
 }
 
+parse_flavour() { # [--debug]
+	while [[ $# -gt 0 ]]; do
+		case $1 in
+		--debug) FLAVOUR=debug; shift ;;
+		*) die "unknown option $1 (see vm/rig.sh --help)" ;;
+		esac
+	done
+}
+
 cmd_kernel() {
+	parse_flavour "$@"
 	apt_ensure "${HOST_TOOLS[@]}" "${KERNEL_BUILD_DEPS[@]}"
 	apt_ready
 	ensure_toolchain
 	mkdir -p "$CACHE/kernel"
-	with_lock kernel build_kernel
+	# A built tree never changes: no need to wait for another build's lock.
+	if [[ -f $(kernel_dir)/.dmaplace-built ]]; then
+		log "$FLAVOUR kernel up to date: $(kernel_dir)"
+	else
+		with_lock kernel build_kernel
+	fi
 	kernel_dir
 }
 
 cmd_kernel_dir() {
 	local d
 	d=$(kernel_dir)
-	[[ -f $d/.dmaplace-built ]] || die "custom kernel not built for the current inputs ($d): run vm/rig.sh kernel"
+	[[ -f $d/.dmaplace-built ]] ||
+		die "$FLAVOUR kernel not built for the current inputs ($d): run vm/rig.sh kernel$([[ $FLAVOUR == debug ]] && echo ' --debug')"
+	touch "$d/.dmaplace-used" 2>/dev/null || true # last use, for gc_kernels
 	printf '%s\n' "$d"
 }
 
 cmd_kernel_env() {
+	parse_flavour "$@"
 	cmd_kernel_dir >/dev/null
 	printf 'export PATH=%q\nexport RUSTUP_TOOLCHAIN=%q\nexport DMAPLACE_KERNEL_DIR=%q\n' \
 		"$(toolchain_path)" "$RUST_VERSION" "$(kernel_dir)"
@@ -551,7 +619,11 @@ parse_opts() {
 		*) BINS+=("$1"); shift ;;
 		esac
 	done
-	[[ $K == debian || $K == custom ]] || die "--kernel debian|custom is required (got '$K')"
+	case $K in
+	debian | custom) ;;
+	custom-debug) FLAVOUR=debug ;;
+	*) die "--kernel debian|custom|custom-debug is required (got '$K')" ;;
+	esac
 	[[ $TIMEOUT =~ ^[0-9]+$ ]] || die "--timeout wants seconds, got '$TIMEOUT'"
 }
 
@@ -583,14 +655,18 @@ mount -t tmpfs tmpfs /dev/shm
 . /etc/dmaplace.env
 export DMAPLACE_IN_GUEST DMAPLACE_KERNEL DMAPLACE_IOMMU RUST_BACKTRACE
 fail=""
+# dma-debug prints only its first error by default: print every one.
+[ -w /sys/kernel/debug/dma-api/num_errors ] && echo 10000 >/sys/kernel/debug/dma-api/num_errors
 for m in $(cat /lib/modules/modules.load); do
 	insmod "/lib/modules/$m.ko" || fail="$fail insmod:$m"
 done
-for ko in /lib/modules/extra/*.ko; do
-	[ -e "$ko" ] || continue
-	echo "DMAPLACE-INSMOD: $ko"
-	insmod "$ko" || fail="$fail insmod:${ko##*/}"
-done
+# --insmod modules, in the order given, with their parameters
+while read -r ko params; do
+	[ -n "$ko" ] || continue
+	echo "DMAPLACE-INSMOD: $ko $params"
+	# shellcheck disable=SC2086 # parameters are separate words
+	insmod "/lib/modules/extra/$ko" $params || fail="$fail insmod:$ko"
+done </lib/modules/extra/order
 echo "DMAPLACE-GUEST: kernel=$DMAPLACE_KERNEL iommu=$DMAPLACE_IOMMU release=$(uname -r) cmdline=$(cat /proc/cmdline)"
 for t in /tests/*/*; do
 	[ -e "$t" ] || continue
@@ -604,10 +680,32 @@ for t in /tests/*/*; do
 	echo "DMAPLACE-EXIT: $name $rc"
 	[ "$rc" -eq 0 ] || fail="$fail $name=exit$rc"
 done
-if dmesg | grep -E 'WARNING:|BUG:|Oops' >/tmp/kbad; then
-	echo "DMAPLACE-DMESG: kernel warnings:"
+# Any kernel report fails the run: WARN, BUG (KASAN reports, sleeping in atomic
+# context), Oops, lockdep splats (WARNING: possible ... / INFO: ...), dma-debug
+# errors (DMA-API: lines other than its two boot notices).
+dmesg >/tmp/dmesg
+if grep -E 'WARNING:|BUG:|Oops|UBSAN:|Kernel panic|general protection fault|INFO: (possible|inconsistent|trying to register|lockdep)|DMA-API: ' /tmp/dmesg |
+	grep -vE 'DMA-API: (preallocated [0-9]+ debug entries|debugging enabled by kernel config)$' >/tmp/kbad; then
+	echo "DMAPLACE-DMESG: kernel reports:"
 	cat /tmp/kbad
-	fail="$fail dmesg:WARN/BUG/Oops"
+	# the context of the first one (the console shows only errors; traces are warnings)
+	first=$(grep -nE 'WARNING:|BUG:|Oops|UBSAN:|INFO: |DMA-API: ' /tmp/dmesg | grep -vE 'DMA-API: (preallocated [0-9]+ debug entries|debugging enabled by kernel config)$' | head -n1 | cut -d: -f1)
+	echo "DMAPLACE-DMESG: context:"
+	tail -n +"$((first > 5 ? first - 5 : 1))" /tmp/dmesg | head -n 80
+	fail="$fail dmesg:reports"
+fi
+# lockdep turns itself off after its first report (or when it runs out of room)
+if [ -r /proc/lockdep_stats ]; then
+	dl=$(sed -n 's/^ *debug_locks: *//p' /proc/lockdep_stats)
+	echo "DMAPLACE-CHECK: lockdep debug_locks=$dl"
+	[ "$dl" = 1 ] || fail="$fail lockdep:off"
+fi
+if [ -r /sys/kernel/debug/dma-api/error_count ]; then
+	ne=$(cat /sys/kernel/debug/dma-api/error_count)
+	dis=$(cat /sys/kernel/debug/dma-api/disabled)
+	echo "DMAPLACE-CHECK: dma-api error_count=$ne disabled=$dis"
+	[ "$ne" = 0 ] || fail="$fail dma-api:errors=$ne"
+	[ "$dis" = N ] || [ "$dis" = 0 ] || fail="$fail dma-api:disabled"
 fi
 if [ -z "$fail" ]; then
 	echo "DMAPLACE-RESULT: PASS"
@@ -639,9 +737,13 @@ build_initramfs() {
 	else
 		: >"$st/lib/modules/modules.load" # DRM drivers are built in
 	fi
+	: >"$st/lib/modules/extra/order"
+	local ko params
 	for f in "${KOS[@]}"; do
-		[[ -f $f ]] || die "--insmod $f: no such file"
-		cp "$f" "$st/lib/modules/extra/"
+		read -r ko params <<<"$f"
+		[[ -f $ko ]] || die "--insmod $ko: no such file"
+		cp "$ko" "$st/lib/modules/extra/"
+		printf '%s %s\n' "$(basename "$ko")" "$params" >>"$st/lib/modules/extra/order"
 	done
 	for b in "${BINS[@]}"; do
 		[[ -f $b && -x $b ]] || die "test binary $b does not exist or is not executable"
@@ -710,7 +812,7 @@ cmd_run() {
 	else
 		qargs+=(-device cirrus-vga)
 	fi
-	[[ $K == custom ]] && cmdline+=" cma=$CUSTOM_CMA"
+	[[ $K == custom* ]] && cmdline+=" cma=$CUSTOM_CMA"
 	[[ -n $APPEND ]] && cmdline+=" $APPEND"
 	qargs+=(-append "$cmdline")
 	printf '%q ' qemu-system-x86_64 "${qargs[@]}" >"$rundir/qemu.cmd"
@@ -796,9 +898,9 @@ main() {
 	shift
 	case $cmd in
 	fetch) cmd_fetch ;;
-	kernel) cmd_kernel ;;
-	kernel-dir) cmd_kernel_dir ;;
-	kernel-env) cmd_kernel_env ;;
+	kernel) cmd_kernel "$@" ;;
+	kernel-dir) parse_flavour "$@" && cmd_kernel_dir ;;
+	kernel-env) cmd_kernel_env "$@" ;;
 	initramfs) cmd_initramfs "$@" ;;
 	run) cmd_run "$@" ;;
 	smoke) cmd_smoke "$@" ;;

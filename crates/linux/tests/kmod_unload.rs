@@ -2,13 +2,15 @@
 //! no memory and no dma-buf behind. It unloads both modules (every earlier test
 //! has closed its fds), measures, loads them again, runs a workload that
 //! allocates, migrates, maps and imports about 100 MiB, closes everything,
-//! unloads again and measures again.
+//! unloads again and measures again. On a kernel with `CONFIG_DMA_API_DEBUG`,
+//! dma-debug must report no error and no mapping left behind by the test
+//! importers, the module's allocator device, or anything else.
 
 use std::os::fd::AsFd;
 use std::process::Command;
 
 use dmaplace_linux::drm::DrmCard;
-use dmaplace_linux::kmod::{self, Dmaplace, FakeDevice, TestDev};
+use dmaplace_linux::kmod::{self, Dmaplace, FakeDevice, Importer, TestDev, guest};
 use dmaplace_linux::sys::map::RawMap;
 
 const MIB: u64 = 1 << 20;
@@ -81,9 +83,18 @@ fn workload() -> u64 {
             td.unmap(h).expect("unmap");
             let h2 = td.attach(buf.fd.as_fd(), "dp-unload32", true).expect("late attach");
             td.map(h2).expect("migrating map");
+        } else if i % 3 == 0 {
+            // A static importer, mapped at attach and left for close to tear down.
+            td.attach_as(buf.fd.as_fd(), "dp-unload64", Importer::Static).expect("static attach");
         }
         total += size;
         keep.push((buf, map));
+    }
+    // The check after rmmod is not vacuous: dma-debug sees these mappings now.
+    if guest::dma_debug().is_some() {
+        let live = our_dma_entries();
+        assert!(!live.is_empty(), "dma-debug lists none of the workload's live mappings");
+        println!("PLACEMENT unload: dma-debug lists {} mappings of the workload while it runs", live.len());
     }
     if let Ok(card) = DrmCard::open_driver(&["vgem"]) {
         let buf = dp.create(8 * MIB, "unload-vgem").expect("create");
@@ -98,14 +109,18 @@ fn workload() -> u64 {
     total
 }
 
+/// The dma-debug entries of the devices the workload used.
+fn our_dma_entries() -> Vec<String> {
+    ["dp-unload64", "dp-unload32", "dmaplace"].iter().flat_map(|d| guest::dma_debug_entries_of(d)).collect()
+}
+
 #[test]
-fn rmmod_leaves_no_memory_and_no_dma_buf_behind() {
-    if !dmaplace_linux::in_guest() {
-        eprintln!("rmmod: skipped: not in the qemu guest");
-        return;
-    }
+#[ignore = "guest only: kernel/test.sh runs it in the qemu rig with --include-ignored"]
+fn rmmod_leaves_no_memory_no_dma_buf_and_no_dma_mapping_behind() {
+    assert!(dmaplace_linux::in_guest(), "runs only in the qemu guest (DMAPLACE_IN_GUEST=1): use kernel/test.sh");
     unload();
     let (free0, bufs0) = measure();
+    let debug0 = guest::dma_debug();
     load();
     let total = workload();
     // The module's own count first: every chunk it allocated is freed.
@@ -134,5 +149,17 @@ fn rmmod_leaves_no_memory_and_no_dma_buf_behind() {
         "free memory is {} KiB lower after the workload and rmmod: a leak",
         (free0 - free1) / 1024
     );
+    match (debug0, guest::dma_debug()) {
+        (Some((errors0, entries0)), Some((errors1, entries1))) => {
+            println!(
+                "PLACEMENT unload: dma-debug: errors {errors0} -> {errors1}, active mappings {entries0} -> {entries1}"
+            );
+            assert_eq!(errors1, 0, "dma-debug reported errors");
+            assert!(our_dma_entries().is_empty(), "mappings left behind: {:#?}", our_dma_entries());
+            assert_eq!(entries1, entries0, "active dma-debug entries changed across the workload and rmmod");
+        }
+        (None, None) => println!("PLACEMENT unload: dma-debug: not in this kernel"),
+        other => panic!("dma-debug appeared or vanished during the test: {other:?}"),
+    }
     load();
 }
