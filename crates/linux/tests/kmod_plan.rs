@@ -99,7 +99,7 @@ fn attach_info(i: usize, d: &DeviceConstraints) -> AttachInfo {
         idx: i,
         dev: format!("dev{i}"),
         dynamic: false,
-        pinned: false,
+        pins: 0,
         maps: 0,
         served: None,
         dma_mask: d.dma_mask,
