@@ -591,9 +591,16 @@ impl Memcg {
     /// Charges `2^order` pages starting at `page` (a block we own, not charged yet)
     /// to this memcg. `ENOMEM` when the memcg is at its limit.
     pub fn charge_page(&self, page: *mut bindings::page, order: u32) -> Result {
-        let gfp = bindings::GFP_KERNEL;
+        // RETRY_MAYFAIL: at the limit the charge fails (ENOMEM) after reclaim in the
+        // memcg, instead of waking its OOM killer.
+        let gfp = bindings::GFP_KERNEL | bindings::__GFP_RETRY_MAYFAIL;
         // CAST: order <= MAX_PAGE_ORDER.
-        self.charging(|| check_ret(unsafe { bindings::memcg_kmem_charge_page(page, gfp, order as i32) })).map(drop)
+        let order = order as i32;
+        self.charging(|| {
+            // SAFETY: an owned block whose memcg_data is clear (never charged, or uncharged).
+            check_ret(unsafe { bindings::memcg_kmem_charge_page(page, gfp, order) })
+        })
+        .map(drop)
     }
 }
 
