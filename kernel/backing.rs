@@ -175,13 +175,7 @@ fn free_block(page: *mut bindings::page, order: u32) {
 /// Zeroes every page of a chunk (the whole allocation, not only the bytes the
 /// buffer uses: the tail of the last chunk is mapped too).
 pub fn zero_chunk(c: &Chunk) {
-    let pfn = c.phys >> PAGE_SHIFT;
-    for i in 0..c.pages() {
-        sys::clear_page(sys::pfn_to_page(pfn + i));
-        if i % 256 == 255 {
-            sys::cond_resched();
-        }
-    }
+    sys::zero_pages(c.page.0, c.pages());
 }
 
 /// A run of physically contiguous pages of a backing, from some page on.

@@ -18,7 +18,7 @@ json=$(RUSTFLAGS='-C target-feature=+crt-static' CARGO_TARGET_DIR=${DMAPLACE_KMO
 	-p dmaplace-linux --test kmod_bench)
 BIN=$(jq -r 'select(.profile.test == true and .target.name == "kmod_bench") | .executable // empty' <<<"$json")
 [[ -x $BIN ]] || { echo "kernel/bench.sh: no kmod_bench binary in cargo's output" >&2; exit 1; }
-"$RIG" run --kernel custom --mem 6G --timeout 1800 --quiet --append "loglevel=4" \
+"$RIG" run --kernel custom --mem 6G --smp "${DMAPLACE_BENCH_SMP:-2}" --timeout 1800 --quiet --append "loglevel=4" \
 	--insmod "${KOS[0]}" --insmod "${KOS[1]}" "$BIN"
 log=$(ls -td "${DMAPLACE_VM_CACHE:-$HOME/.cache/dmaplace-vm}"/runs/*-custom-* | head -n1)/serial.log
 tr -d '\r' <"$log" | grep -aE '^(bench:|\|)' || true

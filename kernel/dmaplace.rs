@@ -114,6 +114,14 @@ pub fn global() -> &'static Global {
     unsafe { &*p }
 }
 
+/// The module's state once `init` has set it up (module parameters are set
+/// before that, at load).
+pub fn global_if_loaded() -> Option<&'static Global> {
+    let p = GLOBAL.load(Ordering::Acquire);
+    // SAFETY: as in global(); null before init and after exit.
+    (!p.is_null()).then(|| unsafe { &*p })
+}
+
 /// What a device DECLAREd; zeros when nothing.
 pub fn declaration(name: &Name<64>) -> Declared {
     let st = global().state.lock();
@@ -595,6 +603,7 @@ const DBG_POOL: usize = 2;
 unsafe extern "C" fn dbg_show(m: *mut bindings::seq_file, _v: *mut c_void) -> c_int {
     let mut w = SeqWriter(m);
     // SAFETY: single_open stored the file's i_private (one of the DBG_ kinds) in m->private.
+    // CAST: the pointer holds a small DBG_ kind.
     let kind = unsafe { (*m).private } as usize;
     let _ = if kind == DBG_POOL { global().pool.show(&mut w) } else { show(&mut w) };
     0
@@ -608,6 +617,7 @@ unsafe extern "C" fn dbg_open(inode: *mut bindings::inode, file: *mut bindings::
 // ---------------------------------------------------------------- the module
 
 struct Dmaplace {
+    module: &'static ThisModule,
     global: Pin<KBox<Global>>,
     /// `Some` until drop, which deregisters it first.
     misc: Option<sys::MiscDevice>,
@@ -642,7 +652,7 @@ impl kernel::Module for Dmaplace {
             }),
             GFP_KERNEL,
         )?);
-        let mut this = Dmaplace { global, misc: None, dbg_fops: Raw(dbg_fops), debugfs: Raw::null() };
+        let mut this = Dmaplace { module, global, misc: None, dbg_fops: Raw(dbg_fops), debugfs: Raw::null() };
         // From here on a failure drops `this`, whose Drop stops the pool.
         this.global.pool.start()?;
         let fops = bindings::file_operations {
@@ -685,7 +695,13 @@ impl Drop for Dmaplace {
         // SAFETY: debugfs_remove waits for readers to leave; the dentry came from debugfs_create_dir.
         unsafe { bindings::debugfs_remove(self.debugfs.0) };
         drop(self.misc.take());
+        // Parameter writes (pool_max_mib kicks the pool) run under kernel_param_lock and may
+        // race with unload: none sees the state after this.
+        // SAFETY: our own module; the lock is a plain mutex, released right below.
+        unsafe { bindings::kernel_param_lock(self.module.as_ptr()) };
         GLOBAL.store(core::ptr::null_mut(), Ordering::Release);
+        // SAFETY: taken above.
+        unsafe { bindings::kernel_param_unlock(self.module.as_ptr()) };
         // SAFETY: the debugfs file that pointed to it is gone.
         drop(unsafe { KBox::from_raw(self.dbg_fops.0) });
         // No buffer is left (each pinned the module): the pool gets every block back.

@@ -16,7 +16,8 @@
 //! - **Giving back** ([`Pool::give_back`]): a freed block goes to the *dirty*
 //!   list, never straight to a free list: the worker zeroes it first. A page
 //!   that held one owner's data therefore never reaches another owner unzeroed.
-//! - **The worker** (a work item on `system_unbound_wq`) zeroes dirty blocks,
+//! - **The worker** (a work item on `system_unbound_wq`, run at nice 19 so that
+//!   it uses spare cycles and never preempts an allocating task) zeroes dirty blocks,
 //!   refills every list below its low watermark up to its high watermark
 //!   (recycled blocks stay as long as the pool has room), and frees whatever
 //!   would pass `pool_max_mib`, oldest first. Watermarks are
@@ -51,7 +52,24 @@ pub const DEFAULT_POOL_MAX_MIB: u32 = 128;
 
 /// `pool_max_mib`: bytes (MiB) the pool may hold, free and dirty; 0 disables it.
 pub static POOL_MAX_MIB: UintParam = UintParam(core::sync::atomic::AtomicU32::new(DEFAULT_POOL_MAX_MIB));
-crate::module_param!(__PARAM_POOL_MAX_MIB, "pool_max_mib", param_ops_uint, POOL_MAX_MIB, 0o644);
+crate::module_param!(__PARAM_POOL_MAX_MIB, "pool_max_mib", ops = &POOL_MAX_OPS, POOL_MAX_MIB, 0o644);
+
+/// `param_ops_uint`, plus a kick of the worker, so that a new maximum takes
+/// effect at once (a lower one trims the pool, a higher one refills it).
+static POOL_MAX_OPS: bindings::kernel_param_ops =
+    bindings::kernel_param_ops { flags: 0, set: Some(pool_max_set), get: Some(bindings::param_get_uint), free: None };
+
+unsafe extern "C" fn pool_max_set(val: *const kernel::ffi::c_char, kp: *const bindings::kernel_param) -> i32 {
+    // SAFETY: the module loader or sysfs passes a NUL-terminated value and our kernel_param.
+    let r = unsafe { bindings::param_set_uint(val, kp) };
+    if r == 0 {
+        // At load the pool does not exist yet; it reads the value when it starts.
+        if let Some(g) = crate::global_if_loaded() {
+            g.pool.kick();
+        }
+    }
+    r
+}
 
 /// Where a block sits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,8 +206,10 @@ impl Stats {
 pub struct Pool {
     #[pin]
     state: Mutex<State>,
+    /// The worker: a delayed work item, so that a kick from an allocating or
+    /// freeing task runs after that task's system call, not inside it.
     #[pin]
-    work: Opaque<bindings::work_struct>,
+    work: Opaque<bindings::delayed_work>,
     /// Counters.
     pub stats: Stats,
     shrinker: core::sync::atomic::AtomicPtr<bindings::shrinker>,
@@ -209,13 +229,7 @@ fn now_ns() -> i64 {
 
 /// Zeroes a block page by page, yielding between pages.
 pub fn zero_block(page: *mut bindings::page, order: u32) {
-    let pfn = sys::page_to_pfn(page);
-    for i in 0..1u64 << order {
-        sys::clear_page(sys::pfn_to_page(pfn + i));
-        if i % 256 == 255 {
-            sys::cond_resched();
-        }
-    }
+    sys::zero_pages(page, 1 << order);
 }
 
 /// Sets the caching of `count` pages from `page` on (`set_pages_array_wc`/`_wb`):
@@ -256,15 +270,26 @@ impl Pool {
     pub fn new() -> impl PinInit<Pool, Error> {
         try_pin_init!(Pool {
             state <- kernel::new_mutex!(State { lists: KVec::new(), dirty: KVec::new(), bytes: 0, stopping: false }, "dmaplace::pool"),
-            // SAFETY: init_work_with_key initialises the work_struct in place before any use.
+            // SAFETY: INIT_DELAYED_WORK, spelled out: the work_struct and its timer are
+            // initialised in place before any use.
             work <- unsafe {
-                kernel::init::pin_init_from_closure(|slot: *mut Opaque<bindings::work_struct>| {
+                kernel::init::pin_init_from_closure(|slot: *mut Opaque<bindings::delayed_work>| {
+                    let dw = Opaque::raw_get(slot);
                     bindings::init_work_with_key(
-                        Opaque::raw_get(slot),
+                        core::ptr::addr_of_mut!((*dw).work),
                         Some(pool_work),
                         false,
                         c"dmaplace::pool::work".as_ptr().cast(),
                         // LockClassKey is a transparent wrapper of the C key.
+                        (kernel::static_lock_class!() as *const kernel::sync::LockClassKey)
+                            .cast_mut()
+                            .cast::<bindings::lock_class_key>(),
+                    );
+                    bindings::init_timer_key(
+                        core::ptr::addr_of_mut!((*dw).timer),
+                        Some(bindings::delayed_work_timer_fn),
+                        bindings::TIMER_IRQSAFE,
+                        c"dmaplace::pool::timer".as_ptr().cast(),
                         (kernel::static_lock_class!() as *const kernel::sync::LockClassKey)
                             .cast_mut()
                             .cast::<bindings::lock_class_key>(),
@@ -316,22 +341,34 @@ impl Pool {
             // SAFETY: registered in start(); shrinker_free waits for running scans.
             unsafe { bindings::shrinker_free(s) };
         }
-        // SAFETY: the work was initialised in new(); cancel waits for a running instance.
-        unsafe { bindings::cancel_work_sync(Opaque::raw_get(&self.work)) };
+        // SAFETY: the work was initialised in new(); cancel stops its timer and waits for a
+        // running instance.
+        unsafe { bindings::cancel_delayed_work_sync(Opaque::raw_get(&self.work)) };
         self.drain(u64::MAX, |_| true);
     }
 
-    /// Queues the worker (a no-op when it is already queued).
+    /// Queues the worker (a no-op when it is already queued, or once the pool is
+    /// stopping: stop() sets that under the lock before it cancels the work, so no
+    /// kick can queue it again after).
     pub fn kick(&self) {
+        let st = self.state.lock();
+        if st.stopping {
+            return;
+        }
+        // One jiffy at least (4 ms at HZ=250): after the kicking task's system call.
+        // CAST: HZ / 200 is a few jiffies.
+        let delay = ((bindings::CONFIG_HZ / 200) as c_ulong).max(1);
         // SAFETY: the work was initialised in new(); the pool lives until stop() cancels it.
         unsafe {
-            bindings::queue_work_on(
+            bindings::queue_delayed_work_on(
                 // CAST: WORK_CPU_UNBOUND is NR_CPUS, a small positive int.
                 bindings::wq_misc_consts_WORK_CPU_UNBOUND as i32,
                 bindings::system_unbound_wq,
                 Opaque::raw_get(&self.work),
+                delay,
             )
         };
+        drop(st);
     }
 
     fn max_bytes() -> u64 {
@@ -363,15 +400,24 @@ impl Pool {
                 break;
             }
         }
-        if found.is_none() {
-            if let Some(l) = st.lists.iter_mut().find(|l| l.order == order && l.class == classes[0] && l.mode == mode) {
+        let max = Self::max_bytes();
+        let first = st.lists.iter_mut().find(|l| l.order == order && l.class == classes[0] && l.mode == mode);
+        // Refill only what fell below its low watermark (or missed).
+        let refill = match (found.is_some(), first) {
+            (false, Some(l)) => {
                 l.misses += 1;
+                true
             }
-        } else {
+            (true, Some(l)) => l.entries.len() < l.watermarks(max).0,
+            (_, None) => false,
+        };
+        if found.is_some() {
             st.bytes -= bytes;
         }
         drop(st);
-        self.kick();
+        if refill {
+            self.kick();
+        }
         found
     }
 
@@ -557,6 +603,7 @@ impl Pool {
                 l.class.name(),
                 l.mode.name(),
                 l.entries.len(),
+                // CAST: usize is 64 bits here.
                 sys::Hex(l.entries.len() as u64 * l.block_bytes()),
                 low,
                 high,
@@ -571,15 +618,17 @@ impl Pool {
     /// Blocks of free lists, in 4 KiB pages (the shrinker's objects).
     fn free_pages(&self) -> u64 {
         let st = self.state.lock();
+        // CAST: usize is 64 bits here.
         st.lists.iter().map(|l| (l.entries.len() as u64) << l.order).sum()
     }
 }
 
 unsafe extern "C" fn pool_work(work: *mut bindings::work_struct) {
-    // SAFETY: the work is the `work` field of the pinned Pool (container_of), which lives
-    // until stop() has cancelled the work.
+    // SAFETY: the work_struct is the first member of the `work` delayed_work of the pinned
+    // Pool (container_of), which lives until stop() has cancelled the work.
     let pool = unsafe { &*work.cast::<u8>().sub(core::mem::offset_of!(Pool, work)).cast::<Pool>() };
-    pool.run();
+    // Spare cycles: the worker yields the CPU to any task of normal priority.
+    sys::at_low_priority(|| pool.run());
 }
 
 unsafe extern "C" fn pool_count(s: *mut bindings::shrinker, _sc: *mut bindings::shrink_control) -> c_ulong {

@@ -545,3 +545,21 @@ fn vivid_captures_into_a_heap_buffer_that_kms_scans_out() {
     dp.forget(vivid_dev).expect("forget");
     dp.forget("vkms").expect("forget");
 }
+
+#[test]
+#[ignore = "guest only: kernel/test.sh runs it in the qemu rig with --include-ignored"]
+fn heap_allocations_are_held_to_owner_limit_mib_per_process() {
+    in_guest("heap_owner_limit");
+    let _limit = ParamGuard::set("owner_limit_mib", "8");
+    let a = heap_alloc(4 * MIB).expect("4 of 8 MiB");
+    let _b = heap_alloc(4 * MIB).expect("8 of 8 MiB");
+    assert_eq!(heap_alloc(4096).map(drop), Err(Errno::NOMEM), "over the limit");
+    // /dev/dmaplace openers are owners of their own.
+    let dp = Dmaplace::open().expect("open");
+    let _c = dp.create(4 * MIB, "other-owner").expect("a /dev/dmaplace opener's own 4 MiB");
+    drop(a);
+    let _d = heap_alloc(4 * MIB).expect("4 MiB again after releasing 4 MiB");
+    println!(
+        "PLACEMENT heap_owner_limit: owner_limit_mib=8: the process's heap buffers stop at 8 MiB (ENOMEM), freed on release"
+    );
+}
