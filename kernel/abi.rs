@@ -2,7 +2,7 @@
 
 //! The userspace ABI of `/dev/dmaplace` and `/dev/dmaplace_testdev`: ioctl
 //! numbers, struct sizes, field offsets and flags. Pure `core`: the modules
-//! include it as `mod abi;` and `crates/linux/src/kmod.rs` includes the same
+//! include it as `mod abi;` and `crates/linux/src/kmod/mod.rs` includes the same
 //! file, so the two sides cannot drift. `docs/KERNEL.md` shows the structs in C.
 //!
 //! Rules (as `drivers/dma-buf/dma-heap.c`, stricter where noted):
