@@ -46,6 +46,11 @@ pub enum Reason {
     /// The solver found no placement for the devices together: attach refused, with the
     /// conflict's reasons.
     Conflict,
+    /// A late attacher needs a layout (modifier, pitch, offset, rows, size) that the
+    /// layout committed at the first allocation does not have: attach refused. Importers
+    /// were given that layout, and a move changes where the pages are, never the layout,
+    /// so no policy that moves could serve it either.
+    Layout,
     /// A late attacher did not fit and the buffer could not move while DMA was in flight.
     Busy,
     /// A late attacher did not fit and the policy never moves buffers.
@@ -78,6 +83,7 @@ impl Reason {
     pub fn name(self) -> &'static str {
         match self {
             Reason::Conflict => "conflict",
+            Reason::Layout => "layout",
             Reason::Busy => "busy",
             Reason::NoMove => "no-move",
             Reason::OutOfMemory => "out-of-memory",

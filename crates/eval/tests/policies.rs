@@ -168,3 +168,52 @@ fn deferred_queues_a_move_until_dma_completes() {
     assert_eq!(m.failures, failures(&[(Reason::NoMove, 1)]));
     assert_eq!((m.waits, m.skipped, m.migrations), (0, 3, 0));
 }
+
+/// `tiny` plus `venc`, an encoder without IOMMU (contiguous, 32-bit) that pads frames to
+/// 16 rows, as H.264's coded 1088-row frame needs.
+fn tiny_with_venc() -> Platform {
+    let venc = r#"
+[[device]]
+name = "venc"
+class = "video"
+description = "an encoder without IOMMU: contiguous, 32-bit, rows padded to 16"
+[device.placement]
+dma_mask = 32
+max_segments = 1
+[device.layout]
+height_align = 16
+"#;
+    Platform::from_toml("tiny.toml", &format!("{}{venc}", include_str!("data/tiny.toml"))).unwrap()
+}
+
+#[test]
+fn a_late_attacher_that_needs_another_layout_is_a_layout_failure() {
+    // A 1080p NV12 frame for gpu + disp: allocated at the first map, 1080 luma rows
+    // committed (3,110,400 B, contiguous: CMA). venc joins while nothing is in flight and
+    // needs 1088 rows: refused for the layout under both deferred policies (its map and
+    // unmap skipped), though under `deferred` a move could have fixed its reach (the
+    // frame is above 4 GiB). Nothing moves; the eager policies do not judge layouts.
+    let platform = tiny_with_venc();
+    let text = "dmaplace-trace 1\nplatform tiny\n\
+        create b1 image=1920x1080 format=NV12 usage=SCANOUT,RENDERING\n\
+        attach a1 b1 gpu hints=RENDERING\nattach a2 b1 disp hints=SCANOUT\nmap m1 a1\nmap m2 a2\n\
+        attach a3 b1 venc hints=VIDEO_ENCODE\nmap m3 a3\nunmap m3\n";
+    let trace = Trace::parse("layout.trace", text).unwrap();
+    for policy in [Policy::Deferred, Policy::DeferredNoMigrate] {
+        let m = run(&trace, &platform, policy, &RunOptions::default(), &mut |_| {}).unwrap();
+        assert_eq!(m.failures, failures(&[(Reason::Layout, 1)]), "{policy}");
+        assert_eq!((m.contiguous_failures, m.skipped, m.migrations), (0, 2, 0), "{policy}");
+        assert_eq!((m.allocations, m.cma_peak_bytes), (1, 3_112_960), "{policy}");
+        assert_eq!(maps_of(&m, "venc"), None, "{policy}");
+    }
+    // The same encoder with its padding declared up front (attached before the first map)
+    // is served: the committed layout has 1088 rows, and the frame is placed below 4 GiB.
+    let early = "dmaplace-trace 1\nplatform tiny\n\
+        create b1 image=1920x1080 format=NV12 usage=SCANOUT,RENDERING\n\
+        attach a1 b1 gpu hints=RENDERING\nattach a2 b1 disp hints=SCANOUT\nattach a3 b1 venc hints=VIDEO_ENCODE\n\
+        map m1 a1\nmap m2 a2\nmap m3 a3\n";
+    let trace = Trace::parse("early.trace", early).unwrap();
+    let m = run(&trace, &platform, Policy::Deferred, &RunOptions::default(), &mut |_| {}).unwrap();
+    assert_eq!(m.failures, failures(&[]));
+    assert_eq!(maps_of(&m, "venc"), Some((1, 2)));
+}

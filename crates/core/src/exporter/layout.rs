@@ -184,6 +184,19 @@ pub(super) fn image_rows(l: &Layout) -> Result<Vec<(u32, u32)>, LayoutError> {
 }
 
 impl<B: Backend> Exporter<B> {
+    /// What `device` with `hints` needs of `buffer`'s committed layout and does not get,
+    /// asked without attaching: the layout check [`Exporter::attach`] makes (and refuses
+    /// with [`ExportError::LayoutConflict`]) once the devices can be placed together.
+    /// `None` when the layout suits the device, or nothing is committed yet (no
+    /// allocation, or not an image).
+    pub fn layout_misfit(&self, buffer: BufferId, device: &str, hints: Usage) -> Result<Option<LayoutMisfit>> {
+        let dev = self.platform.require_device(device)?;
+        let Some(committed) = self.buffer(buffer)?.layout.as_ref() else {
+            return Ok(None);
+        };
+        Ok(misfit(&self.platform, committed, dev, &Effective::new(&self.platform, dev, hints)))
+    }
+
     /// The plan for `devices` on `buffer`, true to its committed layout once it has one:
     /// every device must accept the committed layout (else [`ExportError::LayoutConflict`]),
     /// and the plan keeps that layout even when the devices would now be served by a

@@ -4,6 +4,10 @@
 //! the last fence signals, and a map that comes before waits for it. Importers re-map
 //! after `move_notify`, as dynamic importers do. Without moves, a late attacher whose
 //! constraints the backing does not meet is refused at attach.
+//!
+//! The layout is committed at the first allocation: a late attacher that needs another
+//! layout is refused by the exporter under both policies (a `layout` failure), since a
+//! move changes where the pages are, never the layout.
 
 use std::collections::HashMap;
 
@@ -64,6 +68,7 @@ fn classify(err: ExportError) -> Fail {
         ExportError::Conflict { conflict, .. } => {
             Fail::Policy(Failure::new(Reason::Conflict, contiguous_conflict(&conflict.kind), conflict.message))
         }
+        e @ ExportError::LayoutConflict { .. } => Fail::Policy(Failure::new(Reason::Layout, false, e.to_string())),
         ExportError::Busy { reason, .. } => Fail::Policy(Failure::new(Reason::Busy, false, reason)),
         ExportError::Backend(b) => match b.downcast_ref::<SimError>() {
             Some(e) => sim_failure(e),
@@ -193,10 +198,16 @@ impl Deferred {
     }
 
     /// Without moves: whether the current backing fails the newcomer (`Some(refusal)`).
+    /// `None` too when the exporter refuses it whatever the backing (no placement for the
+    /// devices together, or a layout the committed one does not meet): the attach then
+    /// fails with the exporter's own reason, as under `deferred`.
     fn misfit(&self, b: &Buf, device: &str, hints: Usage) -> Step<Option<Failure>> {
         let Some(backing) = self.e.backing(b.id).map_err(|e| Fail::Internal(e.to_string()))? else {
             return Ok(None);
         };
+        if self.e.layout_misfit(b.id, device, hints).map_err(|e| Fail::Internal(e.to_string()))?.is_some() {
+            return Ok(None);
+        }
         let platform = self.e.platform();
         let mut devices = Vec::with_capacity(b.atts.len() + 1);
         for a in &b.atts {

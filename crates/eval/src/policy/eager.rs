@@ -87,7 +87,13 @@ fn heap_device(p: &Platform, heap: Heap, size: Size) -> Option<Device> {
     );
     d.placement.cache_modes = CacheModes::CACHED;
     match heap {
-        Heap::System => d.placement.max_segment_size = Some(Size::mib(1)),
+        Heap::System => {
+            // The core stacks a device's `max_segment_size` into the plan (so the machine
+            // allocates chunks no longer than it) only when the device also limits the
+            // segment count; a count no table reaches keeps the 1 MiB chunks.
+            d.placement.max_segment_size = Some(Size::mib(1));
+            d.placement.max_segments = Some(NonZeroU32::MAX);
+        }
         Heap::Cma => {
             d.placement.max_segments = NonZeroU32::new(1);
             let order_align = size.bytes().next_power_of_two().clamp(PageSize::SZ_4K.get(), PageSize::SZ_1M.get());
@@ -277,5 +283,41 @@ impl Engine for Eager {
 
     fn machine_mut(&mut self) -> &mut Machine {
         &mut self.machine
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dmaplace_core::builtin;
+    use dmaplace_sim::SimConfig;
+
+    use super::*;
+
+    /// The segments the heap's plan gets on an empty machine of `platform`, in bytes.
+    fn segments(platform: &str, heap: Heap, size: Size) -> Vec<u64> {
+        let p = builtin::load(platform).unwrap().unwrap();
+        let dev = heap_device(&p, heap, size).unwrap();
+        let plan = solve(&p, &BufferDesc::Size(size), &[Request { device: &dev, hints: Usage::empty() }]).unwrap();
+        let mut m = Machine::new(&p, SimConfig::seeded(1)).unwrap();
+        let b = m.allocate_plan(&plan, "heap").unwrap();
+        m.backing(&b).unwrap().segments.iter().map(|s| s.len().bytes()).collect()
+    }
+
+    /// The system heap allocates orders 8 and below: 8 MiB is eight 1 MiB chunks even
+    /// where 4 MiB blocks are free (an empty machine), never one 4 MiB block.
+    #[test]
+    fn the_system_heap_hands_out_chunks_of_at_most_1_mib() {
+        for platform in ["x86-desktop", "refsoc", "rpi4"] {
+            assert_eq!(segments(platform, Heap::System, Size::mib(8)), [1 << 20; 8], "{platform}");
+            // 1 MiB + 68 KiB: one 1 MiB chunk, then smaller ones.
+            let odd = segments(platform, Heap::System, Size::kib(1024 + 68));
+            assert_eq!((odd[0], odd.iter().sum::<u64>()), (1 << 20, (1024 + 68) << 10), "{platform}");
+        }
+    }
+
+    /// The CMA heap: one run.
+    #[test]
+    fn the_cma_heap_hands_out_one_run() {
+        assert_eq!(segments("refsoc", Heap::Cma, Size::mib(8)), [8 << 20]);
     }
 }
