@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # dmaplace-linux on real kernels: builds the crate's test binaries static, then boots
 # Debian's 6.12 and the self-built 6.12 under qemu (vm/rig.sh) and runs them as root in
-# each guest, followed by the in-guest benchmark. Exits non-zero, loudly, on any failure.
+# each guest, followed by the in-guest benchmark (a report of p50/p99 and ratios, not a
+# timed test: it fails only on errors). Exits non-zero, loudly, on any failure.
 #
 # Usage: vm/test-linux.sh [--kernel debian|custom]... [--filter NAME] [--no-bench] [--keep-going]
 #   --kernel K    run only on K (repeatable; default: debian and custom)
 #   --filter NAME only the guest tests whose name contains NAME (passed to libtest); a
-#                 filter that matches no test is an error, before anything boots
+#                 filter that matches no test is an error, before anything boots.
+#                 `--filter bench` runs only the benchmark (docs/PERFORMANCE.md)
 #   --no-bench    skip the benchmark binary
 #   --keep-going  run every kernel even after one failed
 # Environment: DMAPLACE_VM_CACHE (rig cache, default ~/.cache/dmaplace-vm); DMAPLACE_RIG
@@ -33,7 +35,7 @@ while [[ $# -gt 0 ]]; do
 	--filter) FILTER=${2:?}; shift 2 ;;
 	--no-bench) BENCH=0; shift ;;
 	--keep-going) KEEP_GOING=1; shift ;;
-	-h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,19p' "$0"; exit 0 ;;
 	*) echo "test-linux: unknown argument $1 (see --help)" >&2; exit 2 ;;
 	esac
 done
@@ -108,7 +110,7 @@ ARGS="--test-threads=1 --nocapture --include-ignored${FILTER:+ $FILTER}"
 failed=()
 for k in "${KERNELS[@]}"; do
 	t=$(now)
-	say "booting the $k kernel: ${BINS[*]##*/}"
+	say "booting the $k kernel: ${BINS[*]##*/} (host load $(cut -d' ' -f1-3 /proc/loadavg))"
 	errlog=$(mktemp)
 	status=0
 	"$RIG" run --kernel "$k" --quiet --timeout "$TIMEOUT" --append "$APPEND" --args "$ARGS" "${BINS[@]}" 2> >(tee "$errlog" >&2) || status=$?
@@ -121,7 +123,7 @@ for k in "${KERNELS[@]}"; do
 		tr -d '\r' <"$serial" | grep -aE '^(test .* \.\.\. |test result:|bench:|inventory|kernel |  dma-heap|  udmabuf|  RAM|  DRM|  2 MiB|  placement proof|CMA heap|.* from .*: |.*refused|nothing on this kernel|  - |  hint: |.*poll blocked|.*scanned out|.*agree on|round trip|.*bufinfo, exporter)' |
 			sed "s/^/[$k] /" || true
 	fi
-	TIMES+=("$(printf '%-28s %7ss' "guest: $k" "$(secs "$t" "$(now)")")")
+	TIMES+=("$(printf '%-28s %7ss  (host load after: %s)' "guest: $k" "$(secs "$t" "$(now)")" "$(cut -d' ' -f1-3 /proc/loadavg)")")
 	if [[ $status -eq 0 && $passed -ne $EXPECTED ]]; then
 		printf '\n[test-linux] %s kernel: %s of %s selected test(s) reported ok\n' "$k" "$passed" "$EXPECTED" >&2
 		status=1

@@ -1,7 +1,6 @@
 //! [`LinuxBackend`]: the [`Backend`] that places memory with this kernel's dma-heaps,
 //! udmabuf or (when allowed) a memfd, and proves where it went.
 
-use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 
 use dmaplace_core::backend::{Backend, CpuAccess, SgEntry, SgTable};
@@ -20,8 +19,8 @@ use crate::udmabuf;
 #[derive(Debug)]
 pub struct LinuxBackend {
     inventory: Inventory,
-    /// Heap device nodes, opened once.
-    heaps: HashMap<String, OwnedFd>,
+    /// Heap device nodes, opened once, by their index in `inventory.heaps`.
+    heaps: Vec<Option<OwnedFd>>,
     /// `/dev/udmabuf`, opened once.
     udmabuf: Option<OwnedFd>,
     allow_memfd: bool,
@@ -50,7 +49,8 @@ impl LinuxBackend {
 
     /// A backend using `inventory` (what a caller already probed).
     pub fn with_inventory(inventory: Inventory) -> LinuxBackend {
-        LinuxBackend { inventory, heaps: HashMap::new(), udmabuf: None, allow_memfd: false, track_cma: false }
+        let heaps = inventory.heaps.iter().map(|_| None).collect();
+        LinuxBackend { inventory, heaps, udmabuf: None, allow_memfd: false, track_cma: false }
     }
 
     /// Allows the memfd fallback: CPU memory that is not a dma-buf, neither pinned nor
@@ -101,20 +101,25 @@ impl LinuxBackend {
     }
 
     fn heap_alloc(&mut self, heap: &str, size: Size, name: &str) -> Result<Buffer, LinuxError> {
-        let info = self
+        let index = self
             .inventory
-            .heap(heap)
+            .heaps
+            .iter()
+            .position(|h| h.name == heap)
             .ok_or_else(|| LinuxError::Invalid(format!("no dma-heap `{heap}` on this kernel")))?;
+        let info = &self.inventory.heaps[index];
         let debugfs = match &info.kind {
             HeapKind::Cma(area) if self.track_cma => area.debugfs.clone(),
             _ => None,
         };
-        if !self.heaps.contains_key(heap) {
-            let fd = rustix::fs::open(&info.path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
-                .map_err(sys("open", info.path.display().to_string()))?;
-            self.heaps.insert(heap.to_owned(), fd);
-        }
-        let dev = &self.heaps[heap];
+        let dev = match &mut self.heaps[index] {
+            Some(fd) => &*fd,
+            slot @ None => {
+                let fd = rustix::fs::open(&info.path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+                    .map_err(sys("open", info.path.display().to_string()))?;
+                &*slot.insert(fd)
+            }
+        };
         let alloc = |dev: &OwnedFd| {
             ioctl::dma_heap_alloc(dev.as_fd(), size.bytes()).map_err(|errno| LinuxError::Sys {
                 op: "DMA_HEAP_IOCTL_ALLOC",

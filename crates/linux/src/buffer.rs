@@ -3,7 +3,7 @@
 //! cannot outlive it, or through [`Buffer::cpu_access`], which also brackets the access
 //! with `DMA_BUF_IOCTL_SYNC`.
 
-use std::ffi::CString;
+use std::ffi::CStr;
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
@@ -93,9 +93,14 @@ impl Buffer {
             cut.pop();
         }
         if self.is_dma_buf() {
-            let c = CString::new(cut.clone())
-                .map_err(|_| LinuxError::Invalid(format!("buffer name {name:?} holds a NUL byte")))?;
-            ioctl::dma_buf_set_name(self.fd.as_fd(), &c).map_err(|errno| LinuxError::Sys {
+            // The kernel copies at most DMA_BUF_NAME_LEN bytes: a NUL-padded array of that
+            // size holds any cut name (no heap allocation on the allocation path).
+            let mut bytes = [0u8; DMA_BUF_NAME_LEN];
+            bytes[..cut.len()].copy_from_slice(cut.as_bytes());
+            let c = CStr::from_bytes_until_nul(&bytes).map_err(|_| {
+                LinuxError::Invalid(format!("buffer name {name:?} does not fit {DMA_BUF_NAME_LEN} bytes"))
+            })?;
+            ioctl::dma_buf_set_name(self.fd.as_fd(), c).map_err(|errno| LinuxError::Sys {
                 op: "DMA_BUF_SET_NAME",
                 what: format!("{cut:?}"),
                 errno,

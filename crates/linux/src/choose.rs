@@ -17,7 +17,7 @@ use std::fmt;
 use dmaplace_core::verify::sg_entries;
 use dmaplace_core::{Backing, CacheMode, Cause, Field, PageSize, PhysAddr, PhysRange, Plan, Size, Window};
 
-use crate::inventory::{HeapKind, Inventory};
+use crate::inventory::{HeapInfo, HeapKind, Inventory};
 
 /// Where a buffer's memory comes from.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -300,40 +300,70 @@ pub fn check(plan: &Plan, p: &Promise, allow_memfd: bool) -> Result<(), Rejectio
     Ok(())
 }
 
-/// The sources to try for `plan`, most preferred first, plus the unknown heaps (which
-/// are only ever rejected).
-pub fn candidates(inv: &Inventory, plan: &Plan) -> Vec<Source> {
-    let heaps_of = |want: fn(&HeapKind) -> bool| -> Vec<Source> {
-        inv.heaps.iter().filter(|h| want(&h.kind)).map(|h| Source::Heap(h.name.clone())).collect()
-    };
-    let cma = heaps_of(|k| matches!(k, HeapKind::Cma(_)));
-    let system = heaps_of(|k| matches!(k, HeapKind::System));
-    let (udmabuf, huge) = match &inv.udmabuf {
-        Some(_) => (vec![Source::Udmabuf], if inv.huge_2m.is_some() { vec![Source::UdmabufHuge] } else { vec![] }),
-        None => (vec![], vec![]),
-    };
+/// A kind of source, as [`preference`] orders them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Cma,
+    Huge,
+    System,
+    Udmabuf,
+}
+
+/// The kinds of source in the order `plan` prefers them: contiguous or few segments, CMA
+/// first (2 MiB huge pages first when they give few enough segments: CMA is scarce);
+/// otherwise the system heap, keeping CMA for those who need it.
+fn preference(inv: &Inventory, plan: &Plan) -> [Kind; 4] {
     let max_segments = plan.requirements.max_segments.value;
     let huge_fits = || {
         let p = promise(inv, &Source::UdmabufHuge, plan.size);
         max_segments.is_none_or(|n| worst_entries(&p, plan) <= u64::from(n.get()))
     };
-    let order: Vec<Vec<Source>> = match max_segments {
-        Some(n) if n.get() == 1 => vec![cma, huge, system, udmabuf],
-        // A few segments: 2 MiB huge pages when they are enough (CMA is scarce).
-        Some(_) if huge_fits() => vec![huge, cma, system, udmabuf],
-        Some(_) => vec![cma, huge, system, udmabuf],
-        None => vec![system, udmabuf, cma, huge],
+    match max_segments {
+        Some(n) if n.get() == 1 => [Kind::Cma, Kind::Huge, Kind::System, Kind::Udmabuf],
+        Some(_) if huge_fits() => [Kind::Huge, Kind::Cma, Kind::System, Kind::Udmabuf],
+        Some(_) => [Kind::Cma, Kind::Huge, Kind::System, Kind::Udmabuf],
+        None => [Kind::System, Kind::Udmabuf, Kind::Cma, Kind::Huge],
+    }
+}
+
+/// The sources of one kind on this kernel.
+fn sources_of(inv: &Inventory, kind: Kind) -> impl Iterator<Item = Source> + '_ {
+    let heap = move |h: &&HeapInfo| match kind {
+        Kind::Cma => matches!(h.kind, HeapKind::Cma(_)),
+        Kind::System => h.kind == HeapKind::System,
+        Kind::Huge | Kind::Udmabuf => false,
     };
-    let mut out: Vec<Source> = order.into_iter().flatten().collect();
-    out.extend(inv.heaps.iter().filter(|h| h.kind == HeapKind::Unknown).map(|h| Source::Heap(h.name.clone())));
-    out.push(Source::Memfd);
-    out
+    let udmabuf = inv.udmabuf.is_some();
+    let extra = match kind {
+        Kind::Udmabuf if udmabuf => Some(Source::Udmabuf),
+        Kind::Huge if udmabuf && inv.huge_2m.is_some() => Some(Source::UdmabufHuge),
+        _ => None,
+    };
+    inv.heaps.iter().filter(heap).map(|h| Source::Heap(h.name.clone())).chain(extra)
+}
+
+/// The sources to try for `plan`, most preferred first, then the unknown heaps (which are
+/// only ever rejected) and the memfd. Lazy: a source is built only when it is tried.
+fn ordered<'a>(inv: &'a Inventory, plan: &Plan) -> impl Iterator<Item = Source> + 'a {
+    let unknown = inv.heaps.iter().filter(|h| h.kind == HeapKind::Unknown).map(|h| Source::Heap(h.name.clone()));
+    preference(inv, plan)
+        .into_iter()
+        .flat_map(move |kind| sources_of(inv, kind))
+        .chain(unknown)
+        .chain(std::iter::once(Source::Memfd))
+}
+
+/// The sources to try for `plan`, most preferred first, plus the unknown heaps (which
+/// are only ever rejected).
+pub fn candidates(inv: &Inventory, plan: &Plan) -> Vec<Source> {
+    ordered(inv, plan).collect()
 }
 
 /// Picks the first source whose promise meets the plan, or explains why none does.
+/// Sources after the first that holds are never looked at.
 pub fn choose(inv: &Inventory, plan: &Plan, allow_memfd: bool) -> Result<Promise, NoFit> {
     let mut rejected = Vec::new();
-    for source in candidates(inv, plan) {
+    for source in ordered(inv, plan) {
         if let Source::Heap(name) = &source
             && inv.heap(name).is_some_and(|h| h.kind == HeapKind::Unknown)
         {
@@ -493,6 +523,42 @@ mod tests {
         );
         assert!(text.contains("memfd (no dma-buf): not a dma-buf"), "{text}");
         assert!(text.contains("no CMA heap"), "{text}");
+    }
+
+    /// The order sources are tried in, for each kind of plan; unknown heaps and the memfd
+    /// come last.
+    #[test]
+    fn candidates_follow_the_plan() {
+        let mut inv = custom_guest();
+        inv.heaps.push(HeapInfo {
+            name: "secure".into(),
+            path: "/dev/dma_heap/secure".into(),
+            kind: HeapKind::Unknown,
+        });
+        let heap = |n: &str| Source::Heap(n.into());
+        let (cma, system, secure) = (heap("reserved"), heap("system"), heap("secure"));
+        let (udmabuf, huge, memfd) = (Source::Udmabuf, Source::UdmabufHuge, Source::Memfd);
+        let contiguous = plan("rpi4", &[("unicam", Usage::CAMERA_WRITE)], Size::mib(8));
+        let want = [&cma, &huge, &system, &udmabuf, &secure, &memfd].map(Clone::clone);
+        assert_eq!(candidates(&inv, &contiguous), want);
+        let any = plan("x86-desktop", &[("dgpu", Usage::RENDERING)], Size::mib(8));
+        assert_eq!(candidates(&inv, &any), [&system, &udmabuf, &cma, &huge, &secure, &memfd].map(Clone::clone));
+        // A few segments: huge pages first when 2 MiB pieces are few enough (8 MiB in 4),
+        // CMA first when they are not (8 MiB in 2).
+        let few = |n: u32| {
+            let toml = format!(
+                "[platform]\nname = \"few\"\ndescription = \"a device with {n} segments\"\n[memory]\n\
+                 [[memory.bank]]\nname = \"dram\"\nstart = 0x0\nsize = \"1GiB\"\n\
+                 [[device]]\nname = \"dev\"\nclass = \"other\"\n[device.placement]\nmax_segments = {n}\n"
+            );
+            let p = dmaplace_core::Platform::from_toml("few.toml", &toml).unwrap();
+            let req = [Request { device: p.device("dev").unwrap(), hints: Usage::empty() }];
+            solve(&p, &BufferDesc::Size(Size::mib(8)), &req).unwrap()
+        };
+        assert_eq!(candidates(&inv, &few(4)), [&huge, &cma, &system, &udmabuf, &secure, &memfd].map(Clone::clone));
+        assert_eq!(candidates(&inv, &few(2)), want);
+        // Kinds this kernel lacks are left out.
+        assert_eq!(candidates(&debian_guest(), &contiguous), [huge.clone(), system.clone(), udmabuf.clone(), memfd]);
     }
 
     #[test]
