@@ -239,8 +239,11 @@ impl Backing {
 
     fn allocate_pages(plan: &Plan, alloc: &Allocator<'_>) -> Result<Backing> {
         let strategy = plan::strategy(plan);
+        // Room for the chunks the largest order needs (fallbacks to smaller ones grow it).
+        let expected = if strategy.contiguous { 1 } else { plan.size.div_ceil(block_bytes(strategy.orders[0])) + 1 };
         let mut b = Backing {
-            chunks: KVec::new(),
+            // CAST: at most 1 GiB / 4 KiB + 1 chunks.
+            chunks: KVec::with_capacity(expected as usize, GFP_KERNEL)?,
             size: plan.size,
             allocdev: Raw(alloc.dev.load(Ordering::Acquire)),
             pool: Raw((alloc.pool as *const Pool).cast_mut()),

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # dmaplace's heap and pool, benchmarked in the guest (docs/PERFORMANCE.md): builds
 # the custom kernel and the modules if needed, boots the custom kernel (not the
-# debug one: its checkers would dominate) with 6 GiB and one CPU, and runs
-# crates/linux/tests/kmod_bench.rs there: ALLOC + vgem import + free for the
-# system heap, the CMA heap, dmaplace cold and warm, at 1, 8 and 32 MiB, and
-# the pool's zeroing throughput against memset. Prints the table.
+# debug one: its checkers would dominate) with 6 GiB and 2 CPUs (the pool's
+# worker uses the spare one; DMAPLACE_BENCH_SMP=1 for one), and runs
+# crates/linux/tests/kmod_bench.rs there: ALLOC + import (vgem, then the test
+# importer) + free for the system heap, the CMA heap, dmaplace cold and warm, at
+# 1, 8 and 32 MiB, and the pool's zeroing throughput against memset. Prints the
+# tables.
 #
 # Usage: kernel/bench.sh
 set -Eeuo pipefail
@@ -19,7 +21,9 @@ json=$(RUSTFLAGS='-C target-feature=+crt-static' CARGO_TARGET_DIR=${DMAPLACE_KMO
 BIN=$(jq -r 'select(.profile.test == true and .target.name == "kmod_bench") | .executable // empty' <<<"$json")
 [[ -x $BIN ]] || { echo "kernel/bench.sh: no kmod_bench binary in cargo's output" >&2; exit 1; }
 "$RIG" run --kernel custom --mem 6G --smp "${DMAPLACE_BENCH_SMP:-2}" --timeout 1800 --quiet --append "loglevel=4" \
-	--insmod "${KOS[0]}" --insmod "${KOS[1]}" "$BIN"
-log=$(ls -td "${DMAPLACE_VM_CACHE:-$HOME/.cache/dmaplace-vm}"/runs/*-custom-* | head -n1)/serial.log
-tr -d '\r' <"$log" | grep -aE '^(bench:|\|)' || true
+	--insmod "${KOS[0]}" --insmod "${KOS[1]}" "$BIN" 2> >(tee "$REPO/target/bench-rig.log" >&2)
+# This run's log, as the rig named it (other rigs may boot the same kernel meanwhile).
+log=$(sed -n 's/.*booting .*, log: \(.*\)$/\1/p' "$REPO/target/bench-rig.log" | head -n1)
+[[ -f $log ]] || { echo "kernel/bench.sh: the rig named no serial log" >&2; exit 1; }
+tr -d '\r' <"$log" | grep -aE '^(bench:|\||importer:|8 MiB, )' || true
 echo "[kernel/bench] log: $log" >&2

@@ -17,7 +17,7 @@
 
 use core::ffi::c_void;
 use core::fmt::Write;
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use kernel::bindings;
 use kernel::error::{Result, code};
@@ -82,8 +82,8 @@ struct GlobalState {
     buffers: KVec<Arc<Buffer>>,
     decls: KVec<Declaration>,
     next_id: u64,
-    /// The owners of heap allocations: one per process (thread group id), dropped
-    /// once it holds nothing.
+    /// The owners of heap allocations: one per process (thread group id); those
+    /// that hold nothing are dropped when another process's owner is added.
     heap_owners: KVec<(i32, Arc<Account>)>,
 }
 
@@ -106,6 +106,9 @@ pub struct Global {
 
 static GLOBAL: AtomicPtr<Global> = AtomicPtr::new(core::ptr::null_mut());
 
+/// How many declarations `GlobalState::decls` holds (written under the global lock).
+static DECLARATIONS: AtomicUsize = AtomicUsize::new(0);
+
 /// The module's state.
 pub fn global() -> &'static Global {
     let p = GLOBAL.load(Ordering::Acquire);
@@ -124,6 +127,11 @@ pub fn global_if_loaded() -> Option<&'static Global> {
 
 /// What a device DECLAREd; zeros when nothing.
 pub fn declaration(name: &Name<64>) -> Declared {
+    // Every attach asks; without declarations (the usual case) it need not take the
+    // global lock. A DECLARE racing with an attach is ordered either way, as with the lock.
+    if DECLARATIONS.load(Ordering::Acquire) == 0 {
+        return Declared::default();
+    }
     let st = global().state.lock();
     st.decls.iter().find(|d| d.name == *name).map_or(Declared::default(), |d| Declared {
         max_segments: d.max_segments,
@@ -137,10 +145,12 @@ pub fn declaration(name: &Name<64>) -> Declared {
 pub fn heap_owner() -> Result<Arc<Account>> {
     let tgid = sys::current_tgid();
     let mut st = global().state.lock();
-    sys::vec_retain(&mut st.heap_owners, |(_, a)| a.charged() > 0);
     if let Some((_, a)) = st.heap_owners.iter().find(|(t, _)| *t == tgid) {
         return Ok(a.clone());
     }
+    // Owners that hold nothing are dropped when a new one comes (not on every
+    // allocation: a process that allocates and frees in a loop keeps its own).
+    sys::vec_retain(&mut st.heap_owners, |(_, a)| a.charged() > 0);
     let a = Account::new()?;
     st.heap_owners.push((tgid, a.clone()), GFP_KERNEL)?;
     Ok(a)
@@ -299,6 +309,7 @@ fn ioctl_declare(cmd: u32, arg: usize) -> Result<c_long> {
         }
         let i = found.ok_or(code::ENOENT)?;
         drop(sys::vec_remove(&mut st.decls, i));
+        DECLARATIONS.store(st.decls.len(), Ordering::Release);
         return Ok(0);
     }
     if alignment != 0 && (!alignment.is_power_of_two() || alignment < sys::PAGE_BYTES || alignment > abi::MAX_ALIGNMENT)
@@ -316,6 +327,7 @@ fn ioctl_declare(cmd: u32, arg: usize) -> Result<c_long> {
                 return Err(code::ENOSPC);
             }
             st.decls.push(Declaration { name, max_segments, alignment, max_segment_size }, GFP_KERNEL)?;
+            DECLARATIONS.store(st.decls.len(), Ordering::Release);
         }
     }
     Ok(0)

@@ -108,6 +108,10 @@ pub struct Inner {
     pub backing: Option<Backing>,
     /// Old backings still mapped by dynamic importers after a move.
     pub retired: KVec<Retired>,
+    /// The plan merged over `attachments`, kept from the attach that completed the
+    /// set (the first map would merge the same constraints again); `None` after a
+    /// detach.
+    merged: Option<Plan>,
     /// Bumped on every (re)allocation.
     pub generation: u32,
     /// Moves made while a dynamic importer had the old backing mapped.
@@ -130,6 +134,7 @@ impl Inner {
             attachments: KVec::new(),
             backing: None,
             retired: KVec::new(),
+            merged: None,
             generation: 0,
             moves_while_mapped: 0,
             migrations: 0,
@@ -197,6 +202,9 @@ impl Inner {
 
     /// The plan merged over the current attachments.
     pub fn plan(&self, size: u64, ram_end: u64) -> Plan {
+        if let Some(p) = self.merged {
+            return p;
+        }
         let (devs, n) = self.constraints();
         plan::merge(&devs[..n], size, ram_end)
     }
@@ -390,18 +398,21 @@ unsafe extern "C" fn dp_attach(dmabuf: *mut bindings::dma_buf, attach: *mut bind
     }
     // A device set no backing can serve at all is refused now, not at map time.
     let (mut devs, n) = inner.constraints();
-    if n < plan::MAX_DEVICES {
-        devs[n] = cons;
-        if let Some(c) = plan::merge(&devs[..=n], buf.size, g.ram_end).conflict {
-            pr_info!("buffer {}: with {} no backing can meet every device: {:?}\n", buf.id, name, c);
-            return code::EINVAL.to_errno();
-        }
+    let Some(slot) = devs.get_mut(n) else {
+        return code::ENOSPC.to_errno();
+    };
+    *slot = cons;
+    let merged = plan::merge(&devs[..=n], buf.size, g.ram_end);
+    if let Some(c) = merged.conflict {
+        pr_info!("buffer {}: with {} no backing can meet every device: {:?}\n", buf.id, name, c);
+        return code::EINVAL.to_errno();
     }
     let seq = inner.next_seq;
     let rec = AttachRec { attach: Raw(attach), dev: Raw(dev), name, cons, dynamic, pins: 0, maps: KVec::new(), seq };
     if inner.attachments.push(rec, GFP_KERNEL).is_err() {
         return code::ENOMEM.to_errno();
     }
+    inner.merged = Some(merged);
     inner.next_seq += 1;
     0
 }
@@ -412,6 +423,7 @@ unsafe extern "C" fn dp_detach(dmabuf: *mut bindings::dma_buf, attach: *mut bind
     let mut inner = buf.inner.lock();
     let Some(i) = inner.find(attach) else { return };
     let mut rec = sys::vec_remove(&mut inner.attachments, i);
+    inner.merged = None;
     // An importer that detaches with live mappings leaks them; unmap them here.
     while let Some(m) = sys::vec_pop(&mut rec.maps) {
         pr_warn!("buffer {}: {} detached with a live mapping; unmapping it\n", buf.id, rec.name);
@@ -456,6 +468,35 @@ unsafe extern "C" fn dp_unpin(attach: *mut bindings::dma_buf_attachment) {
     }
 }
 
+/// Calls `f(start, len)` for every sg entry of `backing` for a device: physically
+/// adjacent chunks merged, each run split at `cap` and at multiples of
+/// `boundary + 1`.
+fn for_each_piece(backing: &Backing, cap: u64, boundary: u64, mut f: impl FnMut(u64, u64)) {
+    let mut split = |start: u64, end: u64| {
+        let mut s = start;
+        while s < end {
+            let bend = (s | boundary).saturating_add(1).max(s + sys::PAGE_BYTES);
+            let e = end.min(s + cap).min(bend);
+            f(s, e - s);
+            s = e;
+        }
+    };
+    let mut run: Option<(u64, u64)> = None;
+    for (start, len) in backing.segments() {
+        run = match run {
+            Some((rs, re)) if re == start => Some((rs, start + len)),
+            Some((rs, re)) => {
+                split(rs, re);
+                Some((start, start + len))
+            }
+            None => Some((start, start + len)),
+        };
+    }
+    if let Some((rs, re)) = run {
+        split(rs, re);
+    }
+}
+
 /// Builds the sg table of `backing` for `dev`: physically adjacent chunks merged,
 /// entries split at the device's `max_segment_size` (and, for a device without
 /// an IOMMU, at its segment boundary), then `dma_map_sgtable`.
@@ -471,33 +512,9 @@ fn map_sgt(backing: &Backing, rec: &AttachRec, dir: bindings::dma_data_direction
     // changes the plan; the DMA API (and dma-debug) holds every entry to dma_parms.
     let cap = DevRef(rec.dev.0).max_segment_size().clamp(sys::PAGE_BYTES, u64::from(u32::MAX) & !0xfff);
     let boundary = if rec.cons.has_iommu() { u64::MAX } else { rec.cons.segment_boundary_mask };
-    // Count, then fill.
-    let mut pieces = KVec::<(u64, u64)>::new();
-    let mut run: Option<(u64, u64)> = None;
-    let flush = |start: u64, end: u64, pieces: &mut KVec<(u64, u64)>| -> Result {
-        let mut s = start;
-        while s < end {
-            let bend = (s | boundary).saturating_add(1).max(s + sys::PAGE_BYTES);
-            let e = end.min(s + cap).min(bend);
-            pieces.push((s, e - s), GFP_KERNEL)?;
-            s = e;
-        }
-        Ok(())
-    };
-    for (start, len) in backing.segments() {
-        run = match run {
-            Some((rs, re)) if re == start => Some((rs, start + len)),
-            Some((rs, re)) => {
-                flush(rs, re, &mut pieces)?;
-                Some((start, start + len))
-            }
-            None => Some((start, start + len)),
-        };
-    }
-    if let Some((rs, re)) = run {
-        flush(rs, re, &mut pieces)?;
-    }
-    let n = u32::try_from(pieces.len()).map_err(|_| code::ENOMEM)?;
+    // Count, then fill: no intermediate list.
+    let mut n = 0u32;
+    for_each_piece(backing, cap, boundary, |_, _| n = n.saturating_add(1));
     let sgt = KBox::into_raw(KBox::new(bindings::sg_table::default(), GFP_KERNEL)?);
     // SAFETY: `sgt` is a zeroed sg_table we own; sg_alloc_table allocates its entries.
     let ret = unsafe { bindings::sg_alloc_table(sgt, n, bindings::GFP_KERNEL) };
@@ -508,16 +525,17 @@ fn map_sgt(backing: &Backing, rec: &AttachRec, dir: bindings::dma_data_direction
     }
     // SAFETY: sg_alloc_table succeeded: sgl is a list of `n` entries.
     let mut sg = unsafe { (*sgt).sgl };
-    for &(phys, len) in pieces.iter() {
+    for_each_piece(backing, cap, boundary, |phys, len| {
         let page = sys::pfn_to_page(phys >> PAGE_SHIFT);
         // CAST: pieces are at most `cap` (< 4 GiB) long.
         let len = len as u32;
-        // SAFETY: `sg` is one of the table's `n` entries; the page belongs to our backing.
+        // SAFETY: `sg` is one of the table's `n` entries (the same walk counted them); the
+        // page belongs to our backing.
         unsafe {
             bindings::sg_set_page(sg, page, len, 0);
             sg = bindings::sg_next(sg);
         }
-    }
+    });
     // SAFETY: the table is filled; the device is the attachment's, alive while it is attached.
     // CAST: DMA_ATTR_SKIP_CPU_SYNC is a small flag.
     let ret = unsafe { bindings::dma_map_sgtable(rec.dev.0, sgt, dir, bindings::DMA_ATTR_SKIP_CPU_SYNC as _) };

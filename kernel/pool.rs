@@ -227,7 +227,16 @@ fn now_ns() -> i64 {
     unsafe { bindings::ktime_get() }
 }
 
-/// Zeroes a block page by page, yielding between pages.
+/// `bytes` per `ns` in MiB/s, 0 for no time. In whole MiB so that the product
+/// cannot overflow (`bytes * 1e9` would after 17 GiB: a panic in debugfs).
+fn mib_per_s(bytes: u64, ns: u64) -> u64 {
+    match ns {
+        0 => 0,
+        ns => (bytes >> 20).saturating_mul(1_000_000_000) / ns,
+    }
+}
+
+/// Zeroes a block (one `memset` per MiB, yielding between them).
 pub fn zero_block(page: *mut bindings::page, order: u32) {
     sys::zero_pages(page, 1 << order);
 }
@@ -352,12 +361,18 @@ impl Pool {
     /// kick can queue it again after).
     pub fn kick(&self) {
         let st = self.state.lock();
+        self.queue(&st);
+    }
+
+    /// [`Pool::kick`] with the lock held (the caller's guard proves it).
+    fn queue(&self, st: &State) {
         if st.stopping {
             return;
         }
-        // One jiffy at least (4 ms at HZ=250): after the kicking task's system call.
-        // CAST: HZ / 200 is a few jiffies.
-        let delay = ((bindings::CONFIG_HZ / 200) as c_ulong).max(1);
+        // At least 4 ms (a timer of n jiffies fires after n - 1 to n of them): after
+        // the kicking task's system call, and a burst of frees is zeroed in one run.
+        // CAST: a few jiffies.
+        let delay = ((bindings::CONFIG_HZ * 4).div_ceil(1000) + 1) as c_ulong;
         // SAFETY: the work was initialised in new(); the pool lives until stop() cancels it.
         unsafe {
             bindings::queue_delayed_work_on(
@@ -368,7 +383,6 @@ impl Pool {
                 delay,
             )
         };
-        drop(st);
     }
 
     fn max_bytes() -> u64 {
@@ -414,9 +428,8 @@ impl Pool {
         if found.is_some() {
             st.bytes -= bytes;
         }
-        drop(st);
         if refill {
-            self.kick();
+            self.queue(&st);
         }
         found
     }
@@ -424,16 +437,22 @@ impl Pool {
     /// Takes back a block a buffer no longer uses (uncharged, in `mode`): it goes
     /// to the dirty list, or, when the pool is full or stopping, back to the page
     /// allocator (converted back to write-back first).
+    ///
+    /// The worker is queued only when the dirty list was empty: it zeroes until it
+    /// finds the list empty (under the lock), so a block added to a non-empty list
+    /// is seen by the run already queued or running.
     pub fn give_back(&self, page: *mut bindings::page, order: u32, mode: CacheMode) {
         let bytes = sys::PAGE_BYTES << order;
         if POOL_ORDERS.contains(&order) {
             let mut st = self.state.lock();
             // No reclaim under the pool's lock (the shrinker takes it): GFP_NOWAIT.
             if !st.stopping && st.bytes + bytes <= Self::max_bytes() && st.dirty.reserve(1, GFP_NOWAIT).is_ok() {
+                let was_empty = st.dirty.is_empty();
                 if st.dirty.push(Dirty { page: Raw(page), order, mode }, GFP_NOWAIT).is_ok() {
                     st.bytes += bytes;
-                    drop(st);
-                    self.kick();
+                    if was_empty {
+                        self.queue(&st);
+                    }
                     return;
                 }
             }
@@ -586,7 +605,7 @@ impl Pool {
             st.dirty.len(),
             sys::Hex(zb),
             zns,
-            if zns == 0 { 0 } else { zb * 1_000_000_000 / zns >> 20 },
+            mib_per_s(zb, zns),
             sys::Hex(s.refilled_bytes.load(Ordering::Relaxed)),
             sys::Hex(s.shrunk_bytes.load(Ordering::Relaxed)),
             sys::Hex(s.trimmed_bytes.load(Ordering::Relaxed)),

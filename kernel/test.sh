@@ -152,15 +152,18 @@ boot() { # boot custom|debug plain|iommu
 	# into vgem, and those heaps map them in 1 MiB entries although vgem's device
 	# says 64 KiB (dma-debug's DMA_API_DEBUG_SG check): a report about kernel code
 	# outside dmaplace, whose own tables split at each device's limit.
+	local riglog="$REPO/target/kmod-test-rig-$kernel-$kind.log"
 	if ! "$RIG" run --kernel "$k" "${extra[@]}" --mem "$MEM" --timeout "$TIMEOUT" --quiet \
 		--allow-dmesg 'DMA-API: platform vgem: mapping sg segment longer than device claims to support \[len=[0-9]+\] \[max=65536\]' \
 		--append "loglevel=4 vivid.allocators=1" --file "$SELFTEST:/bin/dmabuf-heap" \
-		--insmod "${kos[0]} heap=0" --insmod "${kos[1]}" --args "$args" "${BINS[@]}"; then
+		--insmod "${kos[0]} heap=0" --insmod "${kos[1]}" --args "$args" "${BINS[@]}" 2> >(tee "$riglog" >&2); then
 		FAILED+=("$kernel/$kind")
 		[[ $KEEP_GOING == 1 ]] || fail "guest tests on the $kernel kernel ($kind)"
 		return 0
 	fi
-	log=$(ls -td "${DMAPLACE_VM_CACHE:-$HOME/.cache/dmaplace-vm}"/runs/*-"$k$([[ $kind == iommu ]] && echo -iommu)"-* | head -n1)
+	# This boot's log, as the rig named it (other rigs may boot the same kernel meanwhile).
+	log=$(sed -n 's/.*booting .*, log: \(.*\)\/serial\.log$/\1/p' "$riglog" | head -n1)
+	[[ -f $log/serial.log ]] || fail "the rig named no serial log for the $kernel kernel ($kind)"
 	n=$(passed_tests "$log/serial.log")
 	if [[ $n -eq 0 ]]; then
 		FAILED+=("$kernel/$kind:no-tests")
