@@ -20,7 +20,7 @@ use rustix::net::{
     SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
 };
 
-use crate::placer::Placer;
+use crate::engine::Engine;
 use crate::service::{ClientId, Peer, Service};
 
 /// Who may connect, and the socket's robustness settings.
@@ -112,8 +112,8 @@ struct Conn {
 }
 
 /// The daemon's socket loop around a [`Service`].
-pub struct Server<P: Placer> {
-    service: Service<P>,
+pub struct Server<E: Engine> {
+    service: Service<E>,
     config: ServerConfig,
     listener: OwnedFd,
     conns: BTreeMap<ClientId, Conn>,
@@ -121,9 +121,10 @@ pub struct Server<P: Placer> {
     own_uid: u32,
     /// One receive buffer, reused (a message is handled before the next is read).
     buf: Vec<u8>,
+    last_tick: Instant,
 }
 
-impl<P: Placer> std::fmt::Debug for Server<P> {
+impl<E: Engine> std::fmt::Debug for Server<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server").field("socket", &self.config.socket).field("conns", &self.conns.len()).finish()
     }
@@ -160,9 +161,9 @@ fn seq_of(bytes: &[u8]) -> u32 {
     if bytes.len() >= HEADER_LEN { u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) } else { 0 }
 }
 
-impl<P: Placer> Server<P> {
+impl<E: Engine> Server<E> {
     /// Binds the socket (mode 0660) and serves `service` on it.
-    pub fn bind(service: Service<P>, config: ServerConfig) -> Result<Server<P>, ServerError> {
+    pub fn bind(service: Service<E>, config: ServerConfig) -> Result<Server<E>, ServerError> {
         let path = config.socket.clone();
         clear_stale(&path)?;
         // Created 0660 (no window with wider permissions): umask 0117 around bind.
@@ -184,7 +185,7 @@ impl<P: Placer> Server<P> {
         }
         rustix::net::listen(&listener, 128).map_err(sock_err("listen", &path))?;
         let own_uid = rustix::process::geteuid().as_raw();
-        tracing::info!(socket = %path.display(), backend = service.exporter().backend().kind(), platform = %service.exporter().platform().name, "listening");
+        tracing::info!(socket = %path.display(), backend = service.engine().kind(), platform = %service.engine().platform(), "listening");
         Ok(Server {
             service,
             config,
@@ -193,16 +194,17 @@ impl<P: Placer> Server<P> {
             next_id: 1,
             own_uid,
             buf: vec![0u8; MAX_MESSAGE],
+            last_tick: Instant::now(),
         })
     }
 
     /// The state machine.
-    pub fn service(&self) -> &Service<P> {
+    pub fn service(&self) -> &Service<E> {
         &self.service
     }
 
     /// The state machine, mutably (to install a recorder).
-    pub fn service_mut(&mut self) -> &mut Service<P> {
+    pub fn service_mut(&mut self) -> &mut Service<E> {
         &mut self.service
     }
 
@@ -235,6 +237,7 @@ impl<P: Placer> Server<P> {
             }
             self.expire();
             self.reap();
+            self.tick();
         }
         self.shutdown();
         Ok(())
@@ -277,6 +280,16 @@ impl<P: Placer> Server<P> {
             .map(|(id, f)| (id, f.revents()))
             .collect();
         Ok((stopped, ready))
+    }
+
+    /// Lets the engine look for moves made outside the daemon, at most every 200 ms.
+    fn tick(&mut self) {
+        if self.last_tick.elapsed() < Duration::from_millis(200) {
+            return;
+        }
+        self.last_tick = Instant::now();
+        let events = self.service.poll();
+        self.deliver(events);
     }
 
     fn accept_all(&mut self) {
@@ -534,7 +547,7 @@ impl<P: Placer> Server<P> {
     }
 }
 
-impl<P: Placer> Drop for Server<P> {
+impl<E: Engine> Drop for Server<E> {
     fn drop(&mut self) {
         if !self.conns.is_empty() {
             self.shutdown();

@@ -8,16 +8,22 @@ use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use dmaplace_core::exporter::BusyPolicy;
 use dmaplace_core::{Platform, Size};
-use dmaplace_service::{HeapPlacer, Limits, Placer, Server, ServerConfig, Service, ServiceConfig, SimPlacer};
+use dmaplace_service::kmod::KmodEngine;
+use dmaplace_service::{Engine, HeapPlacer, Limits, Server, ServerConfig, Service, ServiceConfig, SimPlacer};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum BackendArg {
-    /// The kernel's dma-heaps/udmabuf when there are any, else memfd.
+    /// The kernel module when /dev/dmaplace and /dev/dmaplace_testdev exist, else the
+    /// dma-heaps/udmabuf when there are any, else memfd.
     Auto,
     /// The simulated machine (memfds hold the bytes): for tests and benchmarks.
     Sim,
     /// This kernel's dma-heaps, udmabuf (and memfd with --allow-memfd).
     Heaps,
+    /// The dmaplace kernel module is the exporter (docs/KERNEL.md): it places and moves
+    /// the pages; the daemon brokers tokens, fds, attaches and moves. Needs root, debugfs,
+    /// dmaplace.ko and dmaplace_testdev.ko.
+    Kmod,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -101,7 +107,7 @@ fn load_platform(spec: &str) -> anyhow::Result<Platform> {
     }
 }
 
-fn serve<P: Placer>(service: Service<P>, config: ServerConfig) -> anyhow::Result<()> {
+fn serve<E: Engine>(service: Service<E>, config: ServerConfig) -> anyhow::Result<()> {
     let (stop_read, stop_write) =
         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK)
             .context("pipe for SIGTERM")?;
@@ -119,7 +125,6 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let platform = load_platform(&args.platform)?;
     let own = rustix::process::geteuid().as_raw();
     let limits = Limits {
         bytes: args.max_bytes.parse::<Size>().map_err(|e| anyhow::anyhow!("--max-bytes: {e}"))?.bytes(),
@@ -142,16 +147,33 @@ fn main() -> anyhow::Result<()> {
     server.handshake_timeout = Duration::from_secs_f64(args.timeout);
     server.send_timeout = Duration::from_secs_f64(args.timeout);
     server.max_malformed = args.max_malformed;
-    match args.backend {
-        BackendArg::Sim => serve(Service::new(platform.clone(), SimPlacer::new(&platform, args.seed)?, config), server),
-        BackendArg::Heaps | BackendArg::Auto => {
-            if std::path::Path::new(dmaplace_linux::kmod::DEV_DMAPLACE).exists() {
-                tracing::warn!(
-                    "/dev/dmaplace exists, but dmaplaced does not drive the kernel module yet: using the dma-heaps"
-                );
+    let module = std::path::Path::new(dmaplace_linux::kmod::DEV_DMAPLACE).exists();
+    let backend = match args.backend {
+        BackendArg::Auto if module => match KmodEngine::open(config.busy) {
+            Ok(engine) => return serve(Service::with_engine(engine, config), server),
+            Err(e) => {
+                tracing::warn!(error = %e, "/dev/dmaplace exists, but the module cannot be used: using the dma-heaps");
+                BackendArg::Auto
             }
-            let placer = HeapPlacer::new(args.allow_memfd || args.backend == BackendArg::Auto);
-            if !placer.inner().inventory().has_dma_buf() && !args.allow_memfd && args.backend == BackendArg::Heaps {
+        },
+        other => other,
+    };
+    match backend {
+        BackendArg::Kmod => {
+            if args.platform != "probe" {
+                tracing::warn!(platform = %args.platform, "--platform is not used with --backend kmod: the devices are the kernel's");
+            }
+            let engine = KmodEngine::open(config.busy)?;
+            serve(Service::with_engine(engine, config), server)
+        }
+        BackendArg::Sim => {
+            let platform = load_platform(&args.platform)?;
+            serve(Service::new(platform.clone(), SimPlacer::new(&platform, args.seed)?, config), server)
+        }
+        BackendArg::Heaps | BackendArg::Auto => {
+            let platform = load_platform(&args.platform)?;
+            let placer = HeapPlacer::new(args.allow_memfd || backend == BackendArg::Auto);
+            if !placer.inner().inventory().has_dma_buf() && !args.allow_memfd && backend == BackendArg::Heaps {
                 bail!("this kernel offers no dma-heap and no udmabuf; pass --allow-memfd or --backend sim");
             }
             serve(Service::new(platform, placer, config), server)
