@@ -547,7 +547,7 @@ impl Engine for KmodEngine {
             return Err(reply(
                 ErrorCode::Stale,
                 format!(
-                    "{m} maps generation {} of buffer `{}`, which moved (generation {}): map again",
+                    "the mapping is of generation {} of buffer `{}`, which moved since (generation {}): unmap it and map again",
                     map.generation, buf.name, buf.generation
                 ),
             ));
