@@ -17,10 +17,12 @@
 pub mod engine;
 pub mod kmod;
 pub mod placer;
+pub mod record;
 pub mod server;
 pub mod service;
 
 pub use engine::{CoreEngine, Engine, Mapped, Notice};
 pub use placer::{Accounting, HeapPlacer, PlaceError, Placer, SimPlacer};
+pub use record::TraceRecorder;
 pub use server::{Server, ServerConfig, ServerError, default_socket};
 pub use service::{ClientId, Limits, Outcome, Peer, Recorder, Service, ServiceConfig};

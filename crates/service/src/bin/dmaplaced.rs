@@ -8,8 +8,11 @@ use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use dmaplace_core::exporter::BusyPolicy;
 use dmaplace_core::{Platform, Size};
+use dmaplace_eval::trace::Header;
 use dmaplace_service::kmod::KmodEngine;
-use dmaplace_service::{Engine, HeapPlacer, Limits, Server, ServerConfig, Service, ServiceConfig, SimPlacer};
+use dmaplace_service::{
+    Engine, HeapPlacer, Limits, Server, ServerConfig, Service, ServiceConfig, SimPlacer, TraceRecorder,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum BackendArg {
@@ -86,6 +89,10 @@ struct Args {
     /// Allow the memfd fallback (CPU memory, no device can import it).
     #[arg(long)]
     allow_memfd: bool,
+    /// Record the session as a trace (docs/TRACE.md) for `dmaplace sim --trace FILE`; with
+    /// `--platform probe` the probed platform is written next to it (FILE.platform.toml).
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
 }
 
 fn load_platform(spec: &str) -> anyhow::Result<Platform> {
@@ -105,6 +112,36 @@ fn load_platform(spec: &str) -> anyhow::Result<Platform> {
             dmaplace_core::builtin::names().collect::<Vec<_>>().join(", ")
         ),
     }
+}
+
+/// The recorder for `--record FILE`: the trace names a platform `dmaplace sim` can load.
+fn recorder(
+    args: &Args,
+    path: &std::path::Path,
+    platform: &Platform,
+    backend: &str,
+) -> anyhow::Result<TraceRecorder<std::io::BufWriter<std::fs::File>>> {
+    let platform_ref = if args.platform == "probe" {
+        let file = PathBuf::from(format!("{}.platform.toml", path.display()));
+        let probed = dmaplace_linux::probe::probe(&dmaplace_linux::probe::Root::system());
+        std::fs::write(&file, probed.to_toml()).with_context(|| format!("writing {}", file.display()))?;
+        file.display().to_string()
+    } else {
+        args.platform.clone()
+    };
+    let mut header = Header { platform: Some(platform_ref), ..Header::default() };
+    if args.backend == BackendArg::Sim {
+        header.seed = Some(args.seed);
+    }
+    header.meta = vec![
+        ("recorder".into(), "dmaplaced".into()),
+        ("backend".into(), backend.into()),
+        ("platform-name".into(), platform.name.clone()),
+        ("busy".into(), format!("{:?}", args.busy).to_lowercase()),
+    ];
+    let r = TraceRecorder::create(path, &header).with_context(|| format!("--record {}", path.display()))?;
+    tracing::info!(trace = %path.display(), "recording the session");
+    Ok(r)
 }
 
 fn serve<E: Engine>(service: Service<E>, config: ServerConfig) -> anyhow::Result<()> {
@@ -149,7 +186,7 @@ fn main() -> anyhow::Result<()> {
     server.max_malformed = args.max_malformed;
     let module = std::path::Path::new(dmaplace_linux::kmod::DEV_DMAPLACE).exists();
     let backend = match args.backend {
-        BackendArg::Auto if module => match KmodEngine::open(config.busy) {
+        BackendArg::Auto if module && args.record.is_none() => match KmodEngine::open(config.busy) {
             Ok(engine) => return serve(Service::with_engine(engine, config), server),
             Err(e) => {
                 tracing::warn!(error = %e, "/dev/dmaplace exists, but the module cannot be used: using the dma-heaps");
@@ -160,6 +197,11 @@ fn main() -> anyhow::Result<()> {
     };
     match backend {
         BackendArg::Kmod => {
+            if args.record.is_some() {
+                bail!(
+                    "--record needs --backend sim or heaps: with the kernel module the devices are the kernel's, not a platform's a replay could use"
+                );
+            }
             if args.platform != "probe" {
                 tracing::warn!(platform = %args.platform, "--platform is not used with --backend kmod: the devices are the kernel's");
             }
@@ -168,7 +210,11 @@ fn main() -> anyhow::Result<()> {
         }
         BackendArg::Sim => {
             let platform = load_platform(&args.platform)?;
-            serve(Service::new(platform.clone(), SimPlacer::new(&platform, args.seed)?, config), server)
+            let mut service = Service::new(platform.clone(), SimPlacer::new(&platform, args.seed)?, config);
+            if let Some(path) = &args.record {
+                service.set_recorder(Box::new(recorder(&args, path, &platform, "sim")?));
+            }
+            serve(service, server)
         }
         BackendArg::Heaps | BackendArg::Auto => {
             let platform = load_platform(&args.platform)?;
@@ -176,7 +222,11 @@ fn main() -> anyhow::Result<()> {
             if !placer.inner().inventory().has_dma_buf() && !args.allow_memfd && backend == BackendArg::Heaps {
                 bail!("this kernel offers no dma-heap and no udmabuf; pass --allow-memfd or --backend sim");
             }
-            serve(Service::new(platform, placer, config), server)
+            let mut service = Service::new(platform.clone(), placer, config);
+            if let Some(path) = &args.record {
+                service.set_recorder(Box::new(recorder(&args, path, &platform, "heaps")?));
+            }
+            serve(service, server)
         }
     }
 }
