@@ -16,12 +16,13 @@
 //! # Ok::<(), dmaplace::Error>(())
 //! ```
 //!
-//! The C API over it is [`capi`] (`include/dmaplace.h`); `agent` drives a client from
-//! text commands (`dmaplace client shell` and the multi-process tests).
+//! The C API over it is its own crate, `crates/capi` (`libdmaplace.so`, `libdmaplace.a`,
+//! `dmaplace.h`), so that this one has no `unsafe`; [`agent`] drives a client from text
+//! commands (`dmaplace client shell` and the multi-process tests).
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod agent;
-pub mod capi;
 
 use std::collections::VecDeque;
 use std::io::{IoSlice, IoSliceMut};
