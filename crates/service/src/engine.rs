@@ -156,7 +156,7 @@ impl<P: Placer> CoreEngine<P> {
                     tracing::info!(buffer = %buffer, for_device, copied = copied.bytes(), checksum, "migrated");
                 }
                 CoreEvent::Allocated { buffer, devices, size, contiguous, segments } => {
-                    tracing::info!(buffer = %buffer, ?devices, size = size.bytes(), contiguous, segments = segments.len(), "allocated");
+                    tracing::debug!(buffer = %buffer, ?devices, size = size.bytes(), contiguous, segments = segments.len(), "allocated");
                 }
                 CoreEvent::MoveFailed { buffer, reason } => tracing::warn!(buffer = %buffer, reason, "move failed"),
                 other => tracing::trace!(event = ?other, "exporter"),

@@ -464,7 +464,7 @@ impl Engine for KmodEngine {
             other => reply(ErrorCode::Backend, format!("the module's CREATE of {}: {other}", Size::new(pages))),
         })?;
         let b = KBuffer(self.next_id());
-        tracing::info!(buffer = %b, module_id = created.id, size = pages, "created in the module");
+        tracing::debug!(buffer = %b, module_id = created.id, size = pages, "created in the module");
         self.buffers.insert(
             b,
             Buf {

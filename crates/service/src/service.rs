@@ -130,6 +130,7 @@ pub struct Service<E: Engine> {
     tokens: HashMap<Token, E::Buffer>,
     owners: HashMap<E::Attachment, (ClientId, u32)>,
     recorder: Option<Box<dyn Recorder>>,
+    random: Tokens,
 }
 
 impl<E: Engine> std::fmt::Debug for Service<E> {
@@ -146,14 +147,34 @@ fn err(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
     ErrorReply::new(code, message)
 }
 
-fn random_token() -> Result<Token, ErrorReply> {
-    let mut t = [0u8; dmaplace_proto::TOKEN_LEN];
-    let mut filled = 0;
-    while filled < t.len() {
-        filled += rustix::rand::getrandom(&mut t[filled..], rustix::rand::GetRandomFlags::empty())
-            .map_err(|e| err(ErrorCode::Internal, format!("getrandom: {e}")))?;
+/// Share tokens: 128 bits each from `getrandom(2)`, fetched 4 KiB at a time (256 tokens
+/// per system call); each byte is handed out once.
+struct Tokens {
+    pool: Box<[u8; 4096]>,
+    used: usize,
+}
+
+impl Tokens {
+    fn new() -> Tokens {
+        Tokens { pool: Box::new([0u8; 4096]), used: 4096 }
     }
-    Ok(Token(t))
+
+    fn next(&mut self) -> Result<Token, ErrorReply> {
+        if self.used + dmaplace_proto::TOKEN_LEN > self.pool.len() {
+            let mut filled = 0;
+            while filled < self.pool.len() {
+                filled += rustix::rand::getrandom(&mut self.pool[filled..], rustix::rand::GetRandomFlags::empty())
+                    .map_err(|e| err(ErrorCode::Internal, format!("getrandom: {e}")))?;
+            }
+            self.used = 0;
+        }
+        let mut t = [0u8; dmaplace_proto::TOKEN_LEN];
+        t.copy_from_slice(&self.pool[self.used..self.used + dmaplace_proto::TOKEN_LEN]);
+        // Handed out: not kept where a later read of the pool could find it.
+        self.pool[self.used..self.used + dmaplace_proto::TOKEN_LEN].fill(0);
+        self.used += dmaplace_proto::TOKEN_LEN;
+        Ok(Token(t))
+    }
 }
 
 impl<P: Placer> Service<CoreEngine<P>> {
@@ -176,6 +197,7 @@ impl<E: Engine> Service<E> {
             tokens: HashMap::new(),
             owners: HashMap::new(),
             recorder: None,
+            random: Tokens::new(),
         }
     }
 
@@ -304,7 +326,7 @@ impl<E: Engine> Service<E> {
             return Err(err(ErrorCode::Quota, format!("this client holds {} buffers, the limit", c.buffers.len())));
         }
         let name = if name.is_empty() { "buffer" } else { name };
-        let token = random_token()?;
+        let token = self.random.next()?;
         let (buffer, size) = self.engine.export(desc, name)?;
         let c = self.client(client)?;
         if c.bytes.saturating_add(size) > limits.bytes {
@@ -326,7 +348,7 @@ impl<E: Engine> Service<E> {
         c.buffers.insert(handle, buffer);
         self.shared.insert(buffer, Shared { token, creator: client, holders: 1, size });
         self.tokens.insert(token, buffer);
-        tracing::info!(client, buffer = %buffer, handle, name, size, "create");
+        tracing::debug!(client, buffer = %buffer, handle, name, size, "create");
         Ok(Reply::Created { buffer: handle, token, size })
     }
 
@@ -374,7 +396,7 @@ impl<E: Engine> Service<E> {
         let handle = c.handle();
         c.attachments.insert(handle, (attachment, buffer_handle));
         self.owners.insert(attachment, (client, handle));
-        tracing::info!(client, buffer = %buffer, attachment = %attachment, device, hints = %hints, ?how, "attach");
+        tracing::debug!(client, buffer = %buffer, attachment = %attachment, device, hints = %hints, ?how, "attach");
         Ok(Reply::Attached { attachment: handle, buffer: buffer_handle, how })
     }
 
@@ -430,7 +452,7 @@ impl<E: Engine> Service<E> {
         let c = self.client(client)?;
         let m = c.handle();
         c.mappings.insert(m, MapState { id: mapped.id, attachment: handle, access: None });
-        tracing::info!(client, mapping = %mapped.id, handle = m, generation = mapped.generation, size = mapped.layout.size, "map");
+        tracing::debug!(client, mapping = %mapped.id, handle = m, generation = mapped.generation, size = mapped.layout.size, "map");
         Ok(Reply::Mapped { mapping: m, generation: mapped.generation, layout: mapped.layout })
     }
 
@@ -582,7 +604,7 @@ impl<E: Engine> Service<E> {
                 self.shared.remove(&buffer);
                 self.tokens.remove(&token);
                 log_failure("release", client, self.engine.release(buffer));
-                tracing::info!(client, buffer = %buffer, "released: last holder let go");
+                tracing::debug!(client, buffer = %buffer, "released: last holder let go");
             }
         }
         self.drain(events);
@@ -703,5 +725,19 @@ impl<E: Engine> Service<E> {
 fn log_failure(what: &str, client: ClientId, r: Result<(), ErrorReply>) {
     if let Err(e) = r {
         tracing::warn!(client, code = %e.code, error = %e.message, "cleanup: {what} failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_distinct_across_pool_refills_and_not_kept() {
+        let mut t = Tokens::new();
+        let drawn: std::collections::HashSet<[u8; 16]> = (0..600).map(|_| t.next().unwrap().0).collect();
+        assert_eq!(drawn.len(), 600, "600 draws (past two refills of 256) gave a repeat");
+        assert!(!drawn.contains(&[0u8; 16]));
+        assert!(t.pool[..t.used].iter().all(|b| *b == 0), "handed-out bytes stay in the pool");
     }
 }
