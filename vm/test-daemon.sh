@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # dmaplaced and `dmaplace probe` on real kernels: builds dmaplaced, the three-process
 # test and the probe guest test static, and the C example (scripts/c-api.sh), then boots
-# (vm/rig.sh run) the self-built 6.12 without and with intel-iommu and Debian's 6.12,
-# 1 GiB each, and runs them as root:
+# (vm/rig.sh run) the self-built 6.12 on pc, on q35 without an IOMMU and on q35 with
+# intel-iommu, and Debian's 6.12, 1 GiB each, and runs them as root:
 #   - probe_guest: the probed platform against what qemu provides (RAM, cirrus,
 #     virtio-gpu, VT-d 2M/1G and 39-bit width, CMA), and that it loads and solves;
 #   - three_process: producer, consumer and late consumer through dmaplaced on the real
@@ -16,7 +16,7 @@
 #     dma-debug, move_notify on, 2 CPUs), whose reports fail the boot (vm/rig.sh).
 # Fails loudly on any failure.
 #
-# Usage: vm/test-daemon.sh [--boot custom|custom-iommu|debian|kmod|kmod-debug]...
+# Usage: vm/test-daemon.sh [--boot custom|custom-q35|custom-iommu|debian|kmod|kmod-debug]...
 # Environment: DMAPLACE_VM_CACHE (rig cache), DMAPLACE_RIG (the rig script).
 set -Eeuo pipefail
 
@@ -26,12 +26,12 @@ TARGET_DIR="$REPO/target/guest-daemon"
 BOOTS=()
 while [[ $# -gt 0 ]]; do
 	case $1 in
-	--boot) BOOTS+=("${2:?--boot needs custom|custom-iommu|debian|kmod|kmod-debug}"); shift 2 ;;
-	-h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+	--boot) BOOTS+=("${2:?--boot needs custom|custom-q35|custom-iommu|debian|kmod|kmod-debug}"); shift 2 ;;
+	-h | --help) sed -n '2,20p' "$0"; exit 0 ;;
 	*) echo "test-daemon: unknown argument $1 (see --help)" >&2; exit 2 ;;
 	esac
 done
-[[ ${#BOOTS[@]} -gt 0 ]] || BOOTS=(custom custom-iommu debian kmod kmod-debug)
+[[ ${#BOOTS[@]} -gt 0 ]] || BOOTS=(custom custom-q35 custom-iommu debian kmod kmod-debug)
 wants() { [[ " ${BOOTS[*]} " == *" $1 "* ]]; }
 
 say() { printf '[test-daemon %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -83,6 +83,7 @@ for boot in "${BOOTS[@]}"; do
 	bins=("${BINS[@]}")
 	case $boot in
 	custom) args=(--kernel custom --mem 1G) ;;
+	custom-q35) args=(--kernel custom --machine q35 --mem 1G) ;;
 	custom-iommu) args=(--kernel custom --iommu --mem 1G) ;;
 	debian) args=(--kernel debian --mem 1G) ;;
 	kmod | kmod-debug)
