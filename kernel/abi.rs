@@ -2,7 +2,7 @@
 
 //! The userspace ABI of `/dev/dmaplace` and `/dev/dmaplace_testdev`: ioctl
 //! numbers, struct sizes, field offsets and flags. Pure `core`: the modules
-//! include it as `mod abi;` and `crates/linux/src/kmod.rs` includes the same
+//! include it as `mod abi;` and `crates/linux/src/kmod/mod.rs` includes the same
 //! file, so the two sides cannot drift. `docs/KERNEL.md` shows the structs in C.
 //!
 //! Rules (as `drivers/dma-buf/dma-heap.c`, stricter where noted):
@@ -35,7 +35,7 @@ const R: u32 = 2;
 /// | 0 | `u64 size` | in: page-aligned, non-zero, at most [`MAX_SIZE`] |
 /// | 8 | `u32 fd` | out (0 on input) |
 /// | 12 | `u32 fd_flags` | in: `O_CLOEXEC` and `O_ACCMODE` bits only |
-/// | 16 | `u64 flags` | in: none defined, must be 0 |
+/// | 16 | `u64 flags` | in: [`CREATE_WRITECOMBINE`]; other bits must be 0 |
 /// | 24 | `u64 id` | out (0 on input): the buffer's id in debugfs |
 /// | 32 | `char name[32]` | in: NUL-terminated, printable, no spaces or `=`; may be empty |
 pub const CREATE_SIZE: usize = 64;
@@ -63,6 +63,10 @@ pub mod create {
 pub const MAX_SIZE: u64 = 1 << 30;
 /// `fd_flags` bits CREATE accepts (`O_CLOEXEC | O_ACCMODE`, as dma-heap).
 pub const VALID_FD_FLAGS: u32 = 0o2000000 | 0o3;
+/// CREATE flag: CPU mappings of the buffer (mmap, vmap) are write-combined, and
+/// so are its pages in the kernel's own map (for devices that do not snoop the
+/// CPU caches; on x86 every device in the rig does, so this is a request).
+pub const CREATE_WRITECOMBINE: u64 = 1;
 
 /// `struct dmaplace_declare`: 96 bytes. Declares the constraints a device's
 /// `struct device` cannot express yet (the seed's proposed
@@ -74,7 +78,8 @@ pub const VALID_FD_FLAGS: u32 = 0o2000000 | 0o3;
 /// | 64 | `u32 max_segments` | 0: no limit; 1: physically contiguous |
 /// | 68 | `u32 flags` | [`DECLARE_FORGET`] |
 /// | 72 | `u64 alignment` | 0: 4 KiB; else a power of two, 4 KiB ..= [`MAX_ALIGNMENT`] |
-/// | 80 | `u64 reserved[2]` | must be 0 |
+/// | 80 | `u64 max_segment_size` | 0: the device's own (`dma_get_max_seg_size`); else 4 KiB ..= `u32::MAX`, standing in for a `dma_set_max_seg_size` its driver did not make |
+/// | 88 | `u64 reserved` | must be 0 |
 pub const DECLARE_SIZE: usize = 96;
 /// `DMAPLACE_IOCTL_DECLARE`: `_IOW('P', 1, struct dmaplace_declare)`.
 pub const IOCTL_DECLARE: u32 = ioc(W, 1, DECLARE_SIZE);
@@ -90,8 +95,10 @@ pub mod declare {
     pub const FLAGS: usize = 68;
     /// `u64 alignment`.
     pub const ALIGNMENT: usize = 72;
-    /// `u64 reserved[2]`.
-    pub const RESERVED: usize = 80;
+    /// `u64 max_segment_size`.
+    pub const MAX_SEGMENT_SIZE: usize = 80;
+    /// `u64 reserved`.
+    pub const RESERVED: usize = 88;
 }
 /// DECLARE flag: forget the device's declaration (the other fields must be 0).
 pub const DECLARE_FORGET: u32 = 1;

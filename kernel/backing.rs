@@ -4,8 +4,8 @@
 //! [`Plan`] and freed on drop.
 //!
 //! - Contiguous, up to the page allocator's largest block (4 MiB): one compound
-//!   high-order block (`alloc_pages` with `__GFP_COMP`), from ZONE_DMA32/ZONE_DMA
-//!   when the window demands it.
+//!   high-order block (a pool block, or `alloc_pages` with `__GFP_COMP`), from
+//!   ZONE_DMA32/ZONE_DMA when the window demands it.
 //! - Contiguous and larger: `dma_alloc_pages` on the module's own misc device,
 //!   with its coherent mask set to the window; above `MAX_ORDER` the direct
 //!   allocator can only take it from CMA.
@@ -13,9 +13,17 @@
 //!   (2 MiB then 4 KiB for VT-d), never below what the segment limit allows,
 //!   falling back to the next order when a high-order block is not available.
 //!
-//! Every chunk is zeroed here, explicitly, whatever its source ([`Backing::allocate`]
-//! calls [`zero_chunk`]): no path relies on `__GFP_ZERO` or on the DMA
-//! allocator's own memset.
+//! Blocks of the pool's orders come from the pool of pre-zeroed pages
+//! (`pool.rs`) when it has one in the window; everything else is zeroed here,
+//! explicitly, whatever its source ([`zero_chunk`]): no path relies on
+//! `__GFP_ZERO` or on the DMA allocator's own memset. A freed block of a pool
+//! order goes back to the pool's dirty list, to be zeroed before any reuse.
+//!
+//! Every chunk is charged to the buffer creator's memory cgroup while the
+//! buffer holds it ([`Memcg::charge_page`]; pool hits and misses alike), and
+//! set to the buffer's cache mode (write-combined buffers' pages are converted
+//! with `set_pages_array_wc`, and converted back before the page allocator
+//! gets them).
 //!
 //! CPU mappings insert frames as special PTEs (`vmf_insert_mixed`), so they take
 //! no page references and need nothing of a page but its frame: compound tail
@@ -30,13 +38,16 @@ use kernel::prelude::*;
 use kernel::sync::Mutex;
 
 use crate::plan::{self, Plan};
-use crate::sys::{self, PAGE_SHIFT, Raw};
+use crate::pool::{self, CacheMode, Pool};
+use crate::sys::{self, Memcg, PAGE_SHIFT, Raw};
 
 /// Where a chunk came from.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     /// A (compound) block from the page allocator.
     Buddy,
+    /// A zeroed block from the pool.
+    Pool,
     /// `dma_alloc_pages` on the allocator device, which took it from a CMA area
     /// (`cma_alloc`; the only source above `MAX_ORDER`).
     Cma,
@@ -50,6 +61,7 @@ impl Source {
     pub fn name(self) -> &'static str {
         match self {
             Source::Buddy => "buddy",
+            Source::Pool => "pool",
             Source::Cma => "cma",
             Source::DmaBuddy => "dma",
         }
@@ -57,6 +69,11 @@ impl Source {
 
     fn from_dma_alloc(page: *mut bindings::page) -> Source {
         if sys::page_is_cma(page) { Source::Cma } else { Source::DmaBuddy }
+    }
+
+    /// Whether the chunk is a compound block of `order` (pool or buddy).
+    fn is_block(self) -> bool {
+        matches!(self, Source::Buddy | Source::Pool)
     }
 }
 
@@ -73,6 +90,23 @@ pub struct Chunk {
     pub source: Source,
     dma_handle: u64,
     alloc_bytes: u64,
+    /// Zeroed already (a pool block).
+    zeroed: bool,
+    /// Its pages' caching now.
+    mode: CacheMode,
+    /// Charged to the memcg (undone before freeing).
+    charged: bool,
+}
+
+impl Chunk {
+    /// Bytes allocated (a block's whole size, a DMA allocation's size).
+    fn bytes(&self) -> u64 {
+        if self.source.is_block() { block_bytes(self.order) } else { self.alloc_bytes }
+    }
+
+    fn pages(&self) -> u64 {
+        self.bytes() >> PAGE_SHIFT
+    }
 }
 
 /// Bytes of backing allocated now, over all buffers (debugfs `live_bytes`: zero
@@ -87,13 +121,20 @@ fn block_bytes(order: u32) -> u64 {
     sys::PAGE_BYTES << order
 }
 
-/// The device `dma_alloc_pages` allocates for (the misc device), and the lock
-/// that serialises changes of its coherent mask.
+/// What an allocation needs besides the plan: the device `dma_alloc_pages`
+/// allocates for (the misc device) and the lock that serialises changes of its
+/// coherent mask; the pool; whom to charge; the cache mode.
 pub struct Allocator<'a> {
     /// The misc device's `this_device`.
     pub dev: &'a AtomicPtr<bindings::device>,
     /// Held while the mask is set and the allocation made.
     pub lock: &'a Mutex<()>,
+    /// Pre-zeroed blocks.
+    pub pool: &'a Pool,
+    /// The memcg the pages are charged to.
+    pub memcg: &'a Memcg,
+    /// The buffer's cache mode.
+    pub mode: CacheMode,
 }
 
 /// The pages of one buffer.
@@ -103,6 +144,7 @@ pub struct Backing {
     /// The buffer's size.
     pub size: u64,
     allocdev: Raw<bindings::device>,
+    pool: Raw<Pool>,
 }
 
 const fn gfp_zone(window_end: u64) -> bindings::gfp_t {
@@ -133,14 +175,7 @@ fn free_block(page: *mut bindings::page, order: u32) {
 /// Zeroes every page of a chunk (the whole allocation, not only the bytes the
 /// buffer uses: the tail of the last chunk is mapped too).
 pub fn zero_chunk(c: &Chunk) {
-    let pages = Backing::chunk_bytes(c) >> PAGE_SHIFT;
-    let pfn = c.phys >> PAGE_SHIFT;
-    for i in 0..pages {
-        sys::clear_page(sys::pfn_to_page(pfn + i));
-        if i % 256 == 255 {
-            sys::cond_resched();
-        }
-    }
+    sys::zero_pages(c.page.0, c.pages());
 }
 
 /// A run of physically contiguous pages of a backing, from some page on.
@@ -152,22 +187,67 @@ pub struct Run {
 }
 
 impl Backing {
-    /// Allocates `plan.size` bytes that meet `plan`, zeroed (the caller verifies
-    /// every device's own constraints afterwards with [`plan::serves`]).
+    /// Allocates `plan.size` bytes that meet `plan`, zeroed, in the allocator's
+    /// cache mode and charged to its memcg (the caller verifies every device's
+    /// own constraints afterwards with [`plan::serves`]).
     pub fn allocate(plan: &Plan, alloc: &Allocator<'_>) -> Result<Backing> {
-        let b = Self::allocate_pages(plan, alloc)?;
-        for c in b.chunks.iter() {
-            zero_chunk(c);
+        let mut b = Self::allocate_pages(plan, alloc)?;
+        for c in b.chunks.iter_mut() {
+            if !c.zeroed {
+                zero_chunk(c);
+                c.zeroed = true;
+            }
+            if c.mode != alloc.mode {
+                pool::set_cache_mode(c.page.0, c.pages(), alloc.mode)?;
+                alloc.pool.stats.count_conversion(alloc.mode);
+                c.mode = alloc.mode;
+            }
+            Self::charge(c, alloc.memcg)?;
         }
         Ok(b)
     }
 
+    fn charge(c: &mut Chunk, memcg: &Memcg) -> Result {
+        if c.source.is_block() {
+            memcg.charge_page(c.page.0, c.order)?;
+        } else {
+            // Not a compound page: every page is freed on its own, so charge each.
+            let pfn = sys::page_to_pfn(c.page.0);
+            for i in 0..c.pages() {
+                if let Err(e) = memcg.charge_page(sys::pfn_to_page(pfn + i), 0) {
+                    (0..i).for_each(|k| sys::uncharge_page(sys::pfn_to_page(pfn + k), 0));
+                    return Err(e);
+                }
+            }
+        }
+        c.charged = true;
+        Ok(())
+    }
+
+    fn uncharge(c: &mut Chunk) {
+        if !c.charged {
+            return;
+        }
+        if c.source.is_block() {
+            sys::uncharge_page(c.page.0, c.order);
+        } else {
+            let pfn = sys::page_to_pfn(c.page.0);
+            (0..c.pages()).for_each(|i| sys::uncharge_page(sys::pfn_to_page(pfn + i), 0));
+        }
+        c.charged = false;
+    }
+
     fn allocate_pages(plan: &Plan, alloc: &Allocator<'_>) -> Result<Backing> {
         let strategy = plan::strategy(plan);
-        let mut b = Backing { chunks: KVec::new(), size: plan.size, allocdev: Raw(alloc.dev.load(Ordering::Acquire)) };
+        let mut b = Backing {
+            chunks: KVec::new(),
+            size: plan.size,
+            allocdev: Raw(alloc.dev.load(Ordering::Acquire)),
+            pool: Raw((alloc.pool as *const Pool).cast_mut()),
+        };
         if strategy.contiguous {
             b.contiguous(plan, alloc)?;
-        } else if let Err(e) = b.chunked(plan, &strategy) {
+        } else if let Err(e) = b.chunked(plan, &strategy, alloc) {
             // Chunks cannot meet the segment limit in this memory: one range always can.
             if plan.max_segments.value.is_none() {
                 return Err(e);
@@ -178,33 +258,54 @@ impl Backing {
         Ok(b)
     }
 
+    /// A block of `order` below `window_end`: from the pool if it has one, else
+    /// from the page allocator (retried in ZONE_DMA32 when a block landed above a
+    /// window that ends between 4 GiB and the end of RAM).
+    fn block(order: u32, window_end: u64, alloc: &Allocator<'_>) -> Option<(*mut bindings::page, Source)> {
+        if let Some(p) = alloc.pool.take(order, window_end, alloc.mode) {
+            return Some((p, Source::Pool));
+        }
+        let zone = gfp_zone(window_end);
+        let fits = |p: *mut bindings::page| sys::page_to_phys(p) + block_bytes(order) <= window_end;
+        let p = alloc_block(order, zone)?;
+        if fits(p) {
+            return Some((p, Source::Buddy));
+        }
+        free_block(p, order);
+        if zone != 0 {
+            return None;
+        }
+        let p = alloc_block(order, bindings::__GFP_DMA32)?;
+        if fits(p) {
+            return Some((p, Source::Buddy));
+        }
+        free_block(p, order);
+        None
+    }
+
+    /// A chunk for a block; a pool block is zeroed already and in the requested mode.
+    fn block_chunk(page: *mut bindings::page, source: Source, order: u32, len: u64, mode: CacheMode) -> Chunk {
+        Chunk {
+            page: Raw(page),
+            order,
+            phys: sys::page_to_phys(page),
+            len,
+            source,
+            dma_handle: 0,
+            alloc_bytes: 0,
+            zeroed: source == Source::Pool,
+            mode: if source == Source::Pool { mode } else { CacheMode::WriteBack },
+            charged: false,
+        }
+    }
+
     fn contiguous(&mut self, plan: &Plan, alloc: &Allocator<'_>) -> Result {
         let window_end = plan.window_end.value;
         let size = plan.size;
         let order = plan::order_of(size).max(plan::order_of(plan.alignment.value));
         if order <= plan::MAX_ORDER {
-            let zone = gfp_zone(window_end);
-            let mut page = alloc_block(order, zone);
-            if let Some(p) = page {
-                if sys::page_to_phys(p) + block_bytes(order) > window_end {
-                    free_block(p, order);
-                    page = if zone == 0 { alloc_block(order, bindings::__GFP_DMA32) } else { None };
-                }
-            }
-            if let Some(p) = page {
-                let phys = sys::page_to_phys(p);
-                if phys + block_bytes(order) <= window_end {
-                    return self.push(Chunk {
-                        page: Raw(p),
-                        order,
-                        phys,
-                        len: size,
-                        source: Source::Buddy,
-                        dma_handle: 0,
-                        alloc_bytes: 0,
-                    });
-                }
-                free_block(p, order);
+            if let Some((p, source)) = Self::block(order, window_end, alloc) {
+                return self.push(Self::block_chunk(p, source, order, size, alloc.mode));
             }
         }
         // Larger than the page allocator's blocks (or none was free): CMA through
@@ -247,17 +348,19 @@ impl Backing {
             source: Source::from_dma_alloc(page),
             dma_handle: handle,
             alloc_bytes: size,
+            zeroed: false,
+            mode: CacheMode::WriteBack,
+            charged: false,
         };
         if phys + size > window_end || phys % plan.alignment.value != 0 {
-            Self::free_chunk(dev, &chunk);
+            self.free_chunk(chunk);
             return Err(code::ENOMEM);
         }
         self.push(chunk)
     }
 
-    fn chunked(&mut self, plan: &Plan, s: &plan::Strategy) -> Result {
+    fn chunked(&mut self, plan: &Plan, s: &plan::Strategy, alloc: &Allocator<'_>) -> Result {
         let window_end = plan.window_end.value;
-        let mut zone = gfp_zone(window_end);
         let min_order = s.orders[s.n_orders - 1];
         let mut cursor = 0usize;
         let mut left = plan.size;
@@ -271,34 +374,16 @@ impl Backing {
             if self.chunks.is_empty() && s.first_order > order {
                 order = s.first_order;
             }
-            let page = match alloc_block(order, zone) {
-                Some(p) => p,
+            let (page, source) = match Self::block(order, window_end, alloc) {
+                Some(b) => b,
                 None if order > min_order && cursor + 1 < s.n_orders => {
                     cursor += 1;
                     continue;
                 }
                 None => return Err(code::ENOMEM),
             };
-            let phys = sys::page_to_phys(page);
-            let block = block_bytes(order);
-            if phys + block > window_end {
-                free_block(page, order);
-                if zone == 0 {
-                    zone = bindings::__GFP_DMA32;
-                    continue;
-                }
-                return Err(code::ENOMEM);
-            }
-            let len = block.min(left);
-            self.push(Chunk {
-                page: Raw(page),
-                order,
-                phys,
-                len,
-                source: Source::Buddy,
-                dma_handle: 0,
-                alloc_bytes: 0,
-            })?;
+            let len = block_bytes(order).min(left);
+            self.push(Self::block_chunk(page, source, order, len, alloc.mode))?;
             left -= len;
         }
         Ok(())
@@ -307,51 +392,54 @@ impl Backing {
     fn push(&mut self, c: Chunk) -> Result {
         // Reserve first so that a failed push cannot drop (leak) the chunk's pages.
         if self.chunks.reserve(1, GFP_KERNEL).is_err() {
-            Self::free_chunk(self.allocdev.0, &c);
+            self.free_chunk(c);
             return Err(code::ENOMEM);
         }
-        let bytes = Self::chunk_bytes(&c);
+        let bytes = c.bytes();
         self.chunks.push(c, GFP_KERNEL)?;
         LIVE_BYTES.fetch_add(bytes, Ordering::Relaxed);
         CHUNKS_ALLOCATED.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    fn chunk_bytes(c: &Chunk) -> u64 {
-        match c.source {
-            Source::Buddy => block_bytes(c.order),
-            Source::Cma | Source::DmaBuddy => c.alloc_bytes,
+    /// Gives a chunk back: a block to the pool (which zeroes it before any reuse,
+    /// or frees it when full), a DMA allocation to the DMA API; uncharged and
+    /// write-back first.
+    fn free_chunk(&self, mut c: Chunk) {
+        Self::uncharge(&mut c);
+        if c.source.is_block() {
+            // SAFETY: the pool outlives every backing (buffers pin the module).
+            let pool = unsafe { &*self.pool.0 };
+            pool.give_back(c.page.0, c.order, c.mode);
+            return;
         }
-    }
-
-    fn free_chunk(dev: *mut bindings::device, c: &Chunk) {
-        match c.source {
-            Source::Buddy => free_block(c.page.0, c.order),
-            Source::Cma | Source::DmaBuddy => {
-                // CAST: alloc_bytes came from a usize.
-                let bytes = c.alloc_bytes as usize;
-                // SAFETY: the page came from dma_alloc_pages(dev, bytes, &handle) and is unused now.
-                unsafe {
-                    bindings::dma_free_pages(
-                        dev,
-                        bytes,
-                        c.page.0,
-                        c.dma_handle,
-                        bindings::dma_data_direction_DMA_BIDIRECTIONAL,
-                    )
-                };
+        if c.mode != CacheMode::WriteBack {
+            if pool::set_cache_mode(c.page.0, c.pages(), CacheMode::WriteBack).is_err() {
+                pr_warn!("cannot set a DMA allocation back to write-back; leaking it\n");
+                return;
             }
+            // SAFETY: as above.
+            unsafe { &*self.pool.0 }.stats.count_conversion(CacheMode::WriteBack);
         }
+        // CAST: alloc_bytes came from a usize.
+        let bytes = c.alloc_bytes as usize;
+        // SAFETY: the page came from dma_alloc_pages(dev, bytes, &handle) and is unused now.
+        unsafe {
+            bindings::dma_free_pages(
+                self.allocdev.0,
+                bytes,
+                c.page.0,
+                c.dma_handle,
+                bindings::dma_data_direction_DMA_BIDIRECTIONAL,
+            )
+        };
     }
 
     fn free_all(&mut self) {
-        let dev = self.allocdev.0;
-        while !self.chunks.is_empty() {
-            let last = self.chunks.len() - 1;
-            let c = sys::vec_remove(&mut self.chunks, last);
-            Self::free_chunk(dev, &c);
-            LIVE_BYTES.fetch_sub(Self::chunk_bytes(&c), Ordering::Relaxed);
+        while let Some(c) = sys::vec_pop(&mut self.chunks) {
+            LIVE_BYTES.fetch_sub(c.bytes(), Ordering::Relaxed);
             CHUNKS_FREED.fetch_add(1, Ordering::Relaxed);
+            self.free_chunk(c);
         }
     }
 

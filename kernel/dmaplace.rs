@@ -30,7 +30,9 @@ pub mod abi;
 pub mod account;
 pub mod backing;
 pub mod exporter;
+pub mod heap;
 pub mod plan;
+pub mod pool;
 pub mod sys;
 
 use account::Account;
@@ -51,18 +53,38 @@ module! {
 #[link_section = ".modinfo"]
 #[used(compiler)]
 static __DMAPLACE_IMPORT_NS: [u8; 18] = *b"import_ns=DMA_BUF\0";
+// dma_heap_add is in DMA_BUF_HEAP (kernel/dma-heap-export.patch).
+#[link_section = ".modinfo"]
+#[used(compiler)]
+static __DMAPLACE_IMPORT_NS_HEAP: [u8; 23] = *b"import_ns=DMA_BUF_HEAP\0";
 
 /// A DECLAREd device.
 struct Declaration {
     name: Name<64>,
     max_segments: u32,
     alignment: u64,
+    /// 0: the device's own.
+    max_segment_size: u64,
+}
+
+/// What a device DECLAREd (zeros: nothing).
+#[derive(Clone, Copy, Default)]
+pub struct Declared {
+    /// 0: no limit; 1: contiguous.
+    pub max_segments: u32,
+    /// 0: 4 KiB.
+    pub alignment: u64,
+    /// 0: the device's own `dma_get_max_seg_size`.
+    pub max_segment_size: u64,
 }
 
 struct GlobalState {
     buffers: KVec<Arc<Buffer>>,
     decls: KVec<Declaration>,
     next_id: u64,
+    /// The owners of heap allocations: one per process (thread group id), dropped
+    /// once it holds nothing.
+    heap_owners: KVec<(i32, Arc<Account>)>,
 }
 
 /// State shared by every callback.
@@ -77,6 +99,9 @@ pub struct Global {
     pub allocdev: AtomicPtr<bindings::device>,
     /// The first byte above RAM.
     pub ram_end: u64,
+    /// Pre-zeroed pages.
+    #[pin]
+    pub pool: pool::Pool,
 }
 
 static GLOBAL: AtomicPtr<Global> = AtomicPtr::new(core::ptr::null_mut());
@@ -89,58 +114,55 @@ pub fn global() -> &'static Global {
     unsafe { &*p }
 }
 
-/// The DECLAREd `(max_segments, alignment)` of a device; zeros when none.
-pub fn declaration(name: &Name<64>) -> (u32, u64) {
+/// The module's state once `init` has set it up (module parameters are set
+/// before that, at load).
+pub fn global_if_loaded() -> Option<&'static Global> {
+    let p = GLOBAL.load(Ordering::Acquire);
+    // SAFETY: as in global(); null before init and after exit.
+    (!p.is_null()).then(|| unsafe { &*p })
+}
+
+/// What a device DECLAREd; zeros when nothing.
+pub fn declaration(name: &Name<64>) -> Declared {
     let st = global().state.lock();
-    st.decls.iter().find(|d| d.name == *name).map_or((0, 0), |d| (d.max_segments, d.alignment))
+    st.decls.iter().find(|d| d.name == *name).map_or(Declared::default(), |d| Declared {
+        max_segments: d.max_segments,
+        alignment: d.alignment,
+        max_segment_size: d.max_segment_size,
+    })
 }
 
-/// Drops the global list's reference to a released buffer.
-pub fn forget_buffer(buf: &Arc<Buffer>) {
+/// The [`Account`] heap allocations of the current process are charged to (the
+/// dma-heap core does not tell a heap which open file allocates).
+pub fn heap_owner() -> Result<Arc<Account>> {
+    let tgid = sys::current_tgid();
     let mut st = global().state.lock();
-    if let Some(i) = st.buffers.iter().position(|b| Arc::ptr_eq(b, buf)) {
-        drop(sys::vec_remove(&mut st.buffers, i));
+    sys::vec_retain(&mut st.heap_owners, |(_, a)| a.charged() > 0);
+    if let Some((_, a)) = st.heap_owners.iter().find(|(t, _)| *t == tgid) {
+        return Ok(a.clone());
     }
+    let a = Account::new()?;
+    st.heap_owners.push((tgid, a.clone()), GFP_KERNEL)?;
+    Ok(a)
 }
 
-// ---------------------------------------------------------------- ioctls
-
-fn same_ioctl(cmd: u32, want: u32) -> bool {
-    // The size bits may differ (older or newer struct); type, nr and direction may not.
-    cmd & !(0x3fff << 16) == want & !(0x3fff << 16)
-}
-
-fn ioctl_create(account: &Arc<Account>, cmd: u32, arg: usize) -> Result<c_long> {
-    let user_size = sys::ioc_size(cmd);
-    // The caller must at least be able to receive the fd and the id.
-    if user_size < abi::create::ID + 8 {
-        return Err(code::EINVAL);
-    }
-    let mut b = [0u8; abi::CREATE_SIZE];
-    sys::copy_struct_in(arg, user_size, &mut b)?;
-    let size = sys::get_u64(&b, abi::create::SIZE);
-    let fd_flags = sys::get_u32(&b, abi::create::FD_FLAGS);
-    if sys::get_u32(&b, abi::create::FD) != 0 || sys::get_u64(&b, abi::create::ID) != 0 {
-        return Err(code::EINVAL);
-    }
-    if sys::get_u64(&b, abi::create::FLAGS) != 0 || fd_flags & !abi::VALID_FD_FLAGS != 0 {
-        return Err(code::EINVAL);
-    }
-    if size == 0 || size % sys::PAGE_BYTES != 0 || size > abi::MAX_SIZE {
-        return Err(code::EINVAL);
-    }
-    let mut name = Name::<32>::from_field(&b[abi::create::NAME..abi::create::NAME + abi::create::NAME_LEN])?;
-    if name.is_empty() {
-        name = Name::from_field(b"buffer\0")?;
-    }
-    let charge = Account::charge(account, size)?;
+/// A new buffer of `size` bytes charged to `owner`, exported: the dma-buf with
+/// the caller's reference (no fd yet).
+pub fn export_buffer(
+    owner: &Arc<Account>,
+    size: u64,
+    fd_flags: u32,
+    name: Name<32>,
+    mode: pool::CacheMode,
+) -> Result<(Arc<Buffer>, *mut bindings::dma_buf)> {
+    let charge = Account::charge(owner, size)?;
     let g = global();
     let id = {
         let mut st = g.state.lock();
         st.next_id += 1;
         st.next_id
     };
-    let buf = Buffer::new(id, size, name, charge)?;
+    let buf = Buffer::new(id, size, name, charge, mode)?;
     // CAST: fd_flags holds only O_CLOEXEC and O_ACCMODE bits; size <= 1 GiB fits usize.
     let (flags, bytes) = (fd_flags as c_int, size as usize);
     let exp = bindings::dma_buf_export_info {
@@ -173,12 +195,59 @@ fn ioctl_create(account: &Arc<Account>, cmd: u32, arg: usize) -> Result<c_long> 
             bindings::spin_unlock(&mut (*dmabuf).name_lock);
         }
     }
-    let pushed = g.state.lock().buffers.push(buf, GFP_KERNEL);
+    let pushed = g.state.lock().buffers.push(buf.clone(), GFP_KERNEL);
     if pushed.is_err() {
         // SAFETY: we hold the only reference to the new dma-buf; putting it releases it.
         unsafe { bindings::dma_buf_put(dmabuf) };
         return Err(code::ENOMEM);
     }
+    Ok((buf, dmabuf))
+}
+
+/// Drops the global list's reference to a released buffer.
+pub fn forget_buffer(buf: &Arc<Buffer>) {
+    let mut st = global().state.lock();
+    if let Some(i) = st.buffers.iter().position(|b| Arc::ptr_eq(b, buf)) {
+        drop(sys::vec_remove(&mut st.buffers, i));
+    }
+}
+
+// ---------------------------------------------------------------- ioctls
+
+fn same_ioctl(cmd: u32, want: u32) -> bool {
+    // The size bits may differ (older or newer struct); type, nr and direction may not.
+    cmd & !(0x3fff << 16) == want & !(0x3fff << 16)
+}
+
+fn ioctl_create(account: &Arc<Account>, cmd: u32, arg: usize) -> Result<c_long> {
+    let user_size = sys::ioc_size(cmd);
+    // The caller must at least be able to receive the fd and the id.
+    if user_size < abi::create::ID + 8 {
+        return Err(code::EINVAL);
+    }
+    let mut b = [0u8; abi::CREATE_SIZE];
+    sys::copy_struct_in(arg, user_size, &mut b)?;
+    let size = sys::get_u64(&b, abi::create::SIZE);
+    let fd_flags = sys::get_u32(&b, abi::create::FD_FLAGS);
+    if sys::get_u32(&b, abi::create::FD) != 0 || sys::get_u64(&b, abi::create::ID) != 0 {
+        return Err(code::EINVAL);
+    }
+    let flags = sys::get_u64(&b, abi::create::FLAGS);
+    if flags & !abi::CREATE_WRITECOMBINE != 0 || fd_flags & !abi::VALID_FD_FLAGS != 0 {
+        return Err(code::EINVAL);
+    }
+    if size == 0 || size % sys::PAGE_BYTES != 0 || size > abi::MAX_SIZE {
+        return Err(code::EINVAL);
+    }
+    let mut name = Name::<32>::from_field(&b[abi::create::NAME..abi::create::NAME + abi::create::NAME_LEN])?;
+    if name.is_empty() {
+        name = Name::from_field(b"buffer\0")?;
+    }
+    let mode =
+        if flags & abi::CREATE_WRITECOMBINE != 0 { pool::CacheMode::WriteCombined } else { pool::CacheMode::WriteBack };
+    let (buf, dmabuf) = export_buffer(account, size, fd_flags, name, mode)?;
+    let id = buf.id;
+    drop(buf);
     // The fd becomes visible only once userspace has the result: a failed copy-out
     // (EFAULT) leaves no fd behind for the caller to leak, and releases the buffer.
     let fd = match sys::ReservedFd::new(fd_flags) {
@@ -214,14 +283,18 @@ fn ioctl_declare(cmd: u32, arg: usize) -> Result<c_long> {
     let max_segments = sys::get_u32(&b, abi::declare::MAX_SEGMENTS);
     let flags = sys::get_u32(&b, abi::declare::FLAGS);
     let alignment = sys::get_u64(&b, abi::declare::ALIGNMENT);
-    let reserved = sys::get_u64(&b, abi::declare::RESERVED) | sys::get_u64(&b, abi::declare::RESERVED + 8);
+    let max_segment_size = sys::get_u64(&b, abi::declare::MAX_SEGMENT_SIZE);
+    let reserved = sys::get_u64(&b, abi::declare::RESERVED);
     if name.is_empty() || reserved != 0 || flags & !abi::DECLARE_FORGET != 0 {
+        return Err(code::EINVAL);
+    }
+    if max_segment_size != 0 && !(sys::PAGE_BYTES..=u64::from(u32::MAX)).contains(&max_segment_size) {
         return Err(code::EINVAL);
     }
     let mut st = global().state.lock();
     let found = st.decls.iter().position(|d| d.name == name);
     if flags & abi::DECLARE_FORGET != 0 {
-        if max_segments != 0 || alignment != 0 {
+        if max_segments != 0 || alignment != 0 || max_segment_size != 0 {
             return Err(code::EINVAL);
         }
         let i = found.ok_or(code::ENOENT)?;
@@ -236,12 +309,13 @@ fn ioctl_declare(cmd: u32, arg: usize) -> Result<c_long> {
         Some(i) => {
             st.decls[i].max_segments = max_segments;
             st.decls[i].alignment = alignment;
+            st.decls[i].max_segment_size = max_segment_size;
         }
         None => {
             if st.decls.len() >= abi::MAX_DECLARATIONS {
                 return Err(code::ENOSPC);
             }
-            st.decls.push(Declaration { name, max_segments, alignment }, GFP_KERNEL)?;
+            st.decls.push(Declaration { name, max_segments, alignment, max_segment_size }, GFP_KERNEL)?;
         }
     }
     Ok(0)
@@ -495,16 +569,26 @@ fn show(w: &mut SeqWriter) -> core::fmt::Result {
     let st = g.state.lock();
     writeln!(
         w,
-        "dmaplace abi=1 ram_end={} buffers={} declarations={} live_bytes={} chunks_allocated={} chunks_freed={}",
+        "dmaplace abi=1 ram_end={} buffers={} declarations={} live_bytes={} chunks_allocated={} chunks_freed={} owner_limit_mib={} heap={} heap_owners={}",
         Hex(g.ram_end),
         st.buffers.len(),
         st.decls.len(),
         Hex(backing::LIVE_BYTES.load(Ordering::Relaxed)),
         backing::CHUNKS_ALLOCATED.load(Ordering::Relaxed),
-        backing::CHUNKS_FREED.load(Ordering::Relaxed)
+        backing::CHUNKS_FREED.load(Ordering::Relaxed),
+        account::OWNER_LIMIT_MIB.get(),
+        u8::from(heap::registered()),
+        st.heap_owners.len()
     )?;
     for d in st.decls.iter() {
-        writeln!(w, "declare dev={} max_segments={} alignment={}", d.name, d.max_segments, Hex(d.alignment))?;
+        writeln!(
+            w,
+            "declare dev={} max_segments={} alignment={} max_segment_size={}",
+            d.name,
+            d.max_segments,
+            Hex(d.alignment),
+            Hex(d.max_segment_size)
+        )?;
     }
     for b in st.buffers.iter() {
         show_buffer(w, b, g.ram_end)?;
@@ -512,9 +596,16 @@ fn show(w: &mut SeqWriter) -> core::fmt::Result {
     Ok(())
 }
 
+/// What a debugfs file shows (its `i_private`).
+const DBG_BUFFERS: usize = 1;
+const DBG_POOL: usize = 2;
+
 unsafe extern "C" fn dbg_show(m: *mut bindings::seq_file, _v: *mut c_void) -> c_int {
     let mut w = SeqWriter(m);
-    let _ = show(&mut w);
+    // SAFETY: single_open stored the file's i_private (one of the DBG_ kinds) in m->private.
+    // CAST: the pointer holds a small DBG_ kind.
+    let kind = unsafe { (*m).private } as usize;
+    let _ = if kind == DBG_POOL { global().pool.show(&mut w) } else { show(&mut w) };
     0
 }
 
@@ -526,6 +617,7 @@ unsafe extern "C" fn dbg_open(inode: *mut bindings::inode, file: *mut bindings::
 // ---------------------------------------------------------------- the module
 
 struct Dmaplace {
+    module: &'static ThisModule,
     global: Pin<KBox<Global>>,
     /// `Some` until drop, which deregisters it first.
     misc: Option<sys::MiscDevice>,
@@ -536,12 +628,16 @@ struct Dmaplace {
 impl kernel::Module for Dmaplace {
     fn init(module: &'static ThisModule) -> Result<Self> {
         let global = KBox::pin_init(
-            pin_init!(Global {
-                state <- kernel::new_mutex!(GlobalState { buffers: KVec::new(), decls: KVec::new(), next_id: 0 }, "dmaplace::state"),
+            try_pin_init!(Global {
+                state <- kernel::new_mutex!(
+                    GlobalState { buffers: KVec::new(), decls: KVec::new(), next_id: 0, heap_owners: KVec::new() },
+                    "dmaplace::state"
+                ),
                 alloc_lock <- kernel::new_mutex!((), "dmaplace::alloc"),
                 allocdev: AtomicPtr::new(core::ptr::null_mut()),
                 ram_end: sys::ram_end(),
-            }),
+                pool <- pool::Pool::new(),
+            }? Error),
             GFP_KERNEL,
         )?;
         GLOBAL.store((&*global as *const Global).cast_mut(), Ordering::Release);
@@ -556,7 +652,9 @@ impl kernel::Module for Dmaplace {
             }),
             GFP_KERNEL,
         )?);
-        let mut this = Dmaplace { global, misc: None, dbg_fops: Raw(dbg_fops), debugfs: Raw::null() };
+        let mut this = Dmaplace { module, global, misc: None, dbg_fops: Raw(dbg_fops), debugfs: Raw::null() };
+        // From here on a failure drops `this`, whose Drop stops the pool.
+        this.global.pool.start()?;
         let fops = bindings::file_operations {
             owner: module.as_ptr(),
             open: Some(dev_open),
@@ -570,16 +668,24 @@ impl kernel::Module for Dmaplace {
         // SAFETY: plain debugfs calls; failures come back as ERR_PTRs that debugfs_remove ignores.
         this.debugfs = Raw(unsafe {
             let dir = bindings::debugfs_create_dir(c"dmaplace".as_ptr().cast(), core::ptr::null_mut());
-            bindings::debugfs_create_file(
-                c"buffers".as_ptr().cast(),
-                0o444,
-                dir,
-                core::ptr::null_mut(),
-                Opaque::raw_get(dbg_fops),
-            );
+            for (name, kind) in [(c"buffers", DBG_BUFFERS), (c"pool", DBG_POOL)] {
+                bindings::debugfs_create_file(
+                    name.as_ptr().cast(),
+                    0o444,
+                    dir,
+                    kind as *mut c_void,
+                    Opaque::raw_get(dbg_fops),
+                );
+            }
             dir
         });
-        pr_info!("/dev/dmaplace ready; RAM ends at {:#x}\n", this.global.ram_end);
+        // Last: once the heap is registered the module can no longer be unloaded.
+        let heap = heap::register(module)?;
+        pr_info!(
+            "/dev/dmaplace ready{}; RAM ends at {:#x}\n",
+            if heap { ", /dev/dma_heap/dmaplace registered" } else { "" },
+            this.global.ram_end
+        );
         Ok(this)
     }
 }
@@ -589,10 +695,17 @@ impl Drop for Dmaplace {
         // SAFETY: debugfs_remove waits for readers to leave; the dentry came from debugfs_create_dir.
         unsafe { bindings::debugfs_remove(self.debugfs.0) };
         drop(self.misc.take());
+        // Parameter writes (pool_max_mib kicks the pool) run under kernel_param_lock and may
+        // race with unload: none sees the state after this.
+        // SAFETY: our own module; the lock is a plain mutex, released right below.
+        unsafe { bindings::kernel_param_lock(self.module.as_ptr()) };
         GLOBAL.store(core::ptr::null_mut(), Ordering::Release);
+        // SAFETY: taken above.
+        unsafe { bindings::kernel_param_unlock(self.module.as_ptr()) };
         // SAFETY: the debugfs file that pointed to it is gone.
         drop(unsafe { KBox::from_raw(self.dbg_fops.0) });
-        let _ = &self.global;
+        // No buffer is left (each pinned the module): the pool gets every block back.
+        self.global.pool.stop();
         pr_info!("unloaded\n");
     }
 }

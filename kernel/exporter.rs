@@ -45,7 +45,8 @@ use kernel::sync::{Arc, ArcBorrow, Mutex};
 use crate::account::Charge;
 use crate::backing::{Allocator, Backing};
 use crate::plan::{self, DeviceConstraints, Effective, Plan};
-use crate::sys::{self, DevRef, Name, PAGE_SHIFT, Raw};
+use crate::pool::CacheMode;
+use crate::sys::{self, DevRef, Memcg, Name, PAGE_SHIFT, Raw};
 
 /// One mapping of an attachment: the sg table and its direction.
 pub struct Mapping {
@@ -228,6 +229,11 @@ pub struct Buffer {
     pub dmabuf: AtomicPtr<bindings::dma_buf>,
     /// Its size, charged to its owner until it is released.
     pub charge: Charge,
+    /// The memory cgroup of the task that created it: its pages are charged
+    /// there, whichever task places them.
+    pub memcg: Memcg,
+    /// How CPUs map its pages.
+    pub mode: CacheMode,
     /// Everything that changes.
     #[pin]
     pub inner: Mutex<Inner>,
@@ -235,7 +241,7 @@ pub struct Buffer {
 
 impl Buffer {
     /// A new buffer with no backing.
-    pub fn new(id: u64, size: u64, name: Name<32>, charge: Charge) -> Result<Arc<Buffer>> {
+    pub fn new(id: u64, size: u64, name: Name<32>, charge: Charge, mode: CacheMode) -> Result<Arc<Buffer>> {
         Arc::pin_init(
             pin_init!(Buffer {
                 id,
@@ -243,6 +249,8 @@ impl Buffer {
                 name,
                 dmabuf: AtomicPtr::new(core::ptr::null_mut()),
                 charge,
+                memcg: Memcg::current(),
+                mode,
                 inner <- kernel::new_mutex!(Inner::new(), "dmaplace::Buffer::inner"),
             }),
             GFP_KERNEL,
@@ -272,7 +280,9 @@ impl Buffer {
             return Err(code::EINVAL);
         }
         let g = crate::global();
-        let b = Backing::allocate(plan, &Allocator { dev: &g.allocdev, lock: &g.alloc_lock })?;
+        let alloc =
+            Allocator { dev: &g.allocdev, lock: &g.alloc_lock, pool: &g.pool, memcg: &self.memcg, mode: self.mode };
+        let b = Backing::allocate(plan, &alloc)?;
         for a in inner.attachments.iter() {
             if let Err(why) = plan::serves(&Effective::of(&a.cons), self.size, b.segments()) {
                 pr_info!("buffer {}: allocation does not serve {}: {:?}\n", self.id, a.name, why);
@@ -301,16 +311,17 @@ fn cpu_constraints() -> DeviceConstraints {
 pub fn device_constraints(dev: DevRef) -> (Name<64>, DeviceConstraints) {
     let name: Name<64> = dev.name();
     let (pg, end) = dev.iommu().unwrap_or((0, 0));
-    let (max_segments, alignment) = crate::declaration(&name);
+    let d = crate::declaration(&name);
     let cons = DeviceConstraints {
         dma_mask: dev.dma_mask(),
         bus_dma_limit: dev.bus_dma_limit(),
-        max_segment_size: dev.max_segment_size(),
+        // A declared size stands in for a dma_set_max_seg_size the driver did not make.
+        max_segment_size: if d.max_segment_size != 0 { d.max_segment_size } else { dev.max_segment_size() },
         segment_boundary_mask: dev.segment_boundary_mask(),
         iommu_pgsize_bitmap: pg,
         iommu_aperture_end: end,
-        declared_max_segments: max_segments,
-        declared_alignment: alignment,
+        declared_max_segments: d.max_segments,
+        declared_alignment: d.alignment,
     };
     (name, cons)
 }
@@ -456,7 +467,9 @@ unsafe extern "C" fn dp_unpin(attach: *mut bindings::dma_buf_attachment) {
 /// explicitly instead: a sync for the device after mapping, a sync for the CPU
 /// before unmapping (and `begin/end_cpu_access` sync every live mapping).
 fn map_sgt(backing: &Backing, rec: &AttachRec, dir: bindings::dma_data_direction) -> Result<*mut bindings::sg_table> {
-    let cap = rec.cons.max_segment_size.clamp(sys::PAGE_BYTES, u64::from(u32::MAX) & !0xfff);
+    // The device's own limit, not a DECLAREd one: a declared max_segment_size only
+    // changes the plan; the DMA API (and dma-debug) holds every entry to dma_parms.
+    let cap = DevRef(rec.dev.0).max_segment_size().clamp(sys::PAGE_BYTES, u64::from(u32::MAX) & !0xfff);
     let boundary = if rec.cons.has_iommu() { u64::MAX } else { rec.cons.segment_boundary_mask };
     // Count, then fill.
     let mut pieces = KVec::<(u64, u64)>::new();
@@ -737,6 +750,11 @@ unsafe extern "C" fn dp_mmap(dmabuf: *mut bindings::dma_buf, vma: *mut bindings:
         );
         (*vma).vm_ops = &VM_OPS;
         (*vma).vm_private_data = (&*buf as *const Buffer).cast_mut().cast();
+        if buf.mode == CacheMode::WriteCombined {
+            // The pages are write-combined in the kernel's map too (set_pages_array_wc):
+            // every mapping of them agrees.
+            (*vma).vm_page_prot = bindings::pgprot_writecombine((*vma).vm_page_prot);
+        }
     }
     buf.inner.lock().mmaps += 1;
     0
@@ -806,7 +824,12 @@ unsafe extern "C" fn dp_vmap(dmabuf: *mut bindings::dma_buf, map: *mut bindings:
             return code::ENOMEM.to_errno();
         };
         // SAFETY: `pages` holds `n` pages of our backing; vmap maps them without keeping the array.
-        let addr = unsafe { bindings::vmap_kernel(pages.as_mut_ptr(), n) };
+        let addr = unsafe {
+            match buf.mode {
+                CacheMode::WriteBack => bindings::vmap_kernel(pages.as_mut_ptr(), n),
+                CacheMode::WriteCombined => bindings::dmaplace_vmap_wc(pages.as_mut_ptr(), n),
+            }
+        };
         if addr.is_null() {
             return code::ENOMEM.to_errno();
         }

@@ -256,6 +256,42 @@ pub fn clear_page(page: *mut bindings::page) {
     unsafe { bindings::clear_page(page_address(page).cast()) };
 }
 
+/// Zeroes `count` physically contiguous pages from `page` on (one allocation the
+/// caller owns), with one `memset` per MiB through the linear map (contiguous
+/// frames are contiguous there on x86-64), yielding between MiBs.
+pub fn zero_pages(page: *mut bindings::page, count: u64) {
+    const STEP: u64 = 256; // pages: 1 MiB
+    let base = page_address(page);
+    let mut done = 0;
+    while done < count {
+        let n = STEP.min(count - done);
+        // CAST: at most 1 GiB of pages, in bytes, fits usize.
+        let (off, len) = ((done << PAGE_SHIFT) as usize, (n << PAGE_SHIFT) as usize);
+        // SAFETY: the pages are one owned lowmem allocation, mapped contiguously in the linear map.
+        unsafe { bindings::memset(base.add(off).cast(), 0, len) };
+        done += n;
+        if done < count {
+            cond_resched();
+        }
+    }
+}
+
+/// Runs `f` at nice 19, then restores the task's nice: the pool's zeroing and
+/// refilling use spare cycles and never preempt a task that allocates.
+pub fn at_low_priority<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: current is the running task; static_prio is read-only to others.
+    let cur = unsafe { bindings::get_current() };
+    // SAFETY: as above. PRIO_TO_NICE: static_prio - 120.
+    // CAST: a priority (100..140) fits c_long.
+    let nice = (unsafe { (*cur).static_prio }) as kernel::ffi::c_long - 120;
+    // SAFETY: set_user_nice on the current task (a kworker between work items is not shared).
+    unsafe { bindings::set_user_nice(cur, 19) };
+    let r = f();
+    // SAFETY: as above; restores what the workqueue set.
+    unsafe { bindings::set_user_nice(cur, nice) };
+    r
+}
+
 /// `cond_resched()`: long loops over pages in process context yield.
 pub fn cond_resched() {
     // SAFETY: called in process context without spinlocks held.
@@ -484,10 +520,15 @@ impl BoolParam {
 }
 
 /// `module_param(name, uint|bool, perm)`: `module_param!(STATIC, "name", param_ops_uint, VALUE, 0o644)`
-/// where `VALUE` is a `static` [`UintParam`] (or [`BoolParam`] with `param_ops_bool`).
+/// where `VALUE` is a `static` [`UintParam`] (or [`BoolParam`] with `param_ops_bool`);
+/// `module_param!(STATIC, "name", ops = &OPS, VALUE, perm)` for operations of its own.
 #[macro_export]
 macro_rules! module_param {
     ($static:ident, $name:literal, $ops:ident, $value:ident, $perm:expr) => {
+        // SAFETY: the kernel's parameter operations are immutable statics.
+        $crate::module_param!($static, $name, ops = unsafe { &kernel::bindings::$ops }, $value, $perm);
+    };
+    ($static:ident, $name:literal, ops = $ops:expr, $value:ident, $perm:expr) => {
         #[link_section = "__param"]
         #[used(compiler)]
         static $static: $crate::sys::Param = $crate::sys::Param(kernel::bindings::kernel_param {
@@ -500,8 +541,7 @@ macro_rules! module_param {
                 }
                 __this_module.get()
             },
-            // SAFETY: the kernel's parameter operations are immutable statics.
-            ops: unsafe { &kernel::bindings::$ops },
+            ops: $ops,
             perm: $perm,
             level: -1,
             flags: 0,
@@ -591,9 +631,16 @@ impl Memcg {
     /// Charges `2^order` pages starting at `page` (a block we own, not charged yet)
     /// to this memcg. `ENOMEM` when the memcg is at its limit.
     pub fn charge_page(&self, page: *mut bindings::page, order: u32) -> Result {
-        let gfp = bindings::GFP_KERNEL;
+        // RETRY_MAYFAIL: at the limit the charge fails (ENOMEM) after reclaim in the
+        // memcg, instead of waking its OOM killer.
+        let gfp = bindings::GFP_KERNEL | bindings::__GFP_RETRY_MAYFAIL;
         // CAST: order <= MAX_PAGE_ORDER.
-        self.charging(|| check_ret(unsafe { bindings::memcg_kmem_charge_page(page, gfp, order as i32) })).map(drop)
+        let order = order as i32;
+        self.charging(|| {
+            // SAFETY: an owned block whose memcg_data is clear (never charged, or uncharged).
+            check_ret(unsafe { bindings::memcg_kmem_charge_page(page, gfp, order) })
+        })
+        .map(drop)
     }
 }
 

@@ -3,8 +3,9 @@
 # (vm/rig.sh kernel [--debug], cached by version outside the clone), builds
 # dmaplace.ko and dmaplace_testdev.ko for each from nothing, runs the host-side
 # differential test of the module's merge against dmaplace-core, builds the
-# static guest tests, and boots under qemu (6 GiB, so that RAM extends above
-# 4 GiB) to run them as root:
+# static guest tests and the kernel's own dma-heap selftest (unmodified, from
+# the same tree), and boots under qemu (6 GiB, so that RAM extends above 4 GiB)
+# to run them as root:
 #
 #   debug/plain   the debug kernel (lockdep, KASAN, DEBUG_VM, DEBUG_PAGEALLOC,
 #                 DMA_API_DEBUG; CONFIG_DMABUF_MOVE_NOTIFY on), 2 CPUs
@@ -92,19 +93,39 @@ wants debug && step "build modules (debug)" build_modules debug
 # 3. The host-side differential test of kernel/plan.rs against dmaplace-core.
 step "host: kmod_plan test" cargo test -q -p dmaplace-linux --test kmod_plan
 
-# 4. The guest tests, static.
+# 4. The guest tests, static, and the kernel's heap selftest.
 build_guest_tests() {
-	local json
+	local json t
 	json=$(RUSTFLAGS='-C target-feature=+crt-static' CARGO_TARGET_DIR=$TARGET_DIR \
 		cargo test --no-run --release --target x86_64-unknown-linux-gnu --message-format=json \
-		-p dmaplace-linux --test kmod --test kmod_unload) || fail "building the guest tests"
-	BIN_KMOD=$(jq -r 'select(.profile.test == true and .target.name == "kmod") | .executable // empty' <<<"$json")
-	BIN_UNLOAD=$(jq -r 'select(.profile.test == true and .target.name == "kmod_unload") | .executable // empty' <<<"$json")
-	[[ -x $BIN_KMOD && -x $BIN_UNLOAD ]] || fail "no guest test binaries in cargo's output"
+		-p dmaplace-linux --test kmod --test kmod_unload --test kmod_heap) || fail "building the guest tests"
+	BINS=()
+	# In this order: kmod_unload leaves dmaplace loaded with its heap, for kmod_heap.
+	for t in kmod kmod_unload kmod_heap; do
+		BINS+=("$(jq -r --arg t "$t" 'select(.profile.test == true and .target.name == $t) | .executable // empty' <<<"$json")")
+		[[ -x ${BINS[-1]} ]] || fail "no guest test binary $t in cargo's output"
+	done
 }
 step "build guest tests" build_guest_tests
 
-# 5. Boot and run: the scenarios, then the unload test (last: it unloads the modules).
+# tools/testing/selftests/dmabuf-heaps/dmabuf-heap.c as its Makefile builds it
+# (-static -O3 -Wl,-no-as-needed -Wall, the tree's uapi headers), not edited.
+build_selftest() {
+	local flag=() kdir
+	wants custom || flag=(--debug)
+	kdir=$("$RIG" kernel-dir "${flag[@]}")
+	if ! command -v gcc >/dev/null || [[ ! -f /usr/lib/x86_64-linux-gnu/libc.a ]]; then
+		say "installing gcc and libc6-dev (static libc for the selftest)"
+		$([[ $(id -u) -eq 0 ]] || echo sudo) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev >&2
+	fi
+	mkdir -p "$REPO/target/selftest"
+	SELFTEST=$REPO/target/selftest/dmabuf-heap
+	gcc -static -O3 -Wl,-no-as-needed -Wall -isystem "$kdir/usr/include" -o "$SELFTEST" \
+		"$kdir/tools/testing/selftests/dmabuf-heaps/dmabuf-heap.c" || fail "building the kernel's dma-heap selftest"
+}
+step "build heap selftest" build_selftest
+
+# 5. Boot and run: the scenarios, the unload test, the heap tests.
 FAILED=()
 LOGS=()
 # passed_tests LOG: the tests libtest reported passed, over all binaries in the log
@@ -124,8 +145,17 @@ boot() { # boot custom|debug plain|iommu
 	[[ $kernel == debug ]] && k=custom-debug
 	# loglevel=4 keeps pr_info off the console (it stays in dmesg, which the rig
 	# checks): the test output is not interleaved with kernel messages.
-	if ! "$RIG" run --kernel "$k" "${extra[@]}" --mem "$MEM" --timeout "$TIMEOUT" --quiet --append "loglevel=4" \
-		--insmod "${kos[0]}" --insmod "${kos[1]}" --args "$args" "$BIN_KMOD" "$BIN_UNLOAD"; then
+	# vivid.allocators=1: vivid's buffers come from videobuf2-dma-contig, which
+	# imports only physically contiguous dma-bufs. heap=0: kmod_unload unloads the
+	# module first (with its heap it cannot be), then reloads it with the heap.
+	# --allow-dmesg: the kernel's heap selftest imports *system and CMA heap* buffers
+	# into vgem, and those heaps map them in 1 MiB entries although vgem's device
+	# says 64 KiB (dma-debug's DMA_API_DEBUG_SG check): a report about kernel code
+	# outside dmaplace, whose own tables split at each device's limit.
+	if ! "$RIG" run --kernel "$k" "${extra[@]}" --mem "$MEM" --timeout "$TIMEOUT" --quiet \
+		--allow-dmesg 'DMA-API: platform vgem: mapping sg segment longer than device claims to support \[len=[0-9]+\] \[max=65536\]' \
+		--append "loglevel=4 vivid.allocators=1" --file "$SELFTEST:/bin/dmabuf-heap" \
+		--insmod "${kos[0]} heap=0" --insmod "${kos[1]}" --args "$args" "${BINS[@]}"; then
 		FAILED+=("$kernel/$kind")
 		[[ $KEEP_GOING == 1 ]] || fail "guest tests on the $kernel kernel ($kind)"
 		return 0
@@ -148,6 +178,8 @@ done
 for l in "${LOGS[@]}"; do
 	printf '\n[kernel/test] placements (%s boot, %s):\n' "${l%%:*}" "${l#*:}" >&2
 	tr -d '\r' <"${l#*:}" | grep -aoE '(PLACEMENT|DMAPLACE-CHECK:) .*' | sed -E 's/^PLACEMENT /  /; s/^/  /' >&2 || true
+	printf '[kernel/test] the kernel heap selftest'"'"'s TAP (%s boot):\n' "${l%%:*}" >&2
+	tr -d '\r' <"${l#*:}" | grep -aoE 'TAP .*' | sed 's/^TAP /    /' >&2 || true
 done
 
 printf '\n[kernel/test] timings:\n' >&2

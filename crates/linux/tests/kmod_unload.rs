@@ -1,5 +1,7 @@
-//! The last guest test of `kernel/test.sh`: the modules unload cleanly and leave
-//! no memory and no dma-buf behind. It unloads both modules (every earlier test
+//! The guest test of `kernel/test.sh` that unloads the modules: they unload
+//! cleanly and leave no memory and no dma-buf behind. The boot loads dmaplace
+//! with `heap=0` (with its heap registered it cannot be unloaded); this test
+//! ends by loading it with the heap, for the heap tests that run after it. It unloads both modules (every earlier test
 //! has closed its fds), measures, loads them again, runs a workload that
 //! allocates, migrates, maps and imports about 100 MiB, closes everything,
 //! unloads again and measures again. On a kernel with `CONFIG_DMA_API_DEBUG`,
@@ -34,9 +36,16 @@ fn unload() {
     assert!(std::fs::metadata("/sys/kernel/debug/dmaplace").is_err(), "debugfs directory left behind");
 }
 
-fn load() {
+/// Loads both modules; `heap=0` keeps `/dev/dma_heap/dmaplace` out (with it the
+/// module can no longer be unloaded: 6.12 has no `dma_heap_remove`).
+fn load(heap: bool) {
     for m in MODULES.iter().rev() {
-        run("insmod", &[&format!("/lib/modules/extra/{m}.ko")]);
+        let ko = format!("/lib/modules/extra/{m}.ko");
+        if *m == "dmaplace" && !heap {
+            run("insmod", &[&ko, "heap=0"]);
+        } else {
+            run("insmod", &[&ko]);
+        }
     }
     assert!(kmod::modules_loaded());
 }
@@ -121,7 +130,7 @@ fn rmmod_leaves_no_memory_no_dma_buf_and_no_dma_mapping_behind() {
     unload();
     let (free0, bufs0) = measure();
     let debug0 = guest::dma_debug();
-    load();
+    load(false);
     let total = workload();
     // The module's own count first: every chunk it allocated is freed.
     let snap = kmod::Snapshot::read().expect("debugfs");
@@ -161,5 +170,12 @@ fn rmmod_leaves_no_memory_no_dma_buf_and_no_dma_mapping_behind() {
         (None, None) => println!("PLACEMENT unload: dma-debug: not in this kernel"),
         other => panic!("dma-debug appeared or vanished during the test: {other:?}"),
     }
-    load();
+    // Back with the heap, for the tests that run after this one (kmod_heap).
+    load(true);
+    let out = Command::new("rmmod").arg("dmaplace").output().expect("rmmod");
+    assert!(!out.status.success(), "rmmod of dmaplace with its heap registered succeeded");
+    println!(
+        "PLACEMENT unload: reloaded with /dev/dma_heap/dmaplace; rmmod now refused: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
 }

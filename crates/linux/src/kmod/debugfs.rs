@@ -299,3 +299,127 @@ pub fn parse(text: &str) -> Result<Snapshot, String> {
     }
     Ok(s)
 }
+
+/// The pool's debugfs file (`/sys/kernel/debug/dmaplace/pool`).
+pub const POOL_DEBUGFS: &str = "/sys/kernel/debug/dmaplace/pool";
+
+/// One free list of the pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolList {
+    /// Block order.
+    pub order: u32,
+    /// `dma32` or `high`.
+    pub class: String,
+    /// `wb` or `wc`.
+    pub mode: String,
+    /// Zeroed blocks held.
+    pub blocks: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Watermarks, in blocks.
+    pub low: u64,
+    /// See [`PoolList::low`].
+    pub high: u64,
+    /// Takes served and missed.
+    pub hits: u64,
+    /// See [`PoolList::hits`].
+    pub misses: u64,
+    /// When its oldest block became free (ktime ns; 0 when empty).
+    pub oldest: u64,
+}
+
+/// The pool's counters and lists.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct PoolInfo {
+    /// `pool_max_mib` in bytes.
+    pub max_bytes: u64,
+    /// Bytes held, free and dirty.
+    pub bytes: u64,
+    /// Dirty blocks waiting to be zeroed.
+    pub dirty: u64,
+    /// Bytes the worker zeroed, and the nanoseconds it took.
+    pub zeroed_bytes: u64,
+    /// See [`PoolInfo::zeroed_bytes`].
+    pub zeroing_ns: u64,
+    /// Bytes allocated to refill lists.
+    pub refilled_bytes: u64,
+    /// Bytes the shrinker gave back.
+    pub shrunk_bytes: u64,
+    /// Bytes freed because the pool was full.
+    pub trimmed_bytes: u64,
+    /// Chunks converted to write-combined and back.
+    pub to_wc: u64,
+    /// See [`PoolInfo::to_wc`].
+    pub to_wb: u64,
+    /// Worker runs.
+    pub runs: u64,
+    /// The free lists.
+    pub lists: Vec<PoolList>,
+}
+
+impl PoolInfo {
+    /// Reads and parses the pool's debugfs file.
+    pub fn read() -> Result<PoolInfo, String> {
+        let text = std::fs::read_to_string(POOL_DEBUGFS).map_err(|e| format!("cannot read {POOL_DEBUGFS}: {e}"))?;
+        Self::parse(&text)
+    }
+
+    /// Parses the text of the pool's debugfs file.
+    pub fn parse(text: &str) -> Result<PoolInfo, String> {
+        let mut p = PoolInfo::default();
+        for (lineno, line) in text.lines().enumerate() {
+            let ctx = |e: String| format!("{POOL_DEBUGFS} line {}: {e}: {line}", lineno + 1);
+            let mut words = line.split_whitespace();
+            let Some(kind) = words.next() else { continue };
+            let kv = Kv(words.filter_map(|w| w.split_once('=')).collect());
+            let r: Result<(), String> = (|| {
+                match kind {
+                    "pool" => {
+                        p.max_bytes = kv.n("max_bytes")?;
+                        p.bytes = kv.n("bytes")?;
+                        p.dirty = kv.n("dirty")?;
+                        p.zeroed_bytes = kv.n("zeroed_bytes")?;
+                        p.zeroing_ns = kv.n("zeroing_ns")?;
+                        p.refilled_bytes = kv.n("refilled_bytes")?;
+                        p.shrunk_bytes = kv.n("shrunk_bytes")?;
+                        p.trimmed_bytes = kv.n("trimmed_bytes")?;
+                        p.to_wc = kv.n("to_wc")?;
+                        p.to_wb = kv.n("to_wb")?;
+                        p.runs = kv.n("runs")?;
+                    }
+                    "list" => p.lists.push(PoolList {
+                        order: kv.n32("order")?,
+                        class: kv.get("class")?.to_owned(),
+                        mode: kv.get("mode")?.to_owned(),
+                        blocks: kv.n("blocks")?,
+                        bytes: kv.n("bytes")?,
+                        low: kv.n("low")?,
+                        high: kv.n("high")?,
+                        hits: kv.n("hits")?,
+                        misses: kv.n("misses")?,
+                        oldest: kv.n("oldest")?,
+                    }),
+                    _ => return Err(format!("unknown record {kind:?}")),
+                }
+                Ok(())
+            })();
+            r.map_err(ctx)?;
+        }
+        Ok(p)
+    }
+
+    /// Free bytes over all lists.
+    pub fn free_bytes(&self) -> u64 {
+        self.lists.iter().map(|l| l.bytes).sum()
+    }
+
+    /// Hits over all lists.
+    pub fn hits(&self) -> u64 {
+        self.lists.iter().map(|l| l.hits).sum()
+    }
+
+    /// Zeroing throughput of the worker, in MiB/s.
+    pub fn zeroing_mib_per_s(&self) -> f64 {
+        if self.zeroing_ns == 0 { 0.0 } else { self.zeroed_bytes as f64 / 1048576.0 / (self.zeroing_ns as f64 / 1e9) }
+    }
+}

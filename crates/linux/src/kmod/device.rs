@@ -90,7 +90,12 @@ impl Dmaplace {
     /// CREATE: a `size`-byte dma-buf with no pages behind it yet.
     #[doc(alias = "DMAPLACE_IOCTL_CREATE")]
     pub fn create(&self, size: u64, name: &str) -> Result<Created, Errno> {
-        let mut b = create_request(size, FD_FLAGS_RDWR_CLOEXEC, 0, name)?;
+        self.create_with_flags(size, name, 0)
+    }
+
+    /// CREATE with `flags` (`abi::CREATE_WRITECOMBINE`).
+    pub fn create_with_flags(&self, size: u64, name: &str, flags: u64) -> Result<Created, Errno> {
+        let mut b = create_request(size, FD_FLAGS_RDWR_CLOEXEC, flags, name)?;
         ioctl_bytes(self.fd.as_fd(), abi::IOCTL_CREATE, &mut b)?;
         let fd = get_u32(&b, abi::create::FD);
         let id = get_u64(&b, abi::create::ID);
@@ -108,7 +113,20 @@ impl Dmaplace {
     /// contiguous) and its buffers aligned to `alignment` (0: 4 KiB).
     #[doc(alias = "DMAPLACE_IOCTL_DECLARE")]
     pub fn declare(&self, device: &str, max_segments: u32, alignment: u64) -> Result<(), Errno> {
+        self.declare_with_segment_size(device, max_segments, alignment, 0)
+    }
+
+    /// DECLARE with a `max_segment_size` too (0: the device's own), for a driver
+    /// that never called `dma_set_max_seg_size` (vivid with videobuf2-dma-contig).
+    pub fn declare_with_segment_size(
+        &self,
+        device: &str,
+        max_segments: u32,
+        alignment: u64,
+        max_segment_size: u64,
+    ) -> Result<(), Errno> {
         let mut b = declare_request(device, max_segments, 0, alignment)?;
+        put_u64(&mut b, abi::declare::MAX_SEGMENT_SIZE, max_segment_size);
         ioctl_bytes(self.fd.as_fd(), abi::IOCTL_DECLARE, &mut b).map(drop)
     }
 

@@ -103,3 +103,39 @@ pub fn without_cap_sys_admin<R: Send + 'static>(f: impl FnOnce() -> R + Send + '
     .join()
     .map_err(|_| "the thread without CAP_SYS_ADMIN panicked".to_owned())?
 }
+
+/// Asks dmaplace's pool shrinker to give back `pages` 4 KiB pages, as reclaim
+/// would (`/sys/kernel/debug/shrinker/dmaplace-pool-*/scan`, CONFIG_SHRINKER_DEBUG).
+pub fn shrink_dmaplace_pool(pages: u64) -> Result<(), String> {
+    let dir = std::fs::read_dir("/sys/kernel/debug/shrinker").map_err(|e| format!("shrinker debugfs: {e}"))?;
+    let d = dir
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("dmaplace-pool"))
+        .ok_or("no dmaplace-pool shrinker in /sys/kernel/debug/shrinker")?;
+    // "<memcg inode> <node> <objects>": the pool's shrinker is not memcg-aware.
+    std::fs::write(d.path().join("scan"), format!("0 0 {pages}")).map_err(|e| format!("shrinker scan: {e}"))
+}
+
+/// A child memory cgroup `name` of the cgroup2 root (mounted at
+/// `/sys/fs/cgroup` if it is not yet), with the memory controller on and
+/// `memory.max` = `max` bytes. Returns its directory.
+pub fn memory_cgroup(name: &str, max: u64) -> Result<String, String> {
+    let root = "/sys/fs/cgroup";
+    if std::fs::metadata(format!("{root}/cgroup.controllers")).is_err() {
+        let st = std::process::Command::new("mount")
+            .args(["-t", "cgroup2", "none", root])
+            .status()
+            .map_err(|e| format!("mount cgroup2: {e}"))?;
+        if !st.success() {
+            return Err(format!("mount -t cgroup2 none {root} failed"));
+        }
+    }
+    std::fs::write(format!("{root}/cgroup.subtree_control"), "+memory")
+        .map_err(|e| format!("enabling the memory controller: {e}"))?;
+    let dir = format!("{root}/{name}");
+    if std::fs::metadata(&dir).is_err() {
+        std::fs::create_dir(&dir).map_err(|e| format!("mkdir {dir}: {e}"))?;
+    }
+    std::fs::write(format!("{dir}/memory.max"), max.to_string()).map_err(|e| format!("{dir}/memory.max: {e}"))?;
+    Ok(dir)
+}

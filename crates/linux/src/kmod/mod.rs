@@ -35,7 +35,7 @@ pub mod guest;
 mod testdev;
 
 pub use core_check::{CoreVerdict, PlanMismatch, guest_platform, platform_from_regions};
-pub use debugfs::{AttachInfo, BufferInfo, PlanInfo, SegmentInfo, Snapshot, parse};
+pub use debugfs::{AttachInfo, BufferInfo, POOL_DEBUGFS, PlanInfo, PoolInfo, PoolList, SegmentInfo, Snapshot, parse};
 pub use device::{Created, Dmaplace, FD_FLAGS_RDWR_CLOEXEC, create_request, declare_request};
 pub use fence::{SW_SYNC, SwSync, import_sync_file};
 pub use testdev::{AttachStatus, FakeDevice, Importer, SgDma, TestDev};
