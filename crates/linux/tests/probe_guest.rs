@@ -79,7 +79,10 @@ fn the_host_bridge_is_the_machines() {
     if !iommu {
         assert!(p.iommus.is_empty() && p.devices.iter().all(|d| d.iommu_group.is_none()), "{machine} without an IOMMU");
     }
-    println!("machine {machine}: host bridge {want}; IOMMU units {:?}", p.iommus.iter().map(|u| &u.name).collect::<Vec<_>>());
+    println!(
+        "machine {machine}: host bridge {want}; IOMMU units {:?}",
+        p.iommus.iter().map(|u| &u.name).collect::<Vec<_>>()
+    );
 }
 
 #[test]
