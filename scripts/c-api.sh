@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # libdmaplace's C side, end to end on this machine:
-#   1. regenerates include/dmaplace.h with cbindgen and fails if the committed one differs
-#      (--update writes it instead);
-#   2. builds libdmaplace (cdylib + staticlib) and writes target/pkgconfig/dmaplace.pc;
+#   1. regenerates crates/capi/include/dmaplace.h with cbindgen and fails if the committed
+#      one differs (--update writes it instead);
+#   2. builds libdmaplace (crates/capi: cdylib + staticlib) and writes
+#      target/pkgconfig/dmaplace.pc;
 #   3. compiles examples/c/scanout.c with the system cc and
 #      `pkg-config --cflags --libs dmaplace` (dynamic) and `--static` (for the qemu guest);
 #   4. runs it against a dmaplaced on the simulated refsoc: a scanout buffer through the
@@ -26,10 +27,10 @@ if ! cbindgen_ok; then
 	export PATH="$HOME/.cargo/bin:$PATH"
 fi
 
-HEADER=crates/client/include/dmaplace.h
+HEADER=crates/capi/include/dmaplace.h
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-(cd crates/client && cbindgen --quiet --config cbindgen.toml --crate dmaplace --output "$tmp/dmaplace.h" .)
+(cd crates/capi && cbindgen --quiet --config cbindgen.toml --crate dmaplace-capi --output "$tmp/dmaplace.h" .)
 if [[ $UPDATE == 1 ]]; then
 	cp "$tmp/dmaplace.h" "$HEADER"
 	say "wrote $HEADER"
@@ -38,13 +39,13 @@ elif ! diff -u "$HEADER" "$tmp/dmaplace.h"; then
 	exit 1
 fi
 
-cargo build --release -q -p dmaplace -p dmaplace-service
+cargo build --release -q -p dmaplace-capi -p dmaplace-service
 LIBDIR="$REPO/target/release"
 PCDIR="$REPO/target/pkgconfig"
 mkdir -p "$PCDIR"
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
-sed -e "s|@PREFIX@|$REPO|" -e "s|@LIBDIR@|$LIBDIR|" -e "s|@INCLUDEDIR@|$REPO/crates/client/include|" \
-	-e "s|@VERSION@|$version|" crates/client/dmaplace.pc.in >"$PCDIR/dmaplace.pc"
+sed -e "s|@PREFIX@|$REPO|" -e "s|@LIBDIR@|$LIBDIR|" -e "s|@INCLUDEDIR@|$REPO/crates/capi/include|" \
+	-e "s|@VERSION@|$version|" crates/capi/dmaplace.pc.in >"$PCDIR/dmaplace.pc"
 export PKG_CONFIG_PATH="$PCDIR${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
 OUT="$REPO/target/c-example"
 mkdir -p "$OUT"

@@ -41,12 +41,12 @@ Commands:
                 Rust modules: eval "\$(vm/rig.sh kernel-env)".
   initramfs     --kernel debian|custom|custom-debug [--out FILE] [run's file options] BIN...
                 Build a gzip cpio (busybox, /init, modules, BINs) and print its path.
-  run           --kernel debian|custom|custom-debug [--iommu] [--mem $DEFAULT_MEM] [--smp 1]
+  run           --kernel debian|custom|custom-debug [--iommu | --machine pc|q35] [--mem $DEFAULT_MEM] [--smp 1]
                 [--append "..."] [--timeout $DEFAULT_TIMEOUT] [--args "..."] [--file SRC[:DEST]]...
                 [--insmod 'KO [param=value...]']... [--allow-dmesg REGEX] [--quiet] BIN [BIN...]
                 Boot the kernel with BINs (static executables) in an initramfs; the guest
                 runs each as root with DMAPLACE_IN_GUEST=1 DMAPLACE_KERNEL=<kernel>
-                DMAPLACE_IOMMU=0|1. Exit 0 only if the guest prints DMAPLACE-RESULT: PASS.
+                DMAPLACE_IOMMU=0|1 DMAPLACE_MACHINE=pc|q35. Exit 0 only if the guest prints DMAPLACE-RESULT: PASS.
   smoke         Build vm/probe (static) and run it on debian, custom and custom --iommu.
   all           fetch, kernel, smoke; prints timings per step.
 
@@ -596,7 +596,7 @@ cmd_kernel_env() {
 
 # ---------------------------------------------------------------- initramfs
 # Options shared by `initramfs` and `run` (set by parse_opts).
-K="" IOMMU=0 MEM=$DEFAULT_MEM SMP=1 APPEND="" TIMEOUT=$DEFAULT_TIMEOUT ARGS="" QUIET=0 OUT="" ALLOW_DMESG=""
+K="" IOMMU=0 MACHINE=pc MEM=$DEFAULT_MEM SMP=1 APPEND="" TIMEOUT=$DEFAULT_TIMEOUT ARGS="" QUIET=0 OUT="" ALLOW_DMESG=""
 FILES=() KOS=() BINS=()
 
 parse_opts() {
@@ -604,6 +604,7 @@ parse_opts() {
 		case $1 in
 		--kernel) K=${2:?--kernel needs debian|custom}; shift 2 ;;
 		--iommu) IOMMU=1; shift ;;
+		--machine) MACHINE=${2:?--machine needs pc|q35}; shift 2 ;;
 		--mem) MEM=${2:?}; shift 2 ;;
 		--smp) SMP=${2:?}; shift 2 ;;
 		--append) APPEND=${2?}; shift 2 ;;
@@ -626,6 +627,8 @@ parse_opts() {
 	*) die "--kernel debian|custom|custom-debug is required (got '$K')" ;;
 	esac
 	[[ $TIMEOUT =~ ^[0-9]+$ ]] || die "--timeout wants seconds, got '$TIMEOUT'"
+	[[ $MACHINE == pc || $MACHINE == q35 ]] || die "--machine pc|q35, got '$MACHINE'"
+	[[ $IOMMU == 0 ]] || MACHINE=q35
 }
 
 iommu_tag() { if [[ $IOMMU == 1 ]]; then printf '%s' "$1"; fi; }
@@ -654,7 +657,7 @@ mount -t debugfs debugfs /sys/kernel/debug
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /dev/shm
 . /etc/dmaplace.env
-export DMAPLACE_IN_GUEST DMAPLACE_KERNEL DMAPLACE_IOMMU RUST_BACKTRACE
+export DMAPLACE_IN_GUEST DMAPLACE_KERNEL DMAPLACE_IOMMU DMAPLACE_MACHINE RUST_BACKTRACE
 fail=""
 # dma-debug prints only its first error by default: print every one.
 [ -w /sys/kernel/debug/dma-api/num_errors ] && echo 10000 >/sys/kernel/debug/dma-api/num_errors
@@ -668,7 +671,7 @@ while read -r ko params; do
 	# shellcheck disable=SC2086 # parameters are separate words
 	insmod "/lib/modules/extra/$ko" $params || fail="$fail insmod:$ko"
 done </lib/modules/extra/order
-echo "DMAPLACE-GUEST: kernel=$DMAPLACE_KERNEL iommu=$DMAPLACE_IOMMU release=$(uname -r) cmdline=$(cat /proc/cmdline)"
+echo "DMAPLACE-GUEST: kernel=$DMAPLACE_KERNEL machine=$DMAPLACE_MACHINE iommu=$DMAPLACE_IOMMU release=$(uname -r) cmdline=$(cat /proc/cmdline)"
 for t in /tests/*/*; do
 	[ -e "$t" ] || continue
 	name=${t#/tests/}
@@ -779,6 +782,7 @@ build_initramfs() {
 		echo "DMAPLACE_IN_GUEST=1"
 		echo "DMAPLACE_KERNEL=$K"
 		echo "DMAPLACE_IOMMU=$IOMMU"
+		echo "DMAPLACE_MACHINE=$MACHINE"
 		echo "RUST_BACKTRACE=1"
 		printf 'DMAPLACE_ARGS=%q\n' "$ARGS"
 		printf 'DMAPLACE_ALLOW_DMESG=%q\n' "$ALLOW_DMESG"
@@ -824,7 +828,7 @@ cmd_run() {
 			-device cirrus-vga -device virtio-gpu-pci)
 		cmdline+=" intel_iommu=on iommu.strict=1"
 	else
-		qargs+=(-device cirrus-vga)
+		qargs+=(-machine "$MACHINE" -device cirrus-vga)
 	fi
 	[[ $K == custom* ]] && cmdline+=" cma=$CUSTOM_CMA"
 	[[ -n $APPEND ]] && cmdline+=" $APPEND"

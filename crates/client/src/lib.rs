@@ -16,12 +16,13 @@
 //! # Ok::<(), dmaplace::Error>(())
 //! ```
 //!
-//! The C API over it is [`capi`] (`include/dmaplace.h`); `agent` drives a client from
-//! text commands (`dmaplace client shell` and the multi-process tests).
+//! The C API over it is its own crate, `crates/capi` (`libdmaplace.so`, `libdmaplace.a`,
+//! `dmaplace.h`), so that this one has no `unsafe`; [`agent`] drives a client from text
+//! commands (`dmaplace client shell` and the multi-process tests).
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod agent;
-pub mod capi;
 
 use std::collections::VecDeque;
 use std::io::{IoSlice, IoSliceMut};
@@ -222,6 +223,8 @@ pub struct Client {
     timeout: Duration,
     /// The receive buffer, reused.
     buf: Vec<u8>,
+    /// The send buffer, reused.
+    out: Vec<u8>,
 }
 
 fn io(op: &str) -> impl FnOnce(Errno) -> Error + '_ {
@@ -255,7 +258,9 @@ impl Client {
             },
             timeout: Duration::from_secs(30),
             buf: vec![0u8; MAX_MESSAGE],
+            out: Vec::with_capacity(256),
         };
+        c.set_timeout(c.timeout);
         let (reply, _) =
             c.call(Request::Hello { min_version: VERSION, max_version: VERSION, name: name.to_owned() })?;
         match reply {
@@ -272,7 +277,10 @@ impl Client {
 
     /// How long a request waits for its reply (default 30 s).
     pub fn set_timeout(&mut self, timeout: Duration) {
-        self.timeout = timeout;
+        // A blocking receive with SO_RCVTIMEO: no poll(2) before each reply.
+        self.timeout = timeout.max(Duration::from_micros(1));
+        let _ =
+            rustix::net::sockopt::set_socket_timeout(&self.fd, rustix::net::sockopt::Timeout::Recv, Some(self.timeout));
     }
 
     /// Sends raw bytes as one datagram (tests of the daemon's validation).
@@ -282,20 +290,26 @@ impl Client {
 
     /// Receives one message (tests of the daemon's validation).
     pub fn recv_raw(&mut self, timeout: Duration) -> Result<(Message, Vec<OwnedFd>)> {
-        self.recv(timeout)
+        self.recv(Some(timeout))
     }
 
     fn call(&mut self, request: Request) -> Result<(Reply, Vec<OwnedFd>)> {
         self.seq = self.seq.wrapping_add(1).max(1);
         let seq = self.seq;
-        let bytes = Message { seq, body: Body::Request(request) }.encode()?;
-        send(self.fd.as_fd(), &bytes)?;
-        let deadline = Instant::now() + self.timeout;
+        Message { seq, body: Body::Request(request) }.encode_into(&mut self.out)?;
+        send(self.fd.as_fd(), &self.out)?;
+        let t0 = Instant::now();
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let (m, fds) = self.recv(left)?;
+            // Blocks at most `timeout` per message (SO_RCVTIMEO); events arriving in the
+            // meantime do not extend the wait past it.
+            let (m, fds) = self.recv(None)?;
             match m.body {
-                Body::Event(e) => self.events.push_back(e),
+                Body::Event(e) => {
+                    self.events.push_back(e);
+                    if t0.elapsed() > self.timeout {
+                        return Err(Error::Timeout(self.timeout));
+                    }
+                }
                 Body::Reply(r) if m.seq == seq => return Ok((r, fds)),
                 Body::Error(e) if m.seq == seq || m.seq == 0 => return Err(Error::Daemon(e)),
                 other => {
@@ -308,16 +322,26 @@ impl Client {
         }
     }
 
-    fn recv(&mut self, timeout: Duration) -> Result<(Message, Vec<OwnedFd>)> {
-        if !wait_readable(self.fd.as_fd(), timeout)? {
-            return Err(Error::Timeout(timeout));
+    /// Receives one message: blocking up to the socket's receive timeout, or, given
+    /// `wait`, polling for that long first.
+    fn recv(&mut self, wait: Option<Duration>) -> Result<(Message, Vec<OwnedFd>)> {
+        let mut flags = RecvFlags::CMSG_CLOEXEC | RecvFlags::TRUNC;
+        if let Some(timeout) = wait {
+            if !wait_readable(self.fd.as_fd(), timeout)? {
+                return Err(Error::Timeout(timeout));
+            }
+            flags |= RecvFlags::DONTWAIT;
         }
         let buf = &mut self.buf;
         let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(4))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
-        let flags = RecvFlags::CMSG_CLOEXEC | RecvFlags::TRUNC;
-        let got =
-            rustix::net::recvmsg(&self.fd, &mut [IoSliceMut::new(buf)], &mut control, flags).map_err(io("recvmsg"))?;
+        let got = loop {
+            match rustix::net::recvmsg(&self.fd, &mut [IoSliceMut::new(buf)], &mut control, flags) {
+                Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN) => return Err(Error::Timeout(wait.unwrap_or(self.timeout))),
+                other => break other.map_err(io("recvmsg"))?,
+            }
+        };
         let mut fds = Vec::new();
         for m in control.drain() {
             if let RecvAncillaryMessage::ScmRights(r) = m {
@@ -428,7 +452,7 @@ impl Client {
         if let Some(e) = self.events.pop_front() {
             return Ok(Some(e));
         }
-        match self.recv(timeout) {
+        match self.recv(Some(timeout)) {
             Ok((Message { body: Body::Event(e), .. }, _)) => Ok(Some(e)),
             Ok((m, _)) => Err(Error::Protocol(format!("unexpected message while waiting for events: {m:?}"))),
             Err(Error::Timeout(_)) => Ok(None),

@@ -1,6 +1,8 @@
 //! `dmaplace probe` in the qemu guest (`vm/test-daemon.sh`), checked against what qemu
 //! is known to provide: 1 GiB of RAM (`--mem 1G`) below 4 GiB; cirrus-vga
-//! (`1013:00b8`) always; with `--iommu`, q35 with `intel-iommu` (VT-d unit `dmar0`,
+//! (`1013:00b8`) always; the machine's host bridge: i440FX (`8086:1237`) on `pc`, the
+//! Q35 MCH (`8086:29c0`) on `q35` (`--machine q35`, or `--iommu`); no IOMMU on either
+//! without `--iommu`; with `--iommu`, q35 with `intel-iommu` (VT-d unit `dmar0`,
 //! 2 MiB and 1 GiB second-level pages, 39-bit address width: qemu's `aw-bits` default)
 //! and virtio-gpu-pci (`1af4:1050`) translated by it; the custom kernel's 64 MiB CMA
 //! area (`cma=64M`). The probed platform must load and solve. Skips on the host.
@@ -61,6 +63,26 @@ fn cirrus_and_virtio_gpu_are_pci_functions() {
         assert!(virtio.is_none(), "the rig adds virtio-gpu only with --iommu");
         assert!(cirrus.iommu_group.is_none());
     }
+}
+
+#[test]
+fn the_host_bridge_is_the_machines() {
+    let Some((p, iommu, _)) = guest() else { return };
+    // vm/rig.sh says which machine it booted (older rigs: pc unless --iommu).
+    let machine = std::env::var("DMAPLACE_MACHINE").unwrap_or_else(|_| if iommu { "q35" } else { "pc" }.into());
+    let ids: Vec<&str> = p.devices.iter().map(|d| d.ids.as_str()).collect();
+    let (want, other) = match machine.as_str() {
+        "q35" => ("8086:29c0", "8086:1237"),
+        _ => ("8086:1237", "8086:29c0"),
+    };
+    assert!(ids.contains(&want) && !ids.contains(&other), "machine {machine}: PCI functions {ids:?}");
+    if !iommu {
+        assert!(p.iommus.is_empty() && p.devices.iter().all(|d| d.iommu_group.is_none()), "{machine} without an IOMMU");
+    }
+    println!(
+        "machine {machine}: host bridge {want}; IOMMU units {:?}",
+        p.iommus.iter().map(|u| &u.name).collect::<Vec<_>>()
+    );
 }
 
 #[test]

@@ -181,15 +181,33 @@ impl<'a> Reader<'a> {
 impl Message {
     /// The datagram's bytes.
     pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
-        let mut w = Writer(Vec::with_capacity(64));
+        let mut out = Vec::with_capacity(64);
+        self.encode_into(&mut out)?;
+        Ok(out)
+    }
+
+    /// The datagram's bytes, written over `out` (a buffer reused from message to
+    /// message, so that sending allocates nothing). On error `out` holds no message.
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        out.clear();
+        let mut w = Writer(std::mem::take(out));
+        let r = self.write(&mut w);
+        *out = w.0;
+        if r.is_err() {
+            out.clear();
+        }
+        r
+    }
+
+    fn write(&self, w: &mut Writer) -> Result<(), EncodeError> {
         w.0.extend_from_slice(&MAGIC);
         w.u16(VERSION);
         w.u16(self.kind());
         w.u32(self.seq);
         w.u32(0); // body length, patched below
         match &self.body {
-            Body::Request(r) => encode_request(&mut w, r)?,
-            Body::Reply(r) => encode_reply(&mut w, r)?,
+            Body::Request(r) => encode_request(w, r)?,
+            Body::Reply(r) => encode_reply(w, r)?,
             Body::Error(e) => {
                 w.u16(e.code as u16);
                 w.str("message", truncate(&e.message, MAX_TEXT), MAX_TEXT)?;
@@ -208,7 +226,7 @@ impl Message {
         // CAST: len <= MAX_MESSAGE fits u32.
         let body = u32::try_from(len - HEADER_LEN).map_err(|_| EncodeError::TooLarge(len))?;
         w.0[12..16].copy_from_slice(&body.to_le_bytes());
-        Ok(w.0)
+        Ok(())
     }
 
     /// The header's kind for this message.
@@ -510,6 +528,27 @@ fn decode_buffer_status(r: &mut Reader<'_>) -> Result<BufferStatus, DecodeError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encode_into_reuses_the_buffer_and_equals_encode() {
+        let big = Message { seq: 1, body: Body::Error(ErrorReply::new(ErrorCode::Busy, "x".repeat(300))) };
+        let small = Message { seq: 2, body: Body::Request(Request::Map { attachment: 9 }) };
+        let mut buf = Vec::new();
+        big.encode_into(&mut buf).unwrap();
+        assert_eq!(buf, big.encode().unwrap());
+        small.encode_into(&mut buf).unwrap();
+        assert_eq!(buf, small.encode().unwrap());
+        assert_eq!(buf.len(), HEADER_LEN + 4);
+        let too_long = Message { seq: 3, body: Body::Request(Request::Status) };
+        let bad = Message {
+            seq: 3,
+            body: Body::Request(Request::Create { desc: Desc::Size(1), name: "n".repeat(MAX_NAME + 1) }),
+        };
+        assert!(bad.encode_into(&mut buf).is_err());
+        assert!(buf.is_empty(), "a failed encode leaves no half message");
+        too_long.encode_into(&mut buf).unwrap();
+        assert_eq!(Message::decode(&buf).unwrap(), too_long);
+    }
 
     fn roundtrip(body: Body) {
         let m = Message { seq: 42, body };

@@ -249,6 +249,13 @@ pub struct Layout {
     pub planes: Vec<Plane>,
 }
 
+impl Layout {
+    /// The layout of a buffer created by size: `size` bytes, no image.
+    pub fn sized(size: u64) -> Layout {
+        Layout { size, fourcc: 0, modifier: 0, width: 0, height: 0, planes: Vec::new() }
+    }
+}
+
 /// Per-client limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Quota {

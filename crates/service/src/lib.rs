@@ -14,10 +14,15 @@
 //! - [`server`]: the socket loop (non-blocking, bounded queues, timeouts, policy).
 #![warn(missing_docs)]
 
+pub mod engine;
+pub mod kmod;
 pub mod placer;
+pub mod record;
 pub mod server;
 pub mod service;
 
+pub use engine::{CoreEngine, Engine, Mapped, Notice};
 pub use placer::{Accounting, HeapPlacer, PlaceError, Placer, SimPlacer};
+pub use record::TraceRecorder;
 pub use server::{Server, ServerConfig, ServerError, default_socket};
 pub use service::{ClientId, Limits, Outcome, Peer, Recorder, Service, ServiceConfig};

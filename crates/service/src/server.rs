@@ -1,9 +1,13 @@
-//! The socket side: one thread, non-blocking sockets and `poll`, so a slow or hostile
-//! client can hold up nobody. Each poll round reads at most [`ServerConfig::batch`]
-//! messages per client; replies and events wait in a bounded per-client queue; a client
-//! that does not drain it within [`ServerConfig::send_timeout`], never says hello within
-//! [`ServerConfig::handshake_timeout`], or keeps sending garbage is disconnected, and
-//! everything it held is released.
+//! The socket side: one thread, non-blocking sockets and `epoll` (level-triggered), so a
+//! slow or hostile client can hold up nobody. Each readiness of a client reads at most
+//! [`ServerConfig::batch`] messages from it; a reply is sent at once from a reused buffer
+//! and queued (bounded, per client) only when the client's socket is full; a client that
+//! does not drain its queue within [`ServerConfig::send_timeout`], never says hello
+//! within [`ServerConfig::handshake_timeout`], or keeps sending garbage is disconnected,
+//! and everything it held is released.
+//!
+//! What one request costs the daemon in system calls: `epoll_wait` (shared by every
+//! client ready at that moment), `recvmsg`, `sendmsg`; plus what the engine does.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{IoSlice, IoSliceMut};
@@ -13,14 +17,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use dmaplace_proto::{Body, ErrorCode, ErrorReply, HEADER_LEN, MAX_MESSAGE, Message};
-use rustix::event::{PollFd, PollFlags};
+use rustix::event::epoll;
 use rustix::io::Errno;
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
 };
 
-use crate::placer::Placer;
+use crate::engine::Engine;
 use crate::service::{ClientId, Peer, Service};
 
 /// Who may connect, and the socket's robustness settings.
@@ -44,7 +48,8 @@ pub struct ServerConfig {
     pub max_malformed: u32,
     /// Connections at once.
     pub max_clients: usize,
-    /// Messages read from one client per poll round.
+    /// Messages read from one client per readiness (1: a client that waits for each reply,
+    /// the usual one, costs no `recvmsg` that finds nothing).
     pub batch: usize,
 }
 
@@ -61,7 +66,7 @@ impl ServerConfig {
             max_queue: 256,
             max_malformed: 3,
             max_clients: 4096,
-            batch: 16,
+            batch: 1,
         }
     }
 }
@@ -100,6 +105,8 @@ struct Out {
 
 struct Conn {
     fd: OwnedFd,
+    /// What epoll watches for now.
+    watching: epoll::EventFlags,
     peer: Peer,
     accepted: Instant,
     queue: VecDeque<Out>,
@@ -112,8 +119,8 @@ struct Conn {
 }
 
 /// The daemon's socket loop around a [`Service`].
-pub struct Server<P: Placer> {
-    service: Service<P>,
+pub struct Server<E: Engine> {
+    service: Service<E>,
     config: ServerConfig,
     listener: OwnedFd,
     conns: BTreeMap<ClientId, Conn>,
@@ -121,9 +128,21 @@ pub struct Server<P: Placer> {
     own_uid: u32,
     /// One receive buffer, reused (a message is handled before the next is read).
     buf: Vec<u8>,
+    /// One send buffer, reused: a reply is encoded here and sent from here.
+    out: Vec<u8>,
+    epoll: OwnedFd,
+    events: Vec<epoll::Event>,
+    /// Connections marked dead since the last reap.
+    dying: bool,
+    last_tick: Instant,
+    last_expire: Instant,
 }
 
-impl<P: Placer> std::fmt::Debug for Server<P> {
+/// epoll data of the listener and of the stop fd; clients use their id (from 1).
+const LISTENER: u64 = 0;
+const STOP: u64 = u64::MAX;
+
+impl<E: Engine> std::fmt::Debug for Server<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server").field("socket", &self.config.socket).field("conns", &self.conns.len()).finish()
     }
@@ -160,9 +179,9 @@ fn seq_of(bytes: &[u8]) -> u32 {
     if bytes.len() >= HEADER_LEN { u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) } else { 0 }
 }
 
-impl<P: Placer> Server<P> {
+impl<E: Engine> Server<E> {
     /// Binds the socket (mode 0660) and serves `service` on it.
-    pub fn bind(service: Service<P>, config: ServerConfig) -> Result<Server<P>, ServerError> {
+    pub fn bind(service: Service<E>, config: ServerConfig) -> Result<Server<E>, ServerError> {
         let path = config.socket.clone();
         clear_stale(&path)?;
         // Created 0660 (no window with wider permissions): umask 0117 around bind.
@@ -183,8 +202,11 @@ impl<P: Placer> Server<P> {
             rustix::fs::chown(&path, None, Some(rustix::fs::Gid::from_raw(g))).map_err(sock_err("chown", &path))?;
         }
         rustix::net::listen(&listener, 128).map_err(sock_err("listen", &path))?;
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(sock_err("epoll_create", &path))?;
+        epoll::add(&epoll, &listener, epoll::EventData::new_u64(LISTENER), epoll::EventFlags::IN)
+            .map_err(sock_err("epoll_ctl", &path))?;
         let own_uid = rustix::process::geteuid().as_raw();
-        tracing::info!(socket = %path.display(), backend = service.exporter().backend().kind(), platform = %service.exporter().platform().name, "listening");
+        tracing::info!(socket = %path.display(), backend = service.engine().kind(), platform = %service.engine().platform(), "listening");
         Ok(Server {
             service,
             config,
@@ -193,16 +215,22 @@ impl<P: Placer> Server<P> {
             next_id: 1,
             own_uid,
             buf: vec![0u8; MAX_MESSAGE],
+            out: Vec::with_capacity(256),
+            epoll,
+            events: Vec::with_capacity(256),
+            dying: false,
+            last_tick: Instant::now(),
+            last_expire: Instant::now(),
         })
     }
 
     /// The state machine.
-    pub fn service(&self) -> &Service<P> {
+    pub fn service(&self) -> &Service<E> {
         &self.service
     }
 
     /// The state machine, mutably (to install a recorder).
-    pub fn service_mut(&mut self) -> &mut Service<P> {
+    pub fn service_mut(&mut self) -> &mut Service<E> {
         &mut self.service
     }
 
@@ -216,67 +244,89 @@ impl<P: Placer> Server<P> {
     /// Serves until `stop` becomes readable (a byte on a pipe: SIGTERM, or a test), then
     /// releases every client's buffers and removes the socket.
     pub fn run(&mut self, stop: BorrowedFd<'_>) -> Result<(), ServerError> {
-        loop {
-            let (stopped, ready) = self.wait(stop)?;
-            if stopped {
-                break;
-            }
-            for (id, flags) in ready {
-                if id == 0 {
-                    self.accept_all();
-                    continue;
-                }
-                if flags.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) {
-                    self.read_some(id);
-                }
-                if flags.contains(PollFlags::OUT) {
-                    self.flush(id);
-                }
-            }
-            self.expire();
-            self.reap();
-        }
+        let path = self.config.socket.clone();
+        epoll::add(&self.epoll, stop, epoll::EventData::new_u64(STOP), epoll::EventFlags::IN)
+            .map_err(sock_err("epoll_ctl", &path))?;
+        let result = self.serve(&path);
+        let _ = epoll::delete(&self.epoll, stop);
         self.shutdown();
-        Ok(())
+        result
     }
 
-    /// Polls; returns whether `stop` fired and the ready connections (0: the listener).
-    fn wait(&self, stop: BorrowedFd<'_>) -> Result<(bool, Vec<(ClientId, PollFlags)>), ServerError> {
-        let mut ids = vec![0];
-        let mut fds = vec![
-            PollFd::from_borrowed_fd(stop, PollFlags::IN),
-            PollFd::from_borrowed_fd(self.listener.as_fd(), PollFlags::IN),
-        ];
-        for (id, c) in &self.conns {
-            let mut want = PollFlags::empty();
-            if !c.closing {
-                want |= PollFlags::IN;
-            }
-            if !c.queue.is_empty() {
-                want |= PollFlags::OUT;
-            }
-            ids.push(*id);
-            fds.push(PollFd::from_borrowed_fd(c.fd.as_fd(), want));
-        }
+    fn serve(&mut self, path: &Path) -> Result<(), ServerError> {
         let timeout = rustix::time::Timespec { tv_sec: 0, tv_nsec: 200_000_000 };
-        match rustix::event::poll(&mut fds, Some(&timeout)) {
-            Ok(_) | Err(Errno::INTR) => {}
-            Err(e) => {
-                return Err(ServerError::Socket {
-                    op: "poll",
-                    path: self.config.socket.display().to_string(),
-                    errno: e,
-                });
+        let mut events = std::mem::take(&mut self.events);
+        loop {
+            events.clear();
+            match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut events), Some(&timeout)) {
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(e) => {
+                    self.events = events;
+                    return Err(sock_err("epoll_wait", path)(e));
+                }
+            }
+            for ev in &events {
+                let (id, flags) = (ev.data.u64(), ev.flags);
+                match id {
+                    STOP => {
+                        self.events = events;
+                        return Ok(());
+                    }
+                    LISTENER => self.accept_all(),
+                    id => {
+                        if flags.intersects(epoll::EventFlags::IN | epoll::EventFlags::HUP | epoll::EventFlags::ERR) {
+                            self.read_some(id);
+                        }
+                        if flags.contains(epoll::EventFlags::OUT) {
+                            self.flush(id);
+                        }
+                    }
+                }
+            }
+            self.housekeeping();
+        }
+    }
+
+    /// Timeouts, the dead, and the engine's poll: timeouts are seconds long, so they
+    /// are looked at every 100 ms, not after every message.
+    fn housekeeping(&mut self) {
+        if self.last_expire.elapsed() >= Duration::from_millis(100) {
+            self.last_expire = Instant::now();
+            self.expire();
+        }
+        if self.dying {
+            self.reap();
+        }
+        self.tick();
+    }
+
+    /// Lets the engine look for moves made outside the daemon, at most every 200 ms.
+    fn tick(&mut self) {
+        if self.last_tick.elapsed() < Duration::from_millis(200) {
+            return;
+        }
+        self.last_tick = Instant::now();
+        let events = self.service.poll();
+        self.deliver(events);
+    }
+
+    /// What epoll should watch for on `id`: input unless it is closing, output while
+    /// replies wait.
+    fn rearm(&mut self, id: ClientId) {
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        let mut want = epoll::EventFlags::empty();
+        if !c.closing && c.dead.is_none() {
+            want |= epoll::EventFlags::IN;
+        }
+        if !c.queue.is_empty() && c.dead.is_none() {
+            want |= epoll::EventFlags::OUT;
+        }
+        if want != c.watching {
+            c.watching = want;
+            if let Err(e) = epoll::modify(&self.epoll, &c.fd, epoll::EventData::new_u64(id), want) {
+                tracing::warn!(client = id, error = %e, "epoll_ctl");
             }
         }
-        let stopped = !fds[0].revents().is_empty();
-        let ready = ids
-            .into_iter()
-            .zip(fds[1..].iter())
-            .filter(|(_, f)| !f.revents().is_empty())
-            .map(|(id, f)| (id, f.revents()))
-            .collect();
-        Ok((stopped, ready))
     }
 
     fn accept_all(&mut self) {
@@ -319,10 +369,16 @@ impl<P: Placer> Server<P> {
                 self.service.connect(id, peer);
             }
             tracing::debug!(client = id, pid = peer.pid, uid = peer.uid, "connected");
+            if let Err(e) = epoll::add(&self.epoll, &fd, epoll::EventData::new_u64(id), epoll::EventFlags::IN) {
+                tracing::warn!(error = %e, "epoll_ctl: connection dropped");
+                self.service.disconnect(id);
+                continue;
+            }
             self.conns.insert(
                 id,
                 Conn {
                     fd,
+                    watching: epoll::EventFlags::IN,
                     peer,
                     accepted: Instant::now(),
                     queue: VecDeque::new(),
@@ -379,6 +435,7 @@ impl<P: Placer> Server<P> {
                     c.closing = true;
                 }
                 self.flush(id);
+                self.rearm(id);
                 return;
             }
             if msg.flags.contains(ReturnFlags::CTRUNC) || fds > 0 {
@@ -444,20 +501,41 @@ impl<P: Placer> Server<P> {
         self.count_garbage(id);
     }
 
+    /// Sends `m` now if nothing waits before it, else queues it (bounded).
     fn enqueue(&mut self, id: ClientId, m: Message, fd: Option<OwnedFd>) {
-        let bytes = match m.encode() {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(client = id, error = %e, "reply does not encode");
-                error_bytes(m.seq, ErrorCode::Internal, format!("the reply does not encode: {e}"))
-            }
-        };
+        let mut out = std::mem::take(&mut self.out);
+        if let Err(e) = m.encode_into(&mut out) {
+            tracing::error!(client = id, error = %e, "reply does not encode");
+            out = error_bytes(m.seq, ErrorCode::Internal, format!("the reply does not encode: {e}"));
+        }
+        self.send_or_queue(id, &out, fd);
+        self.out = out;
+    }
+
+    fn send_or_queue(&mut self, id: ClientId, bytes: &[u8], fd: Option<OwnedFd>) {
         let Some(c) = self.conns.get_mut(&id) else { return };
+        if c.dead.is_some() {
+            return;
+        }
+        if c.queue.is_empty() {
+            match send(c.fd.as_fd(), bytes, fd.as_ref().map(AsFd::as_fd)) {
+                Ok(()) => return self.close_if_done(id),
+                Err(Errno::AGAIN | Errno::INTR) => {}
+                Err(e) => return self.kill(id, format!("sendmsg: {e}")),
+            }
+        }
         if c.queue.len() >= self.config.max_queue {
             return self.kill(id, format!("{} replies and events unread", self.config.max_queue));
         }
-        c.queue.push_back(Out { bytes, fd, since: Instant::now() });
-        self.flush(id);
+        c.queue.push_back(Out { bytes: bytes.to_vec(), fd, since: Instant::now() });
+        self.rearm(id);
+    }
+
+    /// A client marked `closing` is closed once everything queued for it is sent.
+    fn close_if_done(&mut self, id: ClientId) {
+        if self.conns.get(&id).is_some_and(|c| c.closing && c.queue.is_empty()) {
+            self.kill(id, "disconnected after repeated malformed messages".into());
+        }
     }
 
     fn deliver(&mut self, events: Vec<(ClientId, dmaplace_proto::Event)>) {
@@ -478,9 +556,8 @@ impl<P: Placer> Server<P> {
                 Err(e) => return self.kill(id, format!("sendmsg: {e}")),
             }
         }
-        if c.closing {
-            self.kill(id, "disconnected after repeated malformed messages".into());
-        }
+        self.close_if_done(id);
+        self.rearm(id);
     }
 
     fn kill(&mut self, id: ClientId, why: String) {
@@ -488,6 +565,7 @@ impl<P: Placer> Server<P> {
             && c.dead.is_none()
         {
             c.dead = Some(why);
+            self.dying = true;
         }
     }
 
@@ -510,10 +588,12 @@ impl<P: Placer> Server<P> {
 
     /// Drops dead connections; their cleanup's events go to the other holders.
     fn reap(&mut self) {
+        self.dying = false;
         loop {
             let Some((id, why)) = self.conns.iter().find_map(|(id, c)| c.dead.clone().map(|w| (*id, w))) else {
                 return;
             };
+            // Closing the fd takes it out of the epoll set.
             let conn = self.conns.remove(&id);
             let events = self.service.disconnect(id);
             if let Some(c) = conn {
@@ -534,7 +614,7 @@ impl<P: Placer> Server<P> {
     }
 }
 
-impl<P: Placer> Drop for Server<P> {
+impl<E: Engine> Drop for Server<E> {
     fn drop(&mut self) {
         if !self.conns.is_empty() {
             self.shutdown();

@@ -1,23 +1,20 @@
 //! The daemon's state machine, without sockets: every request of every client passes
 //! through [`Service::handle`] (and every disconnect through [`Service::disconnect`]),
-//! which is where a [`Recorder`] sees it. One core [`Exporter`] holds all buffers;
-//! each client sees them only through its own handles.
+//! which is where a [`Recorder`] sees it. One [`Engine`] holds all buffers; each client
+//! sees them only through its own handles.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
 
-use dmaplace_core::exporter::{
-    AttachHow as CoreHow, AttachmentId, BufferId, BusyPolicy, Event as CoreEvent, ExportError, Exporter,
-    ExporterConfig, FenceId, MappingId,
-};
-use dmaplace_core::solver::ImageDesc;
-use dmaplace_core::{BufferDesc, Platform, Size, Usage};
+use dmaplace_core::exporter::BusyPolicy;
+use dmaplace_core::{Platform, Size, Usage};
 use dmaplace_proto::{
-    AttachHow, AttachmentStatus, BufferStatus, Desc, ErrorCode, ErrorReply, Event, INSPECT_CHUNK, Layout, MAX_MESSAGE,
-    Plane, Quota, Reply, Request, Token, VERSION, op,
+    AttachmentStatus, BufferStatus, Desc, ErrorCode, ErrorReply, Event, INSPECT_CHUNK, MAX_MESSAGE, Quota, Reply,
+    Request, Token, VERSION, op,
 };
 use serde_json::json;
 
+use crate::engine::{CoreEngine, Engine, Notice};
 use crate::placer::Placer;
 
 /// A connection's id (never reused while the daemon runs).
@@ -96,49 +93,50 @@ struct Shared {
     size: u64,
 }
 
-struct MapState {
-    id: MappingId,
+struct MapState<M, F> {
+    id: M,
     attachment: u32,
-    fence: Option<FenceId>,
+    access: Option<F>,
 }
 
-struct Client {
+struct Client<E: Engine> {
     peer: Peer,
     name: String,
     greeted: bool,
     next_handle: u32,
-    buffers: BTreeMap<u32, BufferId>,
-    attachments: BTreeMap<u32, (AttachmentId, u32)>,
-    mappings: BTreeMap<u32, MapState>,
+    buffers: BTreeMap<u32, E::Buffer>,
+    attachments: BTreeMap<u32, (E::Attachment, u32)>,
+    mappings: BTreeMap<u32, MapState<E::Mapping, E::Access>>,
     bytes: u64,
     inspect: Option<Vec<u8>>,
 }
 
-impl Client {
+impl<E: Engine> Client<E> {
     fn handle(&mut self) -> u32 {
         self.next_handle += 1;
         self.next_handle
     }
-    fn buffer_handle(&self, id: BufferId) -> Option<u32> {
+    fn buffer_handle(&self, id: E::Buffer) -> Option<u32> {
         self.buffers.iter().find(|(_, b)| **b == id).map(|(h, _)| *h)
     }
 }
 
 /// The state machine.
-pub struct Service<P: Placer> {
-    exporter: Exporter<P>,
+pub struct Service<E: Engine> {
+    engine: E,
     config: ServiceConfig,
-    clients: HashMap<ClientId, Client>,
-    shared: HashMap<BufferId, Shared>,
-    tokens: HashMap<Token, BufferId>,
-    owners: HashMap<AttachmentId, (ClientId, u32)>,
+    clients: HashMap<ClientId, Client<E>>,
+    shared: HashMap<E::Buffer, Shared>,
+    tokens: HashMap<Token, E::Buffer>,
+    owners: HashMap<E::Attachment, (ClientId, u32)>,
     recorder: Option<Box<dyn Recorder>>,
+    random: Tokens,
 }
 
-impl<P: Placer> std::fmt::Debug for Service<P> {
+impl<E: Engine> std::fmt::Debug for Service<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Service")
-            .field("exporter", &self.exporter)
+            .field("engine", &self.engine.kind())
             .field("clients", &self.clients.len())
             .field("buffers", &self.shared.len())
             .finish_non_exhaustive()
@@ -149,78 +147,57 @@ fn err(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
     ErrorReply::new(code, message)
 }
 
-fn export_error(e: ExportError) -> ErrorReply {
-    let code = match &e {
-        ExportError::NoBuffer(_)
-        | ExportError::NoAttachment(_)
-        | ExportError::NoMapping(_)
-        | ExportError::NoFence(_)
-        | ExportError::NoToken(_) => ErrorCode::Internal,
-        ExportError::UnknownDevice(_) => ErrorCode::UnknownDevice,
-        ExportError::Invalid(_) => ErrorCode::Invalid,
-        // The committed layout is part of what every holder was told: a device that needs
-        // another one conflicts with the holders, as a placement conflict does.
-        ExportError::Conflict { .. } | ExportError::LayoutConflict { .. } => ErrorCode::Conflict,
-        // The daemon offers no re-layout request, so the exporter cannot refuse one.
-        ExportError::Relayout { .. } => ErrorCode::Internal,
-        ExportError::Busy { .. } => ErrorCode::Busy,
-        ExportError::MovePending { .. } => ErrorCode::MovePending,
-        ExportError::StaleMapping { .. } => ErrorCode::Stale,
-        ExportError::CollectionIncomplete { .. }
-        | ExportError::FencesPending { .. }
-        | ExportError::StillMapped { .. }
-        | ExportError::StillAttached { .. }
-        | ExportError::CpuAccess { .. } => ErrorCode::InUse,
-        ExportError::Misplaced { .. } | ExportError::Backend(_) => ErrorCode::Backend,
-    };
-    if code == ErrorCode::Internal {
-        tracing::error!(error = %e, "exporter lost track of an object the daemon holds");
-    }
-    let message = match &e {
-        // The code already says "backend".
-        ExportError::Backend(inner) => inner.to_string(),
-        other => other.to_string(),
-    };
-    err(code, message)
+/// Share tokens: 128 bits each from `getrandom(2)`, fetched 4 KiB at a time (256 tokens
+/// per system call); each byte is handed out once.
+struct Tokens {
+    pool: Box<[u8; 4096]>,
+    used: usize,
 }
 
-fn random_token() -> Result<Token, ErrorReply> {
-    let mut t = [0u8; dmaplace_proto::TOKEN_LEN];
-    let mut filled = 0;
-    while filled < t.len() {
-        filled += rustix::rand::getrandom(&mut t[filled..], rustix::rand::GetRandomFlags::empty())
-            .map_err(|e| err(ErrorCode::Internal, format!("getrandom: {e}")))?;
+impl Tokens {
+    fn new() -> Tokens {
+        Tokens { pool: Box::new([0u8; 4096]), used: 4096 }
     }
-    Ok(Token(t))
-}
 
-fn core_desc(desc: &Desc) -> Result<BufferDesc, ErrorReply> {
-    match desc {
-        Desc::Size(n) => Ok(BufferDesc::Size(Size::new(*n))),
-        Desc::Image { width, height, fourcc, modifiers } => {
-            let format = drm_fourcc::DrmFourcc::try_from(*fourcc).map_err(|_| {
-                let text: String =
-                    fourcc.to_le_bytes().iter().map(|b| if b.is_ascii_graphic() { *b as char } else { '?' }).collect();
-                err(ErrorCode::Invalid, format!("unknown DRM fourcc {fourcc:#010x} ({text:?})"))
-            })?;
-            Ok(BufferDesc::Image(ImageDesc { width: *width, height: *height, format, modifiers: modifiers.clone() }))
+    fn next(&mut self) -> Result<Token, ErrorReply> {
+        if self.used + dmaplace_proto::TOKEN_LEN > self.pool.len() {
+            let mut filled = 0;
+            while filled < self.pool.len() {
+                filled += rustix::rand::getrandom(&mut self.pool[filled..], rustix::rand::GetRandomFlags::empty())
+                    .map_err(|e| err(ErrorCode::Internal, format!("getrandom: {e}")))?;
+            }
+            self.used = 0;
         }
+        let mut t = [0u8; dmaplace_proto::TOKEN_LEN];
+        t.copy_from_slice(&self.pool[self.used..self.used + dmaplace_proto::TOKEN_LEN]);
+        // Handed out: not kept where a later read of the pool could find it.
+        self.pool[self.used..self.used + dmaplace_proto::TOKEN_LEN].fill(0);
+        self.used += dmaplace_proto::TOKEN_LEN;
+        Ok(Token(t))
     }
 }
 
-impl<P: Placer> Service<P> {
-    /// A service placing memory with `placer` on `platform`.
-    pub fn new(platform: Platform, placer: P, config: ServiceConfig) -> Service<P> {
-        let exporter =
-            Exporter::new(platform, placer, ExporterConfig { busy: config.busy, ..ExporterConfig::default() });
+impl<P: Placer> Service<CoreEngine<P>> {
+    /// A service whose exporter is `dmaplace_core`'s, placing memory with `placer` on
+    /// `platform`.
+    pub fn new(platform: Platform, placer: P, config: ServiceConfig) -> Service<CoreEngine<P>> {
+        let engine = CoreEngine::new(platform, placer, config.busy);
+        Service::with_engine(engine, config)
+    }
+}
+
+impl<E: Engine> Service<E> {
+    /// A service over `engine`.
+    pub fn with_engine(engine: E, config: ServiceConfig) -> Service<E> {
         Service {
-            exporter,
+            engine,
             config,
             clients: HashMap::new(),
             shared: HashMap::new(),
             tokens: HashMap::new(),
             owners: HashMap::new(),
             recorder: None,
+            random: Tokens::new(),
         }
     }
 
@@ -229,9 +206,9 @@ impl<P: Placer> Service<P> {
         self.recorder = Some(recorder);
     }
 
-    /// The exporter (tests, inspect).
-    pub fn exporter(&self) -> &Exporter<P> {
-        &self.exporter
+    /// The engine (tests, inspect).
+    pub fn engine(&self) -> &E {
+        &self.engine
     }
 
     /// Live buffers.
@@ -282,6 +259,15 @@ impl<P: Placer> Service<P> {
         outcome
     }
 
+    /// Lets the engine look for moves made outside the daemon (the kernel module's);
+    /// returns the events for their holders.
+    pub fn poll(&mut self) -> Vec<(ClientId, Event)> {
+        self.engine.poll();
+        let mut events = Vec::new();
+        self.drain(&mut events);
+        events
+    }
+
     fn dispatch(
         &mut self,
         client: ClientId,
@@ -304,8 +290,8 @@ impl<P: Placer> Service<P> {
                 Ok(Reply::Hello {
                     version: VERSION,
                     max_message: u32::try_from(MAX_MESSAGE).unwrap_or(u32::MAX),
-                    backend: self.exporter.backend().kind().to_owned(),
-                    platform: self.exporter.platform().name.clone(),
+                    backend: self.engine.kind().to_owned(),
+                    platform: self.engine.platform().to_owned(),
                     quota: self.quota(),
                 })
             }
@@ -314,7 +300,7 @@ impl<P: Placer> Service<P> {
             (true, Request::Create { desc, name }) => self.create(client, desc, name),
             (true, Request::Attach { token, device, hints }) => self.attach(client, token, device, *hints, events),
             (true, Request::Map { attachment }) => self.map(client, *attachment, events, fd),
-            (true, Request::BeginAccess { mapping }) => self.begin_access(client, *mapping),
+            (true, Request::BeginAccess { mapping }) => self.begin_access(client, *mapping, events),
             (true, Request::EndAccess { mapping }) => self.end_access(client, *mapping, events),
             (true, Request::Unmap { mapping }) => self.unmap(client, *mapping, events),
             (true, Request::Detach { attachment }) => self.detach(client, *attachment, events),
@@ -329,7 +315,7 @@ impl<P: Placer> Service<P> {
         Quota { bytes: l.bytes, buffers: l.buffers, fds: l.fds }
     }
 
-    fn client(&mut self, id: ClientId) -> Result<&mut Client, ErrorReply> {
+    fn client(&mut self, id: ClientId) -> Result<&mut Client<E>, ErrorReply> {
         self.clients.get_mut(&id).ok_or_else(|| err(ErrorCode::Internal, "no such client"))
     }
 
@@ -339,24 +325,14 @@ impl<P: Placer> Service<P> {
         if c.buffers.len() >= limits.buffers as usize {
             return Err(err(ErrorCode::Quota, format!("this client holds {} buffers, the limit", c.buffers.len())));
         }
-        let desc = core_desc(desc)?;
         let name = if name.is_empty() { "buffer" } else { name };
-        let token = random_token()?;
-        let buffer = self.exporter.export(desc, name).map_err(export_error)?;
-        let size = self
-            .exporter
-            .take_events()
-            .iter()
-            .find_map(|e| match e {
-                CoreEvent::Exported { buffer: b, size, .. } if *b == buffer => Some(size.bytes()),
-                _ => None,
-            })
-            .unwrap_or(0);
+        let token = self.random.next()?;
+        let (buffer, size) = self.engine.export(desc, name)?;
         let c = self.client(client)?;
         if c.bytes.saturating_add(size) > limits.bytes {
             let used = c.bytes;
-            let _ = self.exporter.release(buffer);
-            self.exporter.take_events();
+            let _ = self.engine.release(buffer);
+            self.engine.take_notices();
             return Err(err(
                 ErrorCode::Quota,
                 format!(
@@ -372,7 +348,7 @@ impl<P: Placer> Service<P> {
         c.buffers.insert(handle, buffer);
         self.shared.insert(buffer, Shared { token, creator: client, holders: 1, size });
         self.tokens.insert(token, buffer);
-        tracing::info!(client, buffer = %buffer, handle, name, size, "create");
+        tracing::debug!(client, buffer = %buffer, handle, name, size, "create");
         Ok(Reply::Created { buffer: handle, token, size })
     }
 
@@ -401,84 +377,52 @@ impl<P: Placer> Service<P> {
                 format!("this client has {} attachments, the limit", c.attachments.len()),
             ));
         }
-        let attachment = match self.exporter.attach(buffer, device, hints) {
-            Ok(a) => a,
-            Err(e) => {
-                self.exporter.take_events();
-                return Err(export_error(e));
-            }
-        };
-        let c = self.clients.get_mut(&client).expect("checked above");
+        let result = self.engine.attach(buffer, device, hints);
+        // A move for this attach notifies the other holders (the engine left out this one).
+        self.drain(events);
+        let (attachment, how) = result?;
+        let c = self.clients.get_mut(&client).ok_or_else(|| err(ErrorCode::Internal, "no such client"))?;
         let buffer_handle = match held {
             Some(h) => h,
             None => {
                 let h = c.handle();
                 c.buffers.insert(h, buffer);
-                self.shared.get_mut(&buffer).expect("a token names a live buffer").holders += 1;
+                if let Some(s) = self.shared.get_mut(&buffer) {
+                    s.holders += 1;
+                }
                 h
             }
         };
         let handle = c.handle();
         c.attachments.insert(handle, (attachment, buffer_handle));
         self.owners.insert(attachment, (client, handle));
-        let mut how = AttachHow::BeforeAllocation;
-        for e in self.exporter.take_events() {
-            if let CoreEvent::Attached { attachment: a, how: h, .. } = &e
-                && *a == attachment
-            {
-                how = match h {
-                    CoreHow::BeforeAllocation => AttachHow::BeforeAllocation,
-                    CoreHow::Fits => AttachHow::Fits,
-                    CoreHow::Migrated => AttachHow::Migrated,
-                    CoreHow::Queued => AttachHow::Queued,
-                };
-            }
-            self.route(e, Some(attachment), events);
-        }
-        tracing::info!(client, buffer = %buffer, attachment = %attachment, device, hints = %hints, ?how, "attach");
+        tracing::debug!(client, buffer = %buffer, attachment = %attachment, device, hints = %hints, ?how, "attach");
         Ok(Reply::Attached { attachment: handle, buffer: buffer_handle, how })
     }
 
-    /// Turns a core event into client events: `move_notify` becomes `moved` for the
-    /// attachment's owner (not for `skip`, which learns it from its reply).
-    fn route(&self, e: CoreEvent, skip: Option<AttachmentId>, events: &mut Vec<(ClientId, Event)>) {
-        match e {
-            CoreEvent::MoveNotify(n) if Some(n.attachment) != skip => {
-                let Some((client, att_handle)) = self.owners.get(&n.attachment).copied() else { return };
-                let Some(c) = self.clients.get(&client) else { return };
-                let Some(buffer) = c.buffer_handle(n.buffer) else { return };
-                let invalidated =
-                    c.mappings.iter().filter(|(_, m)| n.invalidated.contains(&m.id)).map(|(h, _)| *h).collect();
-                events.push((
-                    client,
-                    Event::Moved { buffer, attachment: att_handle, generation: n.generation, invalidated },
-                ));
-            }
-            CoreEvent::Migrated { buffer, for_device, copied, checksum, .. } => {
-                tracing::info!(buffer = %buffer, for_device, copied = copied.bytes(), checksum, "migrated");
-            }
-            CoreEvent::Allocated { buffer, devices, size, contiguous, segments } => {
-                tracing::info!(buffer = %buffer, ?devices, size = size.bytes(), contiguous, segments = segments.len(), "allocated");
-            }
-            CoreEvent::MoveFailed { buffer, reason } => tracing::warn!(buffer = %buffer, reason, "move failed"),
-            other => tracing::trace!(event = ?other, "exporter"),
-        }
+    /// Turns a move notice into a `moved` event for the attachment's holder.
+    fn route(&self, n: Notice<E::Buffer, E::Attachment, E::Mapping>, events: &mut Vec<(ClientId, Event)>) {
+        let Some((client, att_handle)) = self.owners.get(&n.attachment).copied() else { return };
+        let Some(c) = self.clients.get(&client) else { return };
+        let Some(buffer) = c.buffer_handle(n.buffer) else { return };
+        let invalidated = c.mappings.iter().filter(|(_, m)| n.invalidated.contains(&m.id)).map(|(h, _)| *h).collect();
+        events.push((client, Event::Moved { buffer, attachment: att_handle, generation: n.generation, invalidated }));
     }
 
     fn drain(&mut self, events: &mut Vec<(ClientId, Event)>) {
-        for e in self.exporter.take_events() {
-            self.route(e, None, events);
+        for n in self.engine.take_notices() {
+            self.route(n, events);
         }
     }
 
-    fn attachment(&self, client: ClientId, handle: u32) -> Result<(AttachmentId, u32), ErrorReply> {
+    fn attachment(&self, client: ClientId, handle: u32) -> Result<(E::Attachment, u32), ErrorReply> {
         self.clients
             .get(&client)
             .and_then(|c| c.attachments.get(&handle).copied())
             .ok_or_else(|| err(ErrorCode::NoSuchHandle, format!("this client has no attachment {handle}")))
     }
 
-    fn mapping(&self, client: ClientId, handle: u32) -> Result<&MapState, ErrorReply> {
+    fn mapping(&self, client: ClientId, handle: u32) -> Result<&MapState<E::Mapping, E::Access>, ErrorReply> {
         self.clients
             .get(&client)
             .and_then(|c| c.mappings.get(&handle))
@@ -492,64 +436,43 @@ impl<P: Placer> Service<P> {
         events: &mut Vec<(ClientId, Event)>,
         fd: &mut Option<OwnedFd>,
     ) -> Result<Reply, ErrorReply> {
-        let (attachment, _) = self.attachment(client, handle)?;
+        let (attachment, buffer_handle) = self.attachment(client, handle)?;
         let limit = self.config.limits.fds;
-        let live = self.clients.get(&client).map_or(0, |c| c.mappings.len());
+        let c = self.clients.get(&client).ok_or_else(|| err(ErrorCode::Internal, "no such client"))?;
+        let live = c.mappings.len();
         if live >= limit as usize {
             return Err(err(ErrorCode::Quota, format!("this client has {live} live mappings (fds), the limit")));
         }
-        let result = self.exporter.map(attachment);
+        let buffer =
+            *c.buffers.get(&buffer_handle).ok_or_else(|| err(ErrorCode::Internal, "attachment without buffer"))?;
+        let result = self.engine.map(buffer, attachment);
         self.drain(events);
-        let (mapping, _) = result.map_err(export_error)?;
-        let buffer = self.buffer_of(attachment)?;
-        let generation = self.exporter.generation(buffer).map_err(export_error)?;
-        let plan = self.exporter.plan(buffer).map_err(export_error)?.cloned();
-        let dup = self
-            .exporter
-            .backing(buffer)
-            .map_err(export_error)?
-            .map(|b| self.exporter.backend().fd(b).try_clone_to_owned());
-        let owned = match dup {
-            Some(Ok(f)) => f,
-            other => {
-                let _ = self.exporter.unmap(mapping);
-                self.exporter.take_events();
-                let why = match other {
-                    Some(Err(e)) => format!("dup of the buffer's fd: {e}"),
-                    _ => "mapped, but the buffer has no backing".to_owned(),
-                };
-                return Err(err(ErrorCode::Backend, why));
-            }
-        };
-        *fd = Some(owned);
-        let layout = match plan.as_ref() {
-            Some(p) => layout_of(p),
-            None => Layout { size: 0, fourcc: 0, modifier: 0, width: 0, height: 0, planes: Vec::new() },
-        };
+        let mapped = result?;
+        *fd = Some(mapped.fd);
         let c = self.client(client)?;
         let m = c.handle();
-        c.mappings.insert(m, MapState { id: mapping, attachment: handle, fence: None });
-        tracing::info!(client, mapping = %mapping, handle = m, generation, size = layout.size, "map");
-        Ok(Reply::Mapped { mapping: m, generation, layout })
+        c.mappings.insert(m, MapState { id: mapped.id, attachment: handle, access: None });
+        tracing::debug!(client, mapping = %mapped.id, handle = m, generation = mapped.generation, size = mapped.layout.size, "map");
+        Ok(Reply::Mapped { mapping: m, generation: mapped.generation, layout: mapped.layout })
     }
 
-    fn buffer_of(&self, attachment: AttachmentId) -> Result<BufferId, ErrorReply> {
-        self.shared
-            .keys()
-            .find(|b| self.exporter.attachments_of(**b).is_ok_and(|a| a.contains(&attachment)))
-            .copied()
-            .ok_or_else(|| err(ErrorCode::Internal, format!("{attachment} belongs to no buffer")))
-    }
-
-    fn begin_access(&mut self, client: ClientId, handle: u32) -> Result<Reply, ErrorReply> {
+    fn begin_access(
+        &mut self,
+        client: ClientId,
+        handle: u32,
+        events: &mut Vec<(ClientId, Event)>,
+    ) -> Result<Reply, ErrorReply> {
         let m = self.mapping(client, handle)?;
-        if m.fence.is_some() {
+        if m.access.is_some() {
             return Err(err(ErrorCode::InUse, format!("access already began on mapping {handle}")));
         }
         let id = m.id;
-        let fence = self.exporter.fence(id).map_err(export_error)?;
-        self.exporter.take_events();
-        self.client(client)?.mappings.get_mut(&handle).expect("checked").fence = Some(fence);
+        let result = self.engine.begin_access(id);
+        self.drain(events);
+        let access = result?;
+        if let Some(m) = self.client(client)?.mappings.get_mut(&handle) {
+            m.access = Some(access);
+        }
         Ok(Reply::Done(op::BEGIN_ACCESS))
     }
 
@@ -559,14 +482,16 @@ impl<P: Placer> Service<P> {
         handle: u32,
         events: &mut Vec<(ClientId, Event)>,
     ) -> Result<Reply, ErrorReply> {
-        let fence = self
+        let access = self
             .mapping(client, handle)?
-            .fence
+            .access
             .ok_or_else(|| err(ErrorCode::InUse, format!("no access began on mapping {handle}")))?;
-        let result = self.exporter.signal(fence);
-        self.client(client)?.mappings.get_mut(&handle).expect("checked").fence = None;
+        let result = self.engine.end_access(access);
+        if let Some(m) = self.client(client)?.mappings.get_mut(&handle) {
+            m.access = None;
+        }
         self.drain(events);
-        result.map_err(export_error)?;
+        result?;
         Ok(Reply::Done(op::END_ACCESS))
     }
 
@@ -577,13 +502,13 @@ impl<P: Placer> Service<P> {
         events: &mut Vec<(ClientId, Event)>,
     ) -> Result<Reply, ErrorReply> {
         let m = self.mapping(client, handle)?;
-        if m.fence.is_some() {
+        if m.access.is_some() {
             return Err(err(ErrorCode::InUse, format!("mapping {handle} has access in flight: end_access first")));
         }
         let id = m.id;
-        let result = self.exporter.unmap(id);
+        let result = self.engine.unmap(id);
         self.drain(events);
-        result.map_err(export_error)?;
+        result?;
         self.client(client)?.mappings.remove(&handle);
         Ok(Reply::Done(op::UNMAP))
     }
@@ -595,17 +520,20 @@ impl<P: Placer> Service<P> {
         events: &mut Vec<(ClientId, Event)>,
     ) -> Result<Reply, ErrorReply> {
         let (attachment, _) = self.attachment(client, handle)?;
-        let mapped: Vec<u32> =
-            self.clients[&client].mappings.iter().filter(|(_, m)| m.attachment == handle).map(|(h, _)| *h).collect();
+        let mapped: Vec<u32> = self
+            .clients
+            .get(&client)
+            .map(|c| c.mappings.iter().filter(|(_, m)| m.attachment == handle).map(|(h, _)| *h).collect())
+            .unwrap_or_default();
         if !mapped.is_empty() {
             return Err(err(
                 ErrorCode::InUse,
                 format!("attachment {handle} still has mappings {mapped:?}: unmap first"),
             ));
         }
-        let result = self.exporter.detach(attachment);
+        let result = self.engine.detach(attachment);
         self.drain(events);
-        result.map_err(export_error)?;
+        result?;
         self.client(client)?.attachments.remove(&handle);
         self.owners.remove(&attachment);
         Ok(Reply::Done(op::DETACH))
@@ -624,7 +552,7 @@ impl<P: Placer> Service<P> {
         let busy: Vec<u32> = c
             .mappings
             .iter()
-            .filter(|(_, m)| m.fence.is_some() && c.attachments.get(&m.attachment).is_some_and(|(_, b)| *b == handle))
+            .filter(|(_, m)| m.access.is_some() && c.attachments.get(&m.attachment).is_some_and(|(_, b)| *b == handle))
             .map(|(h, _)| *h)
             .collect();
         if !busy.is_empty() {
@@ -643,9 +571,9 @@ impl<P: Placer> Service<P> {
     fn let_go(&mut self, client: ClientId, handle: u32, events: &mut Vec<(ClientId, Event)>) {
         let Some(c) = self.clients.get_mut(&client) else { return };
         let Some(buffer) = c.buffers.remove(&handle) else { return };
-        let atts: Vec<(u32, AttachmentId)> =
+        let atts: Vec<(u32, E::Attachment)> =
             c.attachments.iter().filter(|(_, (_, b))| *b == handle).map(|(h, (a, _))| (*h, *a)).collect();
-        let maps: Vec<MapState> = {
+        let maps: Vec<MapState<E::Mapping, E::Access>> = {
             let hs: Vec<u32> = c
                 .mappings
                 .iter()
@@ -660,13 +588,13 @@ impl<P: Placer> Service<P> {
         let creator_bytes = self.shared.get(&buffer).filter(|s| s.creator == client).map_or(0, |s| s.size);
         c.bytes = c.bytes.saturating_sub(creator_bytes);
         for m in maps.iter().rev() {
-            if let Some(f) = m.fence {
-                log_failure("signal", client, self.exporter.signal(f));
+            if let Some(a) = m.access {
+                log_failure("end_access", client, self.engine.end_access(a));
             }
-            log_failure("unmap", client, self.exporter.unmap(m.id));
+            log_failure("unmap", client, self.engine.unmap(m.id));
         }
         for (_, a) in atts.iter().rev() {
-            log_failure("detach", client, self.exporter.detach(*a));
+            log_failure("detach", client, self.engine.detach(*a));
             self.owners.remove(a);
         }
         if let Some(s) = self.shared.get_mut(&buffer) {
@@ -675,8 +603,8 @@ impl<P: Placer> Service<P> {
                 let token = s.token;
                 self.shared.remove(&buffer);
                 self.tokens.remove(&token);
-                log_failure("release", client, self.exporter.release(buffer));
-                tracing::info!(client, buffer = %buffer, "released: last holder let go");
+                log_failure("release", client, self.engine.release(buffer));
+                tracing::debug!(client, buffer = %buffer, "released: last holder let go");
             }
         }
         self.drain(events);
@@ -700,7 +628,7 @@ impl<P: Placer> Service<P> {
     }
 
     fn status(&mut self, client: ClientId) -> Result<Reply, ErrorReply> {
-        let c = &self.clients[&client];
+        let c = self.clients.get(&client).ok_or_else(|| err(ErrorCode::Internal, "no such client"))?;
         let mut buffers = Vec::new();
         for (h, b) in &c.buffers {
             let Some(s) = self.shared.get(b) else { continue };
@@ -710,16 +638,16 @@ impl<P: Placer> Service<P> {
                 .filter(|(_, (_, bh))| bh == h)
                 .map(|(ah, (a, _))| AttachmentStatus {
                     attachment: *ah,
-                    device: self.exporter.device_of(*a).unwrap_or("?").to_owned(),
+                    device: self.engine.device_of(*a).unwrap_or("?").to_owned(),
                     mappings: c.mappings.iter().filter(|(_, m)| m.attachment == *ah).map(|(mh, _)| *mh).collect(),
                 })
                 .collect();
             buffers.push(BufferStatus {
                 buffer: *h,
-                name: self.exporter.name(*b).unwrap_or("?").to_owned(),
+                name: self.engine.name(*b).unwrap_or("?").to_owned(),
                 size: s.size,
-                allocated: self.exporter.backing(*b).is_ok_and(|x| x.is_some()),
-                generation: self.exporter.generation(*b).unwrap_or(0),
+                allocated: self.engine.allocated(*b),
+                generation: self.engine.generation(*b),
                 creator: s.creator == client,
                 attachments,
             });
@@ -729,18 +657,18 @@ impl<P: Placer> Service<P> {
     }
 
     fn inspect(&mut self, client: ClientId, offset: u64) -> Result<Reply, ErrorReply> {
-        let uid = self.clients[&client].peer.uid;
+        let uid = self.clients.get(&client).map_or(u32::MAX, |c| c.peer.uid);
         if !self.config.admins.contains(&uid) {
             return Err(err(
                 ErrorCode::Permission,
                 format!("inspect is for administrators (uids {:?}); this client is uid {uid}", self.config.admins),
             ));
         }
-        if offset == 0 || self.clients[&client].inspect.is_none() {
+        if offset == 0 || self.clients.get(&client).is_some_and(|c| c.inspect.is_none()) {
             let text = self.inspect_json().to_string().into_bytes();
             self.client(client)?.inspect = Some(text);
         }
-        let text = self.clients[&client].inspect.as_deref().unwrap_or_default();
+        let text = self.clients.get(&client).and_then(|c| c.inspect.as_deref()).unwrap_or_default();
         let total = text.len() as u64;
         let start = usize::try_from(offset.min(total)).unwrap_or(text.len());
         let end = (start + INSPECT_CHUNK).min(text.len());
@@ -751,40 +679,27 @@ impl<P: Placer> Service<P> {
     /// counters and the backend's accounting.
     pub fn inspect_json(&self) -> serde_json::Value {
         let mut buffers = Vec::new();
-        let mut ids: Vec<&BufferId> = self.shared.keys().collect();
+        let mut ids: Vec<&E::Buffer> = self.shared.keys().collect();
         ids.sort();
         for b in ids {
             let s = &self.shared[b];
-            let attachments: Vec<_> = self
-                .exporter
-                .attachments_of(*b)
-                .map(|a| a.to_vec())
-                .unwrap_or_default()
-                .iter()
-                .map(|a| {
-                    let owner = self.owners.get(a).map(|(c, _)| *c);
-                    json!({"attachment": a.to_string(), "device": self.exporter.device_of(*a).unwrap_or("?"),
-                           "client": owner, "mappings": self.exporter.mappings_of(*a).map(<[_]>::len).unwrap_or(0)})
-                })
-                .collect();
-            let backing = self
-                .exporter
-                .backing(*b)
-                .ok()
-                .flatten()
-                .and_then(|x| self.exporter.backend().describe(x).ok())
-                .map(|d| json!({"segments": d.segments.iter().map(ToString::to_string).collect::<Vec<_>>(), "cache_mode": format!("{:?}", d.cache_mode)}));
-            buffers.push(json!({
-                "buffer": b.to_string(),
-                "name": self.exporter.name(*b).unwrap_or("?"),
-                "size": s.size,
-                "creator": s.creator,
-                "holders": s.holders,
-                "generation": self.exporter.generation(*b).unwrap_or(0),
-                "attachments": attachments,
-                "plan": self.exporter.plan(*b).ok().flatten().and_then(|p| serde_json::to_value(p).ok()),
-                "backing": backing,
-            }));
+            let mut v = self.engine.buffer_json(*b);
+            if let Some(atts) = v.get_mut("attachments").and_then(|a| a.as_array_mut()) {
+                for a in atts {
+                    let owner = self
+                        .owners
+                        .iter()
+                        .find(|(id, _)| a["attachment"].as_str() == Some(id.to_string().as_str()))
+                        .map(|(_, (c, _))| *c);
+                    a["client"] = json!(owner);
+                }
+            }
+            v["name"] = json!(self.engine.name(*b).unwrap_or("?"));
+            v["size"] = json!(s.size);
+            v["creator"] = json!(s.creator);
+            v["holders"] = json!(s.holders);
+            v["generation"] = json!(self.engine.generation(*b));
+            buffers.push(v);
         }
         let mut clients: Vec<_> = self
             .clients
@@ -796,33 +711,33 @@ impl<P: Placer> Service<P> {
             .collect();
         clients.sort_by_key(|c| c["client"].as_u64());
         json!({
-            "backend": self.exporter.backend().kind(),
-            "platform": self.exporter.platform().name,
+            "backend": self.engine.kind(),
+            "platform": self.engine.platform(),
             "limits": self.config.limits,
             "buffers": buffers,
             "clients": clients,
-            "stats": self.exporter.stats(),
-            "accounting": self.exporter.backend().accounting(),
+            "stats": self.engine.stats_json(),
+            "accounting": self.engine.accounting(),
         })
     }
 }
 
-fn log_failure(what: &str, client: ClientId, r: Result<(), ExportError>) {
+fn log_failure(what: &str, client: ClientId, r: Result<(), ErrorReply>) {
     if let Err(e) = r {
-        tracing::warn!(client, error = %e, "cleanup: {what} failed");
+        tracing::warn!(client, code = %e.code, error = %e.message, "cleanup: {what} failed");
     }
 }
 
-fn layout_of(plan: &dmaplace_core::Plan) -> Layout {
-    match &plan.layout {
-        Some(l) => Layout {
-            size: plan.size.bytes(),
-            fourcc: l.layout.format as u32,
-            modifier: l.layout.modifier,
-            width: l.layout.width,
-            height: l.layout.height,
-            planes: l.layout.planes.iter().map(|p| Plane { offset: p.offset, pitch: p.pitch }).collect(),
-        },
-        None => Layout { size: plan.size.bytes(), fourcc: 0, modifier: 0, width: 0, height: 0, planes: Vec::new() },
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_distinct_across_pool_refills_and_not_kept() {
+        let mut t = Tokens::new();
+        let drawn: std::collections::HashSet<[u8; 16]> = (0..600).map(|_| t.next().unwrap().0).collect();
+        assert_eq!(drawn.len(), 600, "600 draws (past two refills of 256) gave a repeat");
+        assert!(!drawn.contains(&[0u8; 16]));
+        assert!(t.pool[..t.used].iter().all(|b| *b == 0), "handed-out bytes stay in the pool");
     }
 }

@@ -14,6 +14,12 @@
 //! qemu guest (`vm/test-daemon.sh`): the custom kernel's real heaps, with a platform
 //! of this guest's RAM and CMA and three devices: two unconstrained, and one that may
 //! only use the CMA area, contiguously; the system heap cannot serve it, so it moves.
+//! With the kernel module loaded (`vm/test-daemon.sh --boot kmod`, 6 GiB so that RAM
+//! extends above 4 GiB): `dmaplaced --backend kmod`, the module is the exporter; the
+//! devices are the test importer's fake devices (two 64-bit ones, and a 32-bit display
+//! DECLAREd contiguous and 64 KiB aligned), the first placement lands above 4 GiB, and
+//! the module moves it below for the display; afterwards the module holds no page of
+//! the test's buffers once every process has closed its fds.
 //!
 //! Runs as its own main (harness = false): it re-executes itself as each client.
 
@@ -26,6 +32,8 @@ use serde_json::Value;
 
 struct Setup {
     daemon_args: Vec<String>,
+    /// The kernel module is the exporter (its buffer is checked in debugfs afterwards).
+    kmod: bool,
     producer: &'static str,
     consumer: &'static str,
     late: &'static str,
@@ -37,6 +45,7 @@ struct Setup {
 fn host_setup() -> Setup {
     Setup {
         daemon_args: ["--backend", "sim", "--platform", "refsoc", "--seed", "7"].map(String::from).to_vec(),
+        kmod: false,
         producer: "gpu RENDERING",
         consumer: "g2d -",
         late: "dpu SCANOUT",
@@ -64,12 +73,49 @@ fn guest_setup() -> Result<Setup, String> {
     println!("guest platform:\n{toml}");
     Ok(Setup {
         daemon_args: ["--backend", "heaps", "--platform", path].map(String::from).to_vec(),
+        kmod: false,
         producer: "gpu64 RENDERING",
         consumer: "blit64 -",
         late: "display-cma SCANOUT",
         size: 8 << 20,
         late_contiguous: true,
     })
+}
+
+/// The kernel module's devices: the test importer's fake devices, the display DECLAREd.
+fn kmod_setup() -> Result<Setup, String> {
+    use dmaplace_linux::kmod::{Dmaplace, FakeDevice, TestDev};
+    let td = TestDev::open().map_err(|e| format!("{}: {e}", dmaplace_linux::kmod::DEV_TESTDEV))?;
+    let dp = Dmaplace::open().map_err(|e| format!("{}: {e}", dmaplace_linux::kmod::DEV_DMAPLACE))?;
+    for (name, bits) in [("svc-gpu64", 64), ("svc-blit64", 64), ("svc-display32", 32)] {
+        td.ensure_device(&FakeDevice::new(name, bits)).map_err(|e| format!("creating {name}: {e}"))?;
+    }
+    // A display: one contiguous range, 64 KiB aligned (the proposed device_dma_parameters).
+    dp.declare("svc-display32", 1, 64 << 10).map_err(|e| format!("DECLARE svc-display32: {e}"))?;
+    Ok(Setup {
+        daemon_args: ["--backend", "kmod"].map(String::from).to_vec(),
+        kmod: true,
+        producer: "svc-gpu64 RENDERING",
+        consumer: "svc-blit64 -",
+        late: "svc-display32 SCANOUT",
+        size: 4 << 20,
+        late_contiguous: true,
+    })
+}
+
+/// The module's record of the test's buffers (`frame`), from debugfs.
+fn module_frames() -> Vec<dmaplace_linux::kmod::BufferInfo> {
+    let snap = dmaplace_linux::kmod::Snapshot::read().expect("the module's debugfs");
+    snap.buffers.into_iter().filter(|b| b.name == "frame").collect()
+}
+
+/// Waits (10 s at most) until the module holds none of the test's buffers.
+fn module_frames_gone() {
+    let t0 = std::time::Instant::now();
+    while !module_frames().is_empty() {
+        assert!(t0.elapsed().as_secs() < 10, "the module still holds the buffer: {:#?}", module_frames());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 fn moved(a: &mut Agent, generation: u64, stale: &Value) {
@@ -102,6 +148,16 @@ fn scenario(s: &Setup, queue: bool) {
     assert_eq!(pm["generation"], 0);
     assert_eq!(p.ok("status")["buffers"][0]["allocated"], true);
     let written = p.ok(&format!("write {} 4242", pm["mapping"]))["checksum"].clone();
+    if s.kmod {
+        // The 64-bit devices' pages must not already suit the display, or nothing moves.
+        let b = module_frames();
+        assert_eq!(b.len(), 1, "{b:#?}");
+        assert!(
+            b[0].segments.len() > 1 || b[0].segments.iter().any(|x| x.phys + x.len > 1 << 32),
+            "the first placement already suits a 32-bit contiguous display: the test proves nothing: {b:#?}"
+        );
+        println!("first placement (module): {:?}", b[0].segments);
+    }
     let cm = c.ok(&format!("map {}", ca["attachment"]));
     assert_eq!(c.ok(&format!("read {}", cm["mapping"]))["checksum"], written, "the consumer sees the producer's bytes");
 
@@ -147,6 +203,13 @@ fn scenario(s: &Setup, queue: bool) {
     }
     assert_eq!(view["accounting"]["backings"], 1, "the old backing was freed");
 
+    if s.kmod {
+        let b = module_frames();
+        assert_eq!((b.len(), b[0].migrations, b[0].segments.len()), (1, 1, 1), "{b:#?}");
+        assert!(b[0].segments[0].phys + b[0].segments[0].len <= 1 << 32, "moved, but not below 4 GiB: {b:#?}");
+        println!("after the move (module): {:?}", b[0].segments);
+    }
+
     // Everyone lets go: the buffer is freed.
     for a in [&mut p, &mut c, &mut l] {
         a.ok("release 1");
@@ -154,6 +217,43 @@ fn scenario(s: &Setup, queue: bool) {
     let view = p.ok("inspect")["inspect"].clone();
     assert_eq!(view["buffers"], serde_json::json!([]));
     assert_eq!(view["accounting"]["backings"], 0);
+    if s.kmod {
+        // The clients still hold their fds (the agents keep what they mapped): the
+        // module frees the pages when the last one is closed.
+        drop((p, c, l));
+        module_frames_gone();
+    }
+}
+
+/// Kernel module only: a driver outside the daemon (the test importer, in this process)
+/// imports a holder's fd and maps it for a device the backing does not serve; the
+/// module moves the buffer, and the daemon, polling the module's record, tells the
+/// holder (`moved`, its mapping stale).
+fn kmod_move_by_a_driver_outside_the_daemon() {
+    use std::os::fd::AsFd;
+    let d = Daemon::start("outside", &["--backend", "kmod"]);
+    let mut c = dmaplace::Client::connect(&d.socket, "holder").unwrap();
+    let b = c.create(dmaplace::Desc::Size(4 << 20), "frame").unwrap();
+    let a = c.attach(&b.token, "svc-gpu64", 0).unwrap();
+    let m = c.map(a.attachment).unwrap();
+    let first = module_frames();
+    assert!(first[0].segments.iter().any(|x| x.phys + x.len > 1 << 32), "already below 4 GiB: {first:#?}");
+    let td = dmaplace_linux::kmod::TestDev::open().unwrap();
+    let h = td.attach(m.fd.as_fd(), "svc-display32", true).expect("the driver attaches");
+    td.map(h).expect("the driver maps: the module moves the buffer");
+    td.unmap(h).unwrap();
+    match c.next_event(std::time::Duration::from_secs(5)).unwrap() {
+        Some(dmaplace::Event::Moved { generation, invalidated, .. }) => {
+            assert_eq!((generation, invalidated), (1, vec![m.mapping]));
+        }
+        None => panic!("no moved event within 5 s:\n{}", d.log()),
+    }
+    let view: Value = serde_json::from_str(&c.inspect().unwrap()).unwrap();
+    assert_eq!(view["stats"]["outside_moves"], 1, "{view}");
+    td.detach(h).unwrap();
+    c.release(b.buffer).unwrap();
+    drop(m);
+    module_frames_gone();
 }
 
 /// The C example (`examples/c/scanout.c`, static, copied to /scanout-static by
@@ -184,7 +284,13 @@ fn main() {
         return;
     }
     let in_guest = std::env::var("DMAPLACE_IN_GUEST").as_deref() == Ok("1");
-    let setup = if in_guest {
+    let module = in_guest && dmaplace_linux::kmod::modules_loaded();
+    let setup = if module {
+        match kmod_setup() {
+            Ok(s) => Some(s),
+            Err(why) => panic!("the kernel module is loaded but unusable: {why}"),
+        }
+    } else if in_guest {
         match guest_setup() {
             Ok(s) => Some(s),
             Err(why) => {
@@ -202,7 +308,10 @@ fn main() {
         runs.push(("move_when_idle_busy_refused", Box::new(move || scenario(s, false))));
         runs.push(("move_when_idle_busy_queued", Box::new(move || scenario(s, true))));
     }
-    if in_guest && std::path::Path::new("/scanout-static").exists() {
+    if module {
+        runs.push(("kmod_move_by_a_driver_outside_the_daemon", Box::new(kmod_move_by_a_driver_outside_the_daemon)));
+    }
+    if in_guest && !module && std::path::Path::new("/scanout-static").exists() {
         runs.push(("c_example_scanout_addfb2", Box::new(c_example_addfb2)));
     }
     for (name, run) in runs {

@@ -8,16 +8,25 @@ use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use dmaplace_core::exporter::BusyPolicy;
 use dmaplace_core::{Platform, Size};
-use dmaplace_service::{HeapPlacer, Limits, Placer, Server, ServerConfig, Service, ServiceConfig, SimPlacer};
+use dmaplace_eval::trace::Header;
+use dmaplace_service::kmod::KmodEngine;
+use dmaplace_service::{
+    Engine, HeapPlacer, Limits, Server, ServerConfig, Service, ServiceConfig, SimPlacer, TraceRecorder,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum BackendArg {
-    /// The kernel's dma-heaps/udmabuf when there are any, else memfd.
+    /// The kernel module when /dev/dmaplace and /dev/dmaplace_testdev exist, else the
+    /// dma-heaps/udmabuf when there are any, else memfd.
     Auto,
     /// The simulated machine (memfds hold the bytes): for tests and benchmarks.
     Sim,
     /// This kernel's dma-heaps, udmabuf (and memfd with --allow-memfd).
     Heaps,
+    /// The dmaplace kernel module is the exporter (docs/KERNEL.md): it places and moves
+    /// the pages; the daemon brokers tokens, fds, attaches and moves. Needs root, debugfs,
+    /// dmaplace.ko and dmaplace_testdev.ko.
+    Kmod,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -80,6 +89,10 @@ struct Args {
     /// Allow the memfd fallback (CPU memory, no device can import it).
     #[arg(long)]
     allow_memfd: bool,
+    /// Record the session as a trace (docs/TRACE.md) for `dmaplace sim --trace FILE`; with
+    /// `--platform probe` the probed platform is written next to it (FILE.platform.toml).
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
 }
 
 fn load_platform(spec: &str) -> anyhow::Result<Platform> {
@@ -101,7 +114,37 @@ fn load_platform(spec: &str) -> anyhow::Result<Platform> {
     }
 }
 
-fn serve<P: Placer>(service: Service<P>, config: ServerConfig) -> anyhow::Result<()> {
+/// The recorder for `--record FILE`: the trace names a platform `dmaplace sim` can load.
+fn recorder(
+    args: &Args,
+    path: &std::path::Path,
+    platform: &Platform,
+    backend: &str,
+) -> anyhow::Result<TraceRecorder<std::io::BufWriter<std::fs::File>>> {
+    let platform_ref = if args.platform == "probe" {
+        let file = PathBuf::from(format!("{}.platform.toml", path.display()));
+        let probed = dmaplace_linux::probe::probe(&dmaplace_linux::probe::Root::system());
+        std::fs::write(&file, probed.to_toml()).with_context(|| format!("writing {}", file.display()))?;
+        file.display().to_string()
+    } else {
+        args.platform.clone()
+    };
+    let mut header = Header { platform: Some(platform_ref), ..Header::default() };
+    if args.backend == BackendArg::Sim {
+        header.seed = Some(args.seed);
+    }
+    header.meta = vec![
+        ("recorder".into(), "dmaplaced".into()),
+        ("backend".into(), backend.into()),
+        ("platform-name".into(), platform.name.clone()),
+        ("busy".into(), format!("{:?}", args.busy).to_lowercase()),
+    ];
+    let r = TraceRecorder::create(path, &header).with_context(|| format!("--record {}", path.display()))?;
+    tracing::info!(trace = %path.display(), "recording the session");
+    Ok(r)
+}
+
+fn serve<E: Engine>(service: Service<E>, config: ServerConfig) -> anyhow::Result<()> {
     let (stop_read, stop_write) =
         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK)
             .context("pipe for SIGTERM")?;
@@ -119,7 +162,6 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let platform = load_platform(&args.platform)?;
     let own = rustix::process::geteuid().as_raw();
     let limits = Limits {
         bytes: args.max_bytes.parse::<Size>().map_err(|e| anyhow::anyhow!("--max-bytes: {e}"))?.bytes(),
@@ -142,19 +184,49 @@ fn main() -> anyhow::Result<()> {
     server.handshake_timeout = Duration::from_secs_f64(args.timeout);
     server.send_timeout = Duration::from_secs_f64(args.timeout);
     server.max_malformed = args.max_malformed;
-    match args.backend {
-        BackendArg::Sim => serve(Service::new(platform.clone(), SimPlacer::new(&platform, args.seed)?, config), server),
-        BackendArg::Heaps | BackendArg::Auto => {
-            if std::path::Path::new(dmaplace_linux::kmod::DEV_DMAPLACE).exists() {
-                tracing::warn!(
-                    "/dev/dmaplace exists, but dmaplaced does not drive the kernel module yet: using the dma-heaps"
+    let module = std::path::Path::new(dmaplace_linux::kmod::DEV_DMAPLACE).exists();
+    let backend = match args.backend {
+        BackendArg::Auto if module && args.record.is_none() => match KmodEngine::open(config.busy) {
+            Ok(engine) => return serve(Service::with_engine(engine, config), server),
+            Err(e) => {
+                tracing::warn!(error = %e, "/dev/dmaplace exists, but the module cannot be used: using the dma-heaps");
+                BackendArg::Auto
+            }
+        },
+        other => other,
+    };
+    match backend {
+        BackendArg::Kmod => {
+            if args.record.is_some() {
+                bail!(
+                    "--record needs --backend sim or heaps: with the kernel module the devices are the kernel's, not a platform's a replay could use"
                 );
             }
-            let placer = HeapPlacer::new(args.allow_memfd || args.backend == BackendArg::Auto);
-            if !placer.inner().inventory().has_dma_buf() && !args.allow_memfd && args.backend == BackendArg::Heaps {
+            if args.platform != "probe" {
+                tracing::warn!(platform = %args.platform, "--platform is not used with --backend kmod: the devices are the kernel's");
+            }
+            let engine = KmodEngine::open(config.busy)?;
+            serve(Service::with_engine(engine, config), server)
+        }
+        BackendArg::Sim => {
+            let platform = load_platform(&args.platform)?;
+            let mut service = Service::new(platform.clone(), SimPlacer::new(&platform, args.seed)?, config);
+            if let Some(path) = &args.record {
+                service.set_recorder(Box::new(recorder(&args, path, &platform, "sim")?));
+            }
+            serve(service, server)
+        }
+        BackendArg::Heaps | BackendArg::Auto => {
+            let platform = load_platform(&args.platform)?;
+            let placer = HeapPlacer::new(args.allow_memfd || backend == BackendArg::Auto);
+            if !placer.inner().inventory().has_dma_buf() && !args.allow_memfd && backend == BackendArg::Heaps {
                 bail!("this kernel offers no dma-heap and no udmabuf; pass --allow-memfd or --backend sim");
             }
-            serve(Service::new(platform, placer, config), server)
+            let mut service = Service::new(platform.clone(), placer, config);
+            if let Some(path) = &args.record {
+                service.set_recorder(Box::new(recorder(&args, path, &platform, "heaps")?));
+            }
+            serve(service, server)
         }
     }
 }

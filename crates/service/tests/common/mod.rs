@@ -47,7 +47,7 @@ impl Daemon {
             .arg("--socket")
             .arg(&socket)
             .args(args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()))
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", daemon_binary().display()));
