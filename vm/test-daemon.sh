@@ -99,7 +99,7 @@ for boot in "${BOOTS[@]}"; do
 	*) fail "unknown boot $boot" ;;
 	esac
 	say "boot: $boot"
-	if ! "$RIG" run "${args[@]}" --timeout 600 --args "--nocapture --test-threads=1" "${files[@]}" "${bins[@]}"; then
+	if ! "$RIG" run "${args[@]}" --timeout 600 --args "--nocapture --test-threads=1 --include-ignored" "${files[@]}" "${bins[@]}"; then
 		FAILED+=("$boot")
 	fi
 done

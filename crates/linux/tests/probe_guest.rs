@@ -5,26 +5,29 @@
 //! without `--iommu`; with `--iommu`, q35 with `intel-iommu` (VT-d unit `dmar0`,
 //! 2 MiB and 1 GiB second-level pages, 39-bit address width: qemu's `aw-bits` default)
 //! and virtio-gpu-pci (`1af4:1050`) translated by it; the custom kernel's 64 MiB CMA
-//! area (`cma=64M`). The probed platform must load and solve. Skips on the host.
+//! area (`cma=64M`). The probed platform must load and solve. On the host every test is
+//! `#[ignore]`d with the reason (and fails, saying why, if run with `--include-ignored`
+//! there); `vm/test-daemon.sh` runs them in the guest with `--include-ignored`.
 
 use dmaplace_core::{BufferDesc, Platform, Request, Size, Usage, solve};
 use dmaplace_linux::probe::{Probed, Root, probe};
 
-fn guest() -> Option<(Probed, bool, bool)> {
-    if !dmaplace_linux::in_guest() {
-        println!("skipped: runs in the qemu guest (vm/test-daemon.sh)");
-        return None;
-    }
+fn guest(test: &str) -> (Probed, bool, bool) {
+    assert!(
+        dmaplace_linux::in_guest(),
+        "{test} probes what qemu provides and runs only in the guest (DMAPLACE_IN_GUEST is unset): run vm/test-daemon.sh"
+    );
     let iommu = std::env::var("DMAPLACE_IOMMU").as_deref() == Ok("1");
     let custom = std::env::var("DMAPLACE_KERNEL").as_deref() == Ok("custom");
     let p = probe(&Root::system());
     println!("{}", p.to_toml());
-    Some((p, iommu, custom))
+    (p, iommu, custom)
 }
 
 #[test]
+#[ignore = "probes what qemu provides: vm/test-daemon.sh runs it in the guest"]
 fn ram_is_what_qemu_gives_a_1g_guest() {
-    let Some((p, _, _)) = guest() else { return };
+    let (p, _, _) = guest("ram_is_what_qemu_gives_a_1g_guest");
     assert!(!p.banks.is_empty());
     assert!(p.banks.iter().all(|b| b.source == "/proc/iomem"), "root reads /proc/iomem");
     let total: u64 = p.banks.iter().map(|b| b.value.range.len().bytes()).sum();
@@ -34,8 +37,9 @@ fn ram_is_what_qemu_gives_a_1g_guest() {
 }
 
 #[test]
+#[ignore = "probes what qemu provides: vm/test-daemon.sh runs it in the guest"]
 fn cirrus_and_virtio_gpu_are_pci_functions() {
-    let Some((p, iommu, _)) = guest() else { return };
+    let (p, iommu, _) = guest("cirrus_and_virtio_gpu_are_pci_functions");
     let cirrus = p.devices.iter().find(|d| d.ids == "1013:00b8").expect("cirrus-vga is a PCI function");
     assert!((24..=64).contains(&cirrus.dma_mask_bits.value));
     assert!(cirrus.dma_mask_bits.source.ends_with("/dma_mask_bits"));
@@ -66,8 +70,9 @@ fn cirrus_and_virtio_gpu_are_pci_functions() {
 }
 
 #[test]
+#[ignore = "probes what qemu provides: vm/test-daemon.sh runs it in the guest"]
 fn the_host_bridge_is_the_machines() {
-    let Some((p, iommu, _)) = guest() else { return };
+    let (p, iommu, _) = guest("the_host_bridge_is_the_machines");
     // vm/rig.sh says which machine it booted (older rigs: pc unless --iommu).
     let machine = std::env::var("DMAPLACE_MACHINE").unwrap_or_else(|_| if iommu { "q35" } else { "pc" }.into());
     let ids: Vec<&str> = p.devices.iter().map(|d| d.ids.as_str()).collect();
@@ -86,8 +91,9 @@ fn the_host_bridge_is_the_machines() {
 }
 
 #[test]
+#[ignore = "probes what qemu provides: vm/test-daemon.sh runs it in the guest"]
 fn cma_is_the_custom_kernels_64m() {
-    let Some((p, _, custom)) = guest() else { return };
+    let (p, _, custom) = guest("cma_is_the_custom_kernels_64m");
     if custom {
         assert_eq!(p.cma.len(), 1, "{:?}", p.cma);
         assert_eq!(p.cma[0].value.range.len(), Size::mib(64));
@@ -97,8 +103,9 @@ fn cma_is_the_custom_kernels_64m() {
 }
 
 #[test]
+#[ignore = "probes what qemu provides: vm/test-daemon.sh runs it in the guest"]
 fn the_probed_platform_loads_and_solves() {
-    let Some((p, iommu, _)) = guest() else { return };
+    let (p, iommu, _) = guest("the_probed_platform_loads_and_solves");
     let platform = Platform::from_toml("probe", &p.to_toml()).unwrap();
     let cirrus = p.devices.iter().find(|d| d.ids == "1013:00b8").unwrap();
     let dev = platform.device(&cirrus.name).unwrap();
