@@ -17,7 +17,7 @@ use std::os::fd::OwnedFd;
 
 use dmaplace_core::exporter::{
     AttachHow as CoreHow, AttachmentId, BufferId, BusyPolicy, Event as CoreEvent, ExportError, Exporter,
-    ExporterConfig, FenceId, MappingId,
+    ExporterConfig, FenceId, MappingId, MoveNotice,
 };
 use dmaplace_core::solver::ImageDesc;
 use dmaplace_core::{BufferDesc, Platform, Size, Usage};
@@ -41,6 +41,12 @@ pub struct Notice<B, A, M> {
     pub generation: u32,
     /// That attachment's mappings that are now stale.
     pub invalidated: Vec<M>,
+}
+
+impl From<MoveNotice> for Notice<BufferId, AttachmentId, MappingId> {
+    fn from(n: MoveNotice) -> Self {
+        Notice { buffer: n.buffer, attachment: n.attachment, generation: n.generation, invalidated: n.invalidated }
+    }
 }
 
 /// A mapping an engine made: the fd to hand over and the committed layout.
@@ -146,12 +152,7 @@ impl<P: Placer> CoreEngine<P> {
     fn drain(&mut self) {
         for e in self.exporter.take_events() {
             match e {
-                CoreEvent::MoveNotify(n) => self.notices.push(Notice {
-                    buffer: n.buffer,
-                    attachment: n.attachment,
-                    generation: n.generation,
-                    invalidated: n.invalidated,
-                }),
+                CoreEvent::MoveNotify(n) => self.notices.push(n.into()),
                 CoreEvent::Migrated { buffer, for_device, copied, checksum, .. } => {
                     tracing::info!(buffer = %buffer, for_device, copied = copied.bytes(), checksum, "migrated");
                 }
@@ -296,12 +297,7 @@ impl<P: Placer> Engine for CoreEngine<P> {
                 CoreEvent::Attached { attachment: a, how: h, .. } if a == attachment => how = how_of(h),
                 // The attach that caused a move learns it from its reply.
                 CoreEvent::MoveNotify(n) if n.attachment == attachment => {}
-                CoreEvent::MoveNotify(n) => self.notices.push(Notice {
-                    buffer: n.buffer,
-                    attachment: n.attachment,
-                    generation: n.generation,
-                    invalidated: n.invalidated,
-                }),
+                CoreEvent::MoveNotify(n) => self.notices.push(n.into()),
                 CoreEvent::Migrated { buffer, for_device, copied, checksum, .. } => {
                     tracing::info!(buffer = %buffer, for_device, copied = copied.bytes(), checksum, "migrated");
                 }
