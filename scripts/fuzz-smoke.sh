@@ -1,10 +1,29 @@
 #!/usr/bin/env bash
-# Runs every cargo-fuzz target for a short while (default 20 s each): the parsers and
-# decoders must never panic. Installs cargo-fuzz when it is missing (needs the nightly
-# toolchain, which rustup has on these machines).
+# Runs every cargo-fuzz target for a fixed number of inputs from a fixed seed: the parsers
+# and decoders must never panic. Deterministic: each target starts from a fresh corpus
+# holding only the committed seeds (fuzz/seeds/TARGET, where there are any), libFuzzer's
+# RNG seed is fixed and printed, and the run stops after a count of inputs, not a time,
+# so the same commit tries the same inputs every run.
+#
+#   FUZZ_RUNS   inputs per target (default: 1,000,000; 500,000 for platform_toml and
+#               300,000 for solve, the slow ones: 5 to 30 s each here)
+#   FUZZ_SEED   libFuzzer's -seed (default 1); FUZZ_SEED=random lets libFuzzer draw one
+#               (it prints it as "INFO: Seed: N"), for exploration
+#   FUZZ_SECONDS  with FUZZ_SEED=random: run each target this long instead of FUZZ_RUNS
+#
+# Long exploration (millions of runs, a kept corpus): cargo +nightly fuzz run -O TARGET.
+# Installs cargo-fuzz when it is missing (needs the nightly toolchain, which rustup has
+# on these machines).
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
-seconds=${FUZZ_SECONDS:-20}
+runs_for() {
+	case $1 in
+	solve) echo "${FUZZ_RUNS:-300000}" ;;
+	platform_toml) echo "${FUZZ_RUNS:-500000}" ;;
+	*) echo "${FUZZ_RUNS:-1000000}" ;;
+	esac
+}
+seed=${FUZZ_SEED:-1}
 if ! cargo +nightly --version >/dev/null 2>&1; then
 	echo "fuzz-smoke: the nightly toolchain is missing; install it with: rustup toolchain install nightly" >&2
 	exit 1
@@ -13,14 +32,30 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 	echo "fuzz-smoke: installing cargo-fuzz" >&2
 	cargo install --locked cargo-fuzz
 fi
+seeded=(-seed="$seed")
+if [[ $seed == random ]]; then
+	seeded=()
+elif ! [[ $seed =~ ^[0-9]+$ && $seed -gt 0 ]]; then
+	echo "fuzz-smoke: FUZZ_SEED must be a positive integer or 'random', not '$seed'" >&2
+	exit 2
+fi
 targets=$(cargo +nightly fuzz list)
 cargo +nightly fuzz build -O
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
 for t in $targets; do
-	echo "fuzz-smoke: $t for ${seconds}s"
-	out=$(cargo +nightly fuzz run -O "$t" -- -max_total_time="$seconds" 2>&1) || {
+	corpus="$scratch/$t"
+	mkdir -p "$corpus"
+	[[ -d seeds/$t ]] && cp seeds/"$t"/* "$corpus"/
+	limit=(-runs="$(runs_for "$t")")
+	[[ $seed == random && -n ${FUZZ_SECONDS:-} ]] && limit=(-max_total_time="$FUZZ_SECONDS")
+	echo "fuzz-smoke: $t: ${limit[*]} ${seeded[*]:--seed=random}"
+	# Without ASLR: libFuzzer mutates with the values of recent comparisons, and slice
+	# iterators compare pointers, so a randomized address space changes the inputs tried.
+	out=$(setarch --addr-no-randomize cargo +nightly fuzz run -O "$t" "$corpus" -- "${limit[@]}" "${seeded[@]}" -reload=0 2>&1) || {
 		echo "$out" | tail -40
-		echo "fuzz-smoke: target $t FAILED (artifacts in fuzz/artifacts/$t)" >&2
+		echo "fuzz-smoke: target $t FAILED (artifacts in fuzz/artifacts/$t; replay: cargo +nightly fuzz run -O $t fuzz/artifacts/$t/FILE)" >&2
 		exit 1
 	}
-	echo "$out" | grep -E '^Done' || true
+	echo "$out" | grep -E '^INFO: Seed:|DONE|^Done' || true
 done

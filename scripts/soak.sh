@@ -13,6 +13,10 @@
 #   --stress-cases N  cases of the simulated-machine stress property (DMAPLACE_STRESS_CASES,
 #                     default 2000; each case boots a machine and runs 30 operations)
 #   --ops N           exporter stress operations per test (DMAPLACE_STRESS_OPS, default 600000)
+#   --fuzz-seconds S  also fuzz every cargo-fuzz target for S seconds per round, from a
+#                     seed libFuzzer draws (FUZZ_SEED=random scripts/fuzz-smoke.sh; default 0:
+#                     no fuzzing); a crash is kept in fuzz/artifacts/TARGET: add it to
+#                     fuzz/seeds/TARGET once fixed, so the CI smoke replays it
 #   --keep-going      run every round even after a failure
 # Environment: PROPTEST_RNG_SEED / DMAPLACE_SEED pin the first round's seeds (to replay a
 # whole round); later rounds always draw fresh ones.
@@ -22,7 +26,7 @@
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 
-ROUNDS=1 MINUTES=0 CASES=100000 STRESS_CASES=2000 OPS=600000 KEEP_GOING=0
+ROUNDS=1 MINUTES=0 CASES=100000 STRESS_CASES=2000 OPS=600000 KEEP_GOING=0 FUZZ_SECS=0
 while [[ $# -gt 0 ]]; do
 	case $1 in
 	--rounds) ROUNDS=${2:?--rounds needs a number}; shift 2 ;;
@@ -30,12 +34,13 @@ while [[ $# -gt 0 ]]; do
 	--cases) CASES=${2:?--cases needs a number}; shift 2 ;;
 	--stress-cases) STRESS_CASES=${2:?--stress-cases needs a number}; shift 2 ;;
 	--ops) OPS=${2:?--ops needs a number}; shift 2 ;;
+	--fuzz-seconds) FUZZ_SECS=${2:?--fuzz-seconds needs a number}; shift 2 ;;
 	--keep-going) KEEP_GOING=1; shift ;;
-	-h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,25p' "$0"; exit 0 ;;
 	*) echo "soak: unknown argument $1 (see --help)" >&2; exit 2 ;;
 	esac
 done
-for v in "$ROUNDS" "$MINUTES" "$CASES" "$STRESS_CASES" "$OPS"; do
+for v in "$ROUNDS" "$MINUTES" "$CASES" "$STRESS_CASES" "$OPS" "$FUZZ_SECS"; do
 	[[ $v =~ ^[0-9]+$ ]] || { echo "soak: '$v' is not a whole number" >&2; exit 2; }
 done
 [[ $ROUNDS -gt 0 || $MINUTES -gt 0 ]] || { echo "soak: --rounds 0 needs --minutes" >&2; exit 2; }
@@ -65,6 +70,10 @@ while :; do
 	env PROPTEST_RNG_SEED="$prop_seed" DMAPLACE_SEED="$stress_seed" PROPTEST_CASES="$CASES" \
 		DMAPLACE_STRESS_CASES="$STRESS_CASES" DMAPLACE_STRESS_OPS="$OPS" INSTA_UPDATE=no \
 		cargo test --workspace --release --no-fail-fast >"$log" 2>&1 || status=$?
+	if [[ $status -eq 0 && $FUZZ_SECS -gt 0 ]]; then
+		FUZZ_SEED=random FUZZ_SECONDS=$FUZZ_SECS scripts/fuzz-smoke.sh >>"$log" 2>&1 || status=$?
+		grep -a '^INFO: Seed:' "$log" | tr '\n' ' ' >&2 || true
+	fi
 	secs=$(($(date +%s) - t0))
 	if [[ $status -eq 0 ]]; then
 		say "round $round: PASS in ${secs}s"

@@ -6,7 +6,8 @@
 #      snapshot and seeded stress tests, every one from a fixed seed (DMAPLACE_SEED,
 #      PROPTEST_RNG_SEED override it; scripts/soak.sh explores fresh ones); guest-only
 #      tests are #[ignore]d on the host with the reason.
-#   2. scripts/fuzz-smoke.sh: every cargo-fuzz target for FUZZ_SECONDS (default 20).
+#   2. scripts/fuzz-smoke.sh: every cargo-fuzz target for a fixed count of inputs from a
+#      fixed seed (FUZZ_RUNS, FUZZ_SEED).
 #   3. vm/test-linux.sh: the Linux backends on Debian 6.12 and a self-built 6.12 in qemu.
 #   4. kernel/test.sh: the Rust-for-Linux exporter module in qemu, with and without an IOMMU.
 #   5. vm/test-daemon.sh: dmaplaced on real heaps, the C example's ADDFB2, `dmaplace probe`
@@ -14,7 +15,7 @@
 #      check, runs after the fuzz smoke.)
 #
 # Environment: PROPTEST_CASES (default 10000), DMAPLACE_STRESS_OPS (default 60000),
-# FUZZ_SECONDS, DMAPLACE_VM_CACHE (qemu rig cache, default ~/.cache/dmaplace-vm),
+# FUZZ_RUNS, FUZZ_SEED, DMAPLACE_VM_CACHE (qemu rig cache, default ~/.cache/dmaplace-vm),
 # DMAPLACE_SKIP_VM=1 to skip steps 3, 4 and 5 (say so in any report that uses it).
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."

@@ -11,7 +11,11 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => {
             assert_eq!(e.file, "fuzz.toml");
             assert!(!e.message.is_empty());
-            assert!(!e.message.contains("untagged enum"), "serde internals: {e}");
+            // Serde's own words, unless the message only quotes them back from the input
+            // (an unknown key named `untagged enum` is reported by name).
+            if !text.contains("untagged") && !text.contains("enum") {
+                assert!(!e.message.contains("untagged enum"), "serde internals: {e}");
+            }
             let _ = e.to_string();
         }
         // As a file, the platform's name must be the file's.
