@@ -3,7 +3,7 @@
 # and decoders must never panic. Seeded and bounded: each target starts from a fresh corpus
 # holding only the committed seeds (fuzz/seeds/TARGET, where there are any), libFuzzer's
 # RNG seed is fixed and printed, and the run stops after a count of inputs, not a time.
-# (The same inputs bit for bit only on an idle machine: see below.)
+# (Not the same inputs bit for bit: see below.)
 #
 #   FUZZ_RUNS   inputs per target (default: 1,000,000; 500,000 for platform_toml and
 #               300,000 for solve, the slow ones: 5 to 30 s each here)
@@ -56,10 +56,10 @@ for t in $targets; do
 	# As few sources of variance as libFuzzer allows: it mutates with the values of
 	# recent comparisons, and slice iterators compare pointers, so no ASLR, and the same
 	# environment, arguments and program path (their lengths place the stack); -reload=0,
-	# or the corpus is re-read every second. Two runs of one build on an idle machine
-	# then tried the same inputs; under load they still drift (timing-dependent parts of
-	# libFuzzer), and a clone at another path builds other binaries (cargo hashes the
-	# path into symbol names). The seed, the count and the committed seeds are fixed;
+	# or the corpus is re-read every second. That is not enough for bit-exact runs: two
+	# fresh clones at the same path, on an idle machine, still drifted on 2 of 6 targets
+	# (timing-dependent parts of libFuzzer), and a clone at another path builds other
+	# binaries (cargo hashes the path into symbol names). The seed, the count and the committed seeds are fixed;
 	# a crash is kept in fuzz/artifacts and replays exactly.
 	status=0
 	out=$(cd "$run" && env -i PATH=/usr/bin:/bin setarch --addr-no-randomize ./fuzz \
