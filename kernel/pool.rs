@@ -187,8 +187,14 @@ pub struct Stats {
     pub to_wc: AtomicU64,
     /// See [`Stats::to_wc`].
     pub to_wb: AtomicU64,
-    /// Worker runs.
+    /// Worker runs started.
     pub runs: AtomicU64,
+    /// Times the worker was queued (a kick while it is already pending does not count).
+    pub queued: AtomicU64,
+    /// Worker runs finished. The worker is idle, with nothing pending, exactly
+    /// when `finished == queued` (read `finished` first): what a test waits for
+    /// before it reads the lists.
+    pub finished: AtomicU64,
 }
 
 impl Stats {
@@ -374,7 +380,7 @@ impl Pool {
         // CAST: a few jiffies.
         let delay = ((bindings::CONFIG_HZ * 4).div_ceil(1000) + 1) as c_ulong;
         // SAFETY: the work was initialised in new(); the pool lives until stop() cancels it.
-        unsafe {
+        let queued = unsafe {
             bindings::queue_delayed_work_on(
                 // CAST: WORK_CPU_UNBOUND is NR_CPUS, a small positive int.
                 bindings::wq_misc_consts_WORK_CPU_UNBOUND as i32,
@@ -383,6 +389,9 @@ impl Pool {
                 delay,
             )
         };
+        if queued {
+            self.stats.queued.fetch_add(1, Ordering::Release);
+        }
     }
 
     fn max_bytes() -> u64 {
@@ -596,10 +605,14 @@ impl Pool {
         let max = Self::max_bytes();
         let s = &self.stats;
         let (zb, zns) = (s.zeroed_bytes.load(Ordering::Relaxed), s.zeroing_ns.load(Ordering::Relaxed));
+        // `finished` before `queued`: equal then means no run was pending or running when
+        // `queued` was read (queue() counts under the lock this holds).
+        let finished = s.finished.load(Ordering::Acquire);
         let st = self.state.lock();
+        let queued = s.queued.load(Ordering::Acquire);
         writeln!(
             w,
-            "pool max_bytes={} bytes={} dirty={} zeroed_bytes={} zeroing_ns={} zero_mib_per_s={} refilled_bytes={} shrunk_bytes={} trimmed_bytes={} to_wc={} to_wb={} runs={}",
+            "pool max_bytes={} bytes={} dirty={} zeroed_bytes={} zeroing_ns={} zero_mib_per_s={} refilled_bytes={} shrunk_bytes={} trimmed_bytes={} to_wc={} to_wb={} runs={} queued={} finished={}",
             sys::Hex(max),
             sys::Hex(st.bytes),
             st.dirty.len(),
@@ -612,6 +625,8 @@ impl Pool {
             s.to_wc.load(Ordering::Relaxed),
             s.to_wb.load(Ordering::Relaxed),
             s.runs.load(Ordering::Relaxed),
+            queued,
+            finished,
         )?;
         for l in st.lists.iter() {
             let (low, high) = l.watermarks(max);
@@ -648,6 +663,7 @@ unsafe extern "C" fn pool_work(work: *mut bindings::work_struct) {
     let pool = unsafe { &*work.cast::<u8>().sub(core::mem::offset_of!(Pool, work)).cast::<Pool>() };
     // Spare cycles: the worker yields the CPU to any task of normal priority.
     sys::at_low_priority(|| pool.run());
+    pool.stats.finished.fetch_add(1, Ordering::Release);
 }
 
 unsafe extern "C" fn pool_count(s: *mut bindings::shrinker, _sc: *mut bindings::shrink_control) -> c_ulong {

@@ -66,21 +66,23 @@ fn heap_buffers() -> Vec<BufferInfo> {
     Snapshot::read().expect("debugfs").buffers.into_iter().filter(|b| b.name == "heap").collect()
 }
 
-/// Waits until the pool's worker has zeroed every dirty block.
+/// Waits until the pool's worker is idle: every dirty block zeroed, every refill
+/// it queued done, nothing pending (the module counts runs queued and finished).
 fn settle_pool() -> PoolInfo {
     let t = Instant::now();
     loop {
         let p = PoolInfo::read().expect("pool debugfs");
-        if p.dirty == 0 {
-            // One more pass, so that a refill it queued has run too.
-            std::thread::sleep(Duration::from_millis(200));
-            let p = PoolInfo::read().expect("pool debugfs");
-            if p.dirty == 0 {
-                return p;
-            }
+        if p.dirty == 0 && p.worker_idle() {
+            return p;
         }
-        assert!(t.elapsed() < Duration::from_secs(120), "the pool worker left {} blocks dirty for 2 minutes", p.dirty);
-        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the pool worker was not idle for 2 minutes: {} blocks dirty, {} runs queued, {} finished",
+            p.dirty,
+            p.queued,
+            p.finished
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -105,16 +107,70 @@ impl Drop for ParamGuard {
 /// Runs this test binary again as a child playing `role` in test `test`; returns
 /// its stdout (it must succeed).
 fn child(test: &str, role: &str, extra_env: &[(&str, String)]) -> String {
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut cmd = Command::new(exe);
-    cmd.args(["--exact", test, "--include-ignored", "--nocapture", "--test-threads=1"]).env(CHILD, role);
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("spawn the child");
+    let out = child_command(test, role, extra_env).output().expect("spawn the child");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "child {role} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     stdout
+}
+
+/// This test binary, to run only `test`, as a child playing `role`.
+fn child_command(test: &str, role: &str, extra_env: &[(&str, String)]) -> Command {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut cmd = Command::new(exe);
+    cmd.args(["--exact", test, "--include-ignored", "--nocapture", "--test-threads=1"]).env(CHILD, role);
+    cmd.envs(extra_env.iter().map(|(k, v)| (k, v)));
+    cmd
+}
+
+/// A child started by [`hold_child`]: it printed `READY` and now waits for its
+/// stdin to close.
+struct HeldChild {
+    child: std::process::Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    role: &'static str,
+    /// What it printed up to `READY`.
+    out: String,
+}
+
+/// Runs this test binary again as a child playing `role` (like [`child`]), and
+/// returns once it printed a line ending in `READY`.
+fn hold_child(test: &str, role: &'static str, extra_env: &[(&str, String)]) -> HeldChild {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let mut cmd = child_command(test, role, extra_env);
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("spawn the child");
+    let stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+    // Owned by the HeldChild at once: its Drop reaps the child on every path.
+    let mut held = HeldChild { child, stdout, role, out: String::new() };
+    loop {
+        let mut line = String::new();
+        let n = held.stdout.read_line(&mut line).expect("read the child's stdout");
+        held.out.push_str(&line);
+        if line.trim_end().ends_with("READY") {
+            return held;
+        }
+        assert!(n > 0, "child {role} exited before it was READY:\n{}", held.out);
+    }
+}
+
+impl Drop for HeldChild {
+    /// A child a failed test did not release is killed, not left waiting.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl HeldChild {
+    /// Closes the child's stdin and waits for it to exit (it must succeed).
+    fn release(mut self) {
+        use std::io::Read;
+        drop(self.child.stdin.take());
+        let mut rest = String::new();
+        let _ = self.stdout.read_to_string(&mut rest);
+        let status = self.child.wait().expect("wait for the child");
+        assert!(status.success(), "child {} failed ({status}):\n{}{rest}", self.role, self.out);
+    }
 }
 
 /// The physical ranges a child printed as `SEGMENT phys len` lines.
@@ -193,15 +249,32 @@ fn heap_buffers_are_deferred_and_placed_for_every_device_at_the_first_map() {
     dp.forget("dp-heap-disp").expect("forget");
 }
 
-/// The child of the pool test: fills `n` heap buffers of `size` with 0xa5 through
-/// their mappings and prints their segments; its buffers die with it.
+/// The 32-bit fake device both sides of the pool test place their buffers for.
+const POOL_DEVICE: &str = "dp-pool-32";
+
+/// A heap buffer of `size` placed at its first map for [`POOL_DEVICE`]: its
+/// blocks come from (and go back to) the pool's dma32 lists, whichever zone the
+/// page allocator would have preferred, so the blocks one side of the pool test
+/// frees are the ones the other side takes. `td` holds the attachment.
+fn dma32_heap_buffer(td: &TestDev, size: u64) -> OwnedFd {
+    td.ensure_device(&FakeDevice::new(POOL_DEVICE, 32)).expect("device");
+    let fd = heap_alloc(size).expect("heap alloc");
+    let h = td.attach(fd.as_fd(), POOL_DEVICE, true).expect("attach");
+    td.map(h).expect("the first map places the buffer");
+    fd
+}
+
+/// The child of the pool test: fills `n` heap buffers of `size` with 0xa5
+/// through their mappings, prints their segments and `READY`, and holds them
+/// until its stdin closes; its buffers die with it.
 fn pool_writer() {
     let n: usize = std::env::var("DP_N").expect("DP_N").parse().expect("DP_N");
     let size: u64 = std::env::var("DP_SIZE").expect("DP_SIZE").parse().expect("DP_SIZE");
+    let td = TestDev::open().expect("testdev");
     let before: Vec<u64> = heap_buffers().iter().map(|b| b.id).collect();
     let mut keep = Vec::new();
     for _ in 0..n {
-        let fd = heap_alloc(size).expect("heap alloc");
+        let fd = dma32_heap_buffer(&td, size);
         let mut map = RawMap::shared(fd.as_fd(), usize::try_from(size).expect("size"), 0, true).expect("mmap");
         map.as_mut_slice().fill(0xa5);
         keep.push((fd, map));
@@ -211,15 +284,17 @@ fn pool_writer() {
             println!("SEGMENT {:#x} {:#x} {}", s.phys, s.len, s.source);
         }
     }
+    println!("READY");
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
 }
 
-/// Allocates `n` heap buffers of `size` (placed at the first CPU access), checks
-/// every byte is zero, and returns their segments and how many came from the pool.
-fn zero_check(n: usize, size: u64) -> (Vec<(u64, u64)>, usize) {
+/// Allocates `n` heap buffers of `size` (placed like the writer's), checks every
+/// byte is zero, and returns their segments and how many came from the pool.
+fn zero_check(td: &TestDev, n: usize, size: u64) -> (Vec<(u64, u64)>, usize) {
     let before: Vec<u64> = heap_buffers().iter().map(|b| b.id).collect();
     let mut keep = Vec::new();
     for i in 0..n {
-        let fd = heap_alloc(size).expect("heap alloc");
+        let fd = dma32_heap_buffer(td, size);
         let map = RawMap::shared(fd.as_fd(), usize::try_from(size).expect("size"), 0, false).expect("mmap");
         let dirty = map.as_slice().iter().position(|b| *b != 0);
         assert_eq!(dirty, None, "buffer {i}: byte {dirty:?} of a fresh buffer is not zero");
@@ -239,11 +314,14 @@ fn a_page_never_reaches_another_process_unzeroed() {
         return pool_writer();
     }
     in_guest("pool_zeroing");
+    const MAX_MIB: u64 = 512;
     // Room for the writer's blocks to come back to the free lists.
-    let _max = ParamGuard::set("pool_max_mib", "512");
+    let _max = ParamGuard::set("pool_max_mib", &MAX_MIB.to_string());
     let (n, size) = (4, 8 * MIB);
     let env = [("DP_N", n.to_string()), ("DP_SIZE", size.to_string())];
+    let td = TestDev::open().expect("testdev");
     for round in ["warm pool", "after the shrinker emptied it"] {
+        settle_pool();
         if round.starts_with("after") {
             let before = PoolInfo::read().expect("pool");
             guest::shrink_dmaplace_pool(1 << 20).expect("shrinker scan");
@@ -255,12 +333,20 @@ fn a_page_never_reaches_another_process_unzeroed() {
                 after.free_bytes()
             );
         }
-        let out = child(TEST, "writer", &env);
-        let written = segments_in(&out);
-        assert!(!written.is_empty(), "the writer printed no segments:\n{out}");
+        let writer = hold_child(TEST, "writer", &env);
+        let written = segments_in(&writer.out);
+        assert!(!written.is_empty(), "the writer printed no segments:\n{}", writer.out);
+        // The refills the writer's misses queued (up to the watermarks, which add up to
+        // pool_max_mib) finish first. Then the pool gets room for the writer's blocks,
+        // which go to the dirty list when it exits, not to the page allocator. No
+        // list is below its low watermark, so no refill lands after them.
+        settle_pool();
+        let written_mib = written.iter().map(|s| s.1).sum::<u64>() / MIB;
+        let _room = ParamGuard::set("pool_max_mib", &(MAX_MIB + 2 * written_mib).to_string());
+        writer.release();
         let p = settle_pool();
         let hits0 = p.hits();
-        let (mine, from_pool) = zero_check(n, size);
+        let (mine, from_pool) = zero_check(&td, n, size);
         let reused = overlaps(&written, &mine);
         let hits = PoolInfo::read().expect("pool").hits() - hits0;
         println!(
@@ -280,6 +366,15 @@ fn a_page_never_reaches_another_process_unzeroed() {
 #[ignore = "guest only: kernel/test.sh runs it in the qemu rig with --include-ignored"]
 fn the_shrinker_gives_the_oldest_blocks_back_first() {
     in_guest("pool_shrink");
+    // Its own starting point, whatever the tests before left (trimming to a lower
+    // pool_max_mib can leave every block in one list): an empty pool, then one
+    // refill, which fills the lists one after another, so their oldest blocks differ.
+    let max_mib = settle_pool().max_bytes >> 20;
+    guest::shrink_dmaplace_pool(1 << 20).expect("shrinker scan");
+    let emptied = PoolInfo::read().expect("pool");
+    assert_eq!(emptied.free_bytes(), 0, "the shrinker left blocks: {emptied:#?}");
+    // Writing the parameter, even with its own value, kicks the worker.
+    let _kick = ParamGuard::set("pool_max_mib", &max_mib.to_string());
     let p = settle_pool();
     let mut full: Vec<_> = p.lists.iter().filter(|l| l.blocks > 0).cloned().collect();
     assert!(full.len() >= 2, "fewer than two lists hold blocks: {p:#?}");

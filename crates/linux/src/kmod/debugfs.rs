@@ -351,8 +351,12 @@ pub struct PoolInfo {
     pub to_wc: u64,
     /// See [`PoolInfo::to_wc`].
     pub to_wb: u64,
-    /// Worker runs.
+    /// Worker runs started.
     pub runs: u64,
+    /// Times the worker was queued.
+    pub queued: u64,
+    /// Worker runs finished.
+    pub finished: u64,
     /// The free lists.
     pub lists: Vec<PoolList>,
 }
@@ -386,6 +390,8 @@ impl PoolInfo {
                         p.to_wc = kv.n("to_wc")?;
                         p.to_wb = kv.n("to_wb")?;
                         p.runs = kv.n("runs")?;
+                        p.queued = kv.n("queued")?;
+                        p.finished = kv.n("finished")?;
                     }
                     "list" => p.lists.push(PoolList {
                         order: kv.n32("order")?,
@@ -408,6 +414,12 @@ impl PoolInfo {
         Ok(p)
     }
 
+    /// Whether the worker had nothing pending or running when the file was read
+    /// (the module reads `finished` before `queued`).
+    pub fn worker_idle(&self) -> bool {
+        self.finished == self.queued
+    }
+
     /// Free bytes over all lists.
     pub fn free_bytes(&self) -> u64 {
         self.lists.iter().map(|l| l.bytes).sum()
@@ -421,5 +433,35 @@ impl PoolInfo {
     /// Zeroing throughput of the worker, in MiB/s.
     pub fn zeroing_mib_per_s(&self) -> f64 {
         if self.zeroing_ns == 0 { 0.0 } else { self.zeroed_bytes as f64 / 1048576.0 / (self.zeroing_ns as f64 / 1e9) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POOL_LINE: &str = "pool max_bytes=0x20000000 bytes=0x1c00000 dirty=2 zeroed_bytes=0x800000 zeroing_ns=4000000 \
+         zero_mib_per_s=2000 refilled_bytes=0x1000000 shrunk_bytes=0x0 trimmed_bytes=0x400000 to_wc=1 to_wb=0 \
+         runs=7 queued=8 finished=6";
+
+    #[test]
+    fn the_pool_file_parses_with_the_workers_counters() {
+        let text = format!(
+            "{POOL_LINE}\nlist order=10 class=dma32 mode=wb blocks=3 bytes=0xc00000 low=8 high=32 hits=5 misses=1 oldest=99\n"
+        );
+        let p = PoolInfo::parse(&text).expect("parses");
+        assert_eq!((p.max_bytes, p.bytes, p.dirty, p.runs, p.queued, p.finished), (512 << 20, 28 << 20, 2, 7, 8, 6));
+        assert!(!p.worker_idle(), "8 queued, 6 finished: a run is pending");
+        assert_eq!((p.free_bytes(), p.hits()), (12 << 20, 5));
+        assert_eq!(p.zeroing_mib_per_s(), 2000.0);
+        let idle = PoolInfo::parse(&POOL_LINE.replace("queued=8", "queued=6")).expect("parses");
+        assert!(idle.worker_idle());
+    }
+
+    #[test]
+    fn a_pool_file_without_the_counters_names_the_missing_key() {
+        let old = POOL_LINE.replace(" queued=8 finished=6", "");
+        let e = PoolInfo::parse(&old).expect_err("an older module's line");
+        assert!(e.contains("line 1: missing queued"), "{e}");
     }
 }
