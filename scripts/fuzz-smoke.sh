@@ -41,7 +41,8 @@ elif ! [[ $seed =~ ^[0-9]+$ && $seed -gt 0 ]]; then
 fi
 targets=$(cargo +nightly fuzz list)
 cargo +nightly fuzz build -O
-bins=target/x86_64-unknown-linux-gnu/release
+# cargo fuzz builds for the host's triple unless told otherwise.
+bins=target/$(rustc +nightly -vV | sed -n 's/^host: //p')/release
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 for t in $targets; do
